@@ -1,0 +1,110 @@
+"""Dify's External Knowledge API: ``POST /retrieval`` so a Dify app can use a zhrag index as its knowledge base."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from app.api.deps import ServicesDep
+from app.settings import MAX_TOP_K
+from retrieval.docstore import FilterError
+from retrieval.metadata_filter import Condition, matches
+from retrieval.searcher import SearchError, SearchOptions, SearchOutcome
+
+__all__ = ["router", "DifyRetrievalRequest", "relevance_scores"]
+
+router = APIRouter(tags=["dify"])
+
+# Dify's suggested error codes.
+INVALID_AUTH_FORMAT = 1001
+AUTH_FAILED = 1002
+KNOWLEDGE_NOT_FOUND = 2001
+POST_FILTER_FACTOR = 5
+
+
+class RetrievalSetting(BaseModel):
+    """Dify ``retrieval_setting``."""
+
+    top_k: int = Field(ge=1, le=MAX_TOP_K)
+    score_threshold: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class MetadataCondition(BaseModel):
+    """Dify ``metadata_condition``."""
+
+    logical_operator: Literal["and", "or"] = "and"
+    conditions: list[Condition]
+
+
+class DifyRetrievalRequest(BaseModel):
+    """Dify ``POST /retrieval`` body."""
+
+    knowledge_id: str
+    query: str = Field(min_length=1, max_length=2000)
+    retrieval_setting: RetrievalSetting
+    metadata_condition: MetadataCondition | None = None
+
+
+def _error(status: int, code: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error_code": code, "error_msg": message})
+
+
+def relevance_scores(outcome: SearchOutcome, rrf_max: float) -> list[float]:
+    """Scores in [0, 1] as Dify expects: reranker probability, cosine, RRF / its maximum, or BM25 / top BM25."""
+    scores = [h.score for h in outcome.hits]
+    if outcome.reranked:
+        return [min(1.0, max(0.0, s)) for s in scores]
+    if outcome.mode == "dense":
+        return [min(1.0, max(0.0, s)) for s in scores]
+    if outcome.mode == "bm25":
+        top = max(scores, default=1.0) or 1.0
+        return [s / top for s in scores]
+    return [min(1.0, s / rrf_max) for s in scores]
+
+
+@router.post("/retrieval")
+def retrieval(
+    body: DifyRetrievalRequest,
+    services: ServicesDep,
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Top-k records for a Dify knowledge query (hybrid search; Bearer key checked when configured)."""
+    settings = request.app.state.settings
+    if settings.api_key:
+        if not authorization or not authorization.startswith("Bearer "):
+            return _error(403, INVALID_AUTH_FORMAT, "Invalid Authorization header format. Expected 'Bearer <api-key>'.")
+        if authorization.removeprefix("Bearer ").strip() != settings.api_key:
+            return _error(403, AUTH_FAILED, "Authorization failed")
+    known = {services.index.root.name, "zhrag", *(settings.knowledge_ids or [])}
+    if body.knowledge_id not in known:
+        return _error(404, KNOWLEDGE_NOT_FOUND, f"The knowledge does not exist: {body.knowledge_id!r}")
+    conditions = body.metadata_condition.conditions if body.metadata_condition else []
+    any_of = body.metadata_condition is not None and body.metadata_condition.logical_operator == "or"
+    top_k = body.retrieval_setting.top_k
+    options = SearchOptions(
+        top_k=min(MAX_TOP_K, top_k * POST_FILTER_FACTOR) if conditions else top_k,
+        mode="hybrid" if services.embedder is not None else "bm25",
+        rerank=services.reranker is not None,
+    )
+    try:
+        outcome = services.searcher.search(body.query, options)
+    except (SearchError, FilterError) as exc:
+        return _error(400, 400, str(exc))
+    weights = services.searcher.weights
+    rrf_max = sum(weights.get(leg, 1.0) for leg in ("dense", "bm25")) / (options.rrf_k + 1)
+    records: list[dict[str, Any]] = []
+    for hit, score in zip(outcome.hits, relevance_scores(outcome, rrf_max), strict=True):
+        chunk = hit.chunk
+        meta = {**chunk.metadata, "doc_id": chunk.doc_id, "chunk_id": chunk.id, "source": chunk.source}
+        if conditions and not matches(meta, conditions, any_of):
+            continue
+        if score < body.retrieval_setting.score_threshold:
+            continue
+        records.append({"content": chunk.text, "score": round(score, 6), "title": chunk.title, "metadata": meta})
+        if len(records) == top_k:
+            break
+    return JSONResponse(content={"records": records})

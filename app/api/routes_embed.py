@@ -1,0 +1,73 @@
+"""Embedding endpoints that reuse the loaded model: ``POST /embed`` and OpenAI ``POST /v1/embeddings``."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, status
+
+from app.api.deps import ServicesDep
+from app.api.schemas import EmbedRequest, EmbedResponse, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
+from app.services import Services
+from retrieval.embedders import Embedder, EmbedderError, truncate_dim
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["embeddings"])
+QUERY_TYPES = ("query",)
+
+
+def _embedder(services: Services) -> Embedder:
+    if services.embedder is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="no embedding model loaded")
+    return services.embedder
+
+
+def _embed(embedder: Embedder, texts: list[str], as_query: bool) -> np.ndarray:
+    try:
+        return embedder.embed_queries(texts) if as_query else embedder.embed_documents(texts)
+    except EmbedderError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+
+
+@router.post("/embed", response_model=EmbedResponse, response_model_exclude_none=True)
+def embed(body: EmbedRequest, services: ServicesDep) -> EmbedResponse:
+    """Embed ``text`` or ``texts``; ``input_type: "query"`` adds the query instruction."""
+    embedder = _embedder(services)
+    texts = [body.text] if body.text is not None else list(body.texts or [])
+    vectors = _embed(embedder, texts, body.input_type in QUERY_TYPES)
+    rows = vectors.tolist()
+    return EmbedResponse(
+        model=embedder.name,
+        dim=int(vectors.shape[1]),
+        embeddings=rows,
+        embedding=rows[0] if body.text is not None else None,
+    )
+
+
+@router.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
+def openai_embeddings(body: OpenAIEmbeddingRequest, services: ServicesDep) -> OpenAIEmbeddingResponse:
+    """OpenAI-compatible embeddings. Inputs are documents unless ``input_type`` is ``query`` or the
+    requested model name contains ``query``; ``dimensions`` truncates (Matryoshka) and re-normalises."""
+    embedder = _embedder(services)
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    as_query = body.input_type == "query" or "query" in (body.model or "").lower()
+    vectors = _embed(embedder, texts, as_query)
+    if body.dimensions is not None:
+        if body.dimensions > vectors.shape[1]:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"dimensions {body.dimensions} exceeds the model's {vectors.shape[1]}",
+            )
+        vectors = truncate_dim(vectors, body.dimensions)
+    data = []
+    for i, vec in enumerate(vectors):
+        value: list[float] | str = (
+            base64.b64encode(vec.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else vec.tolist()
+        )
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    tokens = int(sum(embedder.count_tokens(texts)))
+    return OpenAIEmbeddingResponse(
+        data=data, model=body.model or embedder.name, usage={"prompt_tokens": tokens, "total_tokens": tokens}
+    )

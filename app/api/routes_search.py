@@ -1,0 +1,30 @@
+"""``POST /search``: single questions and multi-turn conversations."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from app.api.deps import ServicesDep, SessionsDep
+from app.api.schemas import SearchRequest, SearchResponse, to_search_response
+from app.dialogue_search import DialogueInputError, run_search
+from retrieval.docstore import FilterError
+from retrieval.embedders import EmbedderError
+from retrieval.searcher import SearchError
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["search"])
+
+
+@router.post("/search", response_model=SearchResponse)
+def search(body: SearchRequest, services: ServicesDep, sessions: SessionsDep) -> SearchResponse:
+    """Top-k passages for a question or the last user turn of a conversation."""
+    try:
+        outcome, query, session_id = run_search(services, body, sessions)
+    except (FilterError, DialogueInputError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    except SearchError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+    except EmbedderError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+    return to_search_response(outcome, query, session_id)

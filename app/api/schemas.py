@@ -1,0 +1,179 @@
+"""Request and response schemas of the HTTP API (also used by ``zhrag search --json``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.settings import MAX_TOP_K
+from retrieval.searcher import SearchOutcome
+
+__all__ = [
+    "SearchRequest",
+    "SearchResponse",
+    "SearchResult",
+    "ChatMessage",
+    "EmbedRequest",
+    "EmbedResponse",
+    "OpenAIEmbeddingRequest",
+    "OpenAIEmbeddingResponse",
+    "to_search_response",
+    "MAX_MESSAGES",
+    "MAX_MESSAGE_CHARS",
+    "MAX_TOTAL_CHARS",
+    "MAX_QUERY_CHARS",
+    "MAX_EMBED_TEXTS",
+]
+
+MAX_QUERY_CHARS = 2000
+MAX_MESSAGES = 20
+MAX_MESSAGE_CHARS = 4000
+MAX_TOTAL_CHARS = 16000
+MAX_EMBED_TEXTS = 256
+FilterValue = str | int | float | bool | list[str | int | float | bool]
+
+
+class ChatMessage(BaseModel):
+    """One OpenAI-format chat message."""
+
+    role: Literal["user", "assistant", "system"]
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class SearchRequest(BaseModel):
+    """``POST /search``: a query, a conversation (``messages``), or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="The question")
+    messages: list[ChatMessage] | None = Field(
+        None,
+        max_length=MAX_MESSAGES,
+        description="OpenAI-format conversation; the last user turn is answered",
+    )
+    session_id: str | None = Field(None, max_length=128, description="Server-side conversation to continue")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    filters: dict[str, FilterValue] | None = Field(None, description='Metadata equality filters, e.g. {"law": "..."}')
+    rerank: bool = False
+    score_threshold: float | None = Field(None, description="Drop results scoring below this (higher = better)")
+    expand: Literal["none", "article", "neighbors"] = "none"
+    neighbors: int = Field(1, ge=0, le=5)
+    group_by: Literal["doc_id"] | None = None
+    dialogue_mode: Literal["auto", "last", "concat"] = "auto"
+
+    @model_validator(mode="after")
+    def _needs_input(self) -> SearchRequest:
+        if not (self.query and self.query.strip()) and not self.messages and not self.session_id:
+            raise ValueError("give a non-empty 'query' or 'messages'")
+        if self.messages and sum(len(m.content) for m in self.messages) > MAX_TOTAL_CHARS:
+            raise ValueError(f"conversation too long: at most {MAX_TOTAL_CHARS} characters in 'messages'")
+        return self
+
+
+class SearchResult(BaseModel):
+    """One passage for the LLM."""
+
+    id: str
+    doc_id: str
+    text: str
+    score: float
+    title: str
+    source: str
+    metadata: dict[str, Any]
+    ranks: dict[str, int] = Field(default_factory=dict, description="Rank in each retrieval leg (1 = best)")
+
+
+class SearchResponse(BaseModel):
+    """``POST /search`` response."""
+
+    results: list[SearchResult]
+    query: str
+    queries: list[str] = Field(description="The retrieval queries actually run")
+    mode: str
+    reranked: bool = False
+    took_ms: float
+    session_id: str | None = None
+
+
+def to_search_response(outcome: SearchOutcome, query: str, session_id: str | None = None) -> SearchResponse:
+    """Convert a searcher outcome to the API body."""
+    results = [
+        SearchResult(
+            id=h.chunk.id,
+            doc_id=h.chunk.doc_id,
+            text=h.chunk.text,
+            score=round(h.score, 6),
+            title=h.chunk.title,
+            source=h.chunk.source,
+            metadata=h.chunk.metadata,
+            ranks=h.ranks,
+        )
+        for h in outcome.hits
+    ]
+    return SearchResponse(
+        results=results,
+        query=query,
+        queries=outcome.queries,
+        mode=outcome.mode,
+        reranked=outcome.reranked,
+        took_ms=outcome.took_ms,
+        session_id=session_id,
+    )
+
+
+class EmbedRequest(BaseModel):
+    """``POST /embed``: one ``text`` or a list of ``texts``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=MAX_QUERY_CHARS * 4)
+    texts: list[str] | None = Field(None, max_length=MAX_EMBED_TEXTS)
+    input_type: Literal["query", "document"] = "document"
+
+    @model_validator(mode="after")
+    def _one_of(self) -> EmbedRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        if self.texts is not None and not self.texts:
+            raise ValueError("'texts' is empty")
+        return self
+
+
+class EmbedResponse(BaseModel):
+    """``POST /embed`` response (``embedding`` too when a single ``text`` was sent)."""
+
+    model: str
+    dim: int
+    embeddings: list[list[float]]
+    embedding: list[float] | None = None
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """OpenAI ``POST /v1/embeddings``."""
+
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    input_type: Literal["query", "document", "passage"] | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> OpenAIEmbeddingRequest:
+        items = [self.input] if isinstance(self.input, str) else self.input
+        if not items:
+            raise ValueError("'input' is empty")
+        if len(items) > MAX_EMBED_TEXTS:
+            raise ValueError(f"at most {MAX_EMBED_TEXTS} inputs per request")
+        return self
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    """OpenAI embeddings response."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+    model: str
+    usage: dict[str, int]

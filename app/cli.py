@@ -1,0 +1,373 @@
+"""The ``zhrag`` command line: ingest, search, serve, eval, info, tiny-model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from app import __version__
+from app.settings import MAX_TOP_K, Settings
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_SKIPPED"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SKIPPED = 3
+"""Ingest finished and published an index, but some files were skipped (listed on stderr)."""
+
+log = logging.getLogger("zhrag")
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit code ``EXIT_USAGE``."""
+
+
+def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
+    """Environment settings overridden by the CLI flags that were given."""
+    overrides = {k: v for k, v in fields.items() if v is not None}
+    if getattr(args, "index", None):
+        overrides["index"] = Path(args.index)
+    return Settings().model_copy(update=overrides)
+
+
+def _embedder_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("embedding model")
+    g.add_argument("--model", help="Hub id, modelscope:ORG/NAME or local dir (default Qwen/Qwen3-Embedding-0.6B)")
+    g.add_argument("--embedder", choices=["sentence-transformers", "openai"], help="Local model or remote server")
+    g.add_argument("--domain", choices=["legal", "medical", "general"], help="Picks the query instruction")
+    g.add_argument("--instruction", help="Query instruction text (overrides --domain)")
+    g.add_argument("--dim", type=int, help="Matryoshka output dimension (truncate + re-normalise)")
+    g.add_argument("--max-seq-length", type=int, help="Token cap for the model input (default 1024)")
+    g.add_argument("--batch-size", type=int, help="Encode batch size")
+    g.add_argument("--device", help="cuda, cpu, ... (auto)")
+    g.add_argument("--embed-base-url", help="OpenAI-compatible server, e.g. http://localhost:8080/v1")
+    g.add_argument("--embed-api-key", help="API key for the server")
+    g.add_argument("--embed-query-model", help="Model name for queries on the server")
+    g.add_argument("--embed-query-prefix", help="Text before queries (default: the Qwen3 instruction prompt)")
+    g.add_argument("--embed-document-prefix", help="Text before documents")
+    g.add_argument("--embed-cache", type=Path, help="SQLite embedding cache file")
+
+
+def _embedder_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": args.model,
+        "embedder": args.embedder,
+        "domain": args.domain,
+        "instruction": args.instruction,
+        "dim": args.dim,
+        "max_seq_length": args.max_seq_length,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "embed_base_url": args.embed_base_url,
+        "embed_api_key": args.embed_api_key,
+        "embed_query_model": args.embed_query_model,
+        "embed_query_prefix": args.embed_query_prefix,
+        "embed_document_prefix": args.embed_document_prefix,
+        "embed_cache": args.embed_cache,
+        "embed_model": args.model if args.embedder == "openai" else None,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="zhrag", description="Chinese RAG retrieval: ingest, search, serve, eval.")
+    parser.add_argument("--version", action="version", version=f"zhrag {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="Chunk, embed and index documents (txt, md, html, pdf, docx, jsonl)")
+    p.add_argument("paths", nargs="+", type=Path, help="Files or directories (recursive)")
+    p.add_argument("--index", required=True, type=Path, help="Index directory (created or updated)")
+    p.add_argument("--chunk-size", type=int, default=None, help="Max tokens per chunk (default 512)")
+    p.add_argument("--chunk-overlap", type=int, default=None, help="Token overlap of generic chunks (default 64)")
+    p.add_argument("--chunker", choices=["auto", "statute", "section", "generic"], default="auto")
+    p.add_argument("--store", choices=["faiss", "numpy"], default="faiss", help="Vector store of a new index")
+    p.add_argument("--user-dict", type=Path, action="append", default=[], help="Extra jieba dictionary for BM25")
+    p.add_argument("--json", action="store_true", help="Print the summary as one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="No progress bar")
+    _embedder_flags(p)
+
+    p = sub.add_parser("search", help="Search an index")
+    p.add_argument("query", nargs="?", help="The question (or use --messages)")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--messages", type=Path, help="JSON file with an OpenAI-format messages list (multi-turn)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="Metadata filter (repeatable)")
+    p.add_argument("--rerank", action="store_true", help="Rerank with --reranker / ZHRAG_RERANKER")
+    p.add_argument("--reranker", help="Reranker model id or directory")
+    p.add_argument("--score-threshold", type=float)
+    p.add_argument("--expand", choices=["none", "article", "neighbors"], default="none")
+    p.add_argument("--group-by", choices=["doc_id"])
+    p.add_argument("--dialogue-mode", choices=["auto", "last", "concat"], default="auto")
+    p.add_argument("--model", help="Must match the index's model (it is read from the index)")
+    p.add_argument("--embed-base-url", help="Override the embedding server URL recorded in the index")
+    p.add_argument("--embed-cache", type=Path)
+    p.add_argument("--json", action="store_true", help="Print exactly the JSON body POST /search returns")
+
+    p = sub.add_parser("serve", help="Serve the HTTP API")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--reranker", help="Reranker model id or directory")
+    p.add_argument("--api-key", help="Bearer key for /retrieval (Dify)")
+    p.add_argument("--no-model", action="store_true", help="Serve BM25 only, without loading the model")
+
+    p = sub.add_parser("eval", help="Score an index on queries or dialogues with qrels")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--qrels", required=True, type=Path, help="BEIR qrels TSV")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--queries", type=Path, help="BEIR queries JSONL")
+    src.add_argument("--dialogues", type=Path, help="Dialogues JSONL ({id, messages})")
+    p.add_argument("--dialogue-mode", choices=["auto", "last", "concat"], default="auto")
+    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
+    p.add_argument("--rerank", action="store_true")
+    p.add_argument("--reranker", help="Reranker model id or directory")
+    p.add_argument("--doc-id", default="{doc_id}", help='Qrels id template over chunk metadata, e.g. "{law} {article}"')
+    p.add_argument("--weight-dense", type=float)
+    p.add_argument("--weight-bm25", type=float)
+    p.add_argument("--limit", type=int, help="Evaluate only the first N queries")
+    p.add_argument("--embed-base-url", help="Override the embedding server URL recorded in the index")
+    p.add_argument("--embed-cache", type=Path)
+    p.add_argument("--per-query", type=Path, help="Write per-query metrics and top-10 ids as JSONL")
+    p.add_argument("--json", action="store_true", help="Print metrics as one JSON object")
+
+    p = sub.add_parser("info", help="Show an index's manifest")
+    p.add_argument("--index", required=True, type=Path)
+
+    p = sub.add_parser("tiny-model", help="Write a tiny random Qwen3 embedding model (offline smoke tests)")
+    p.add_argument("output", type=Path)
+    p.add_argument("--train-text", type=Path, action="append", default=[], help="Text files for its tokenizer")
+    p.add_argument("--reranker", action="store_true", help="Write a tiny Qwen3-Reranker-shaped model instead")
+    return parser
+
+
+def _model_ref(model: str | None) -> str | None:
+    """A local model directory is recorded by its absolute path; compare like with like."""
+    if model and Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser().resolve())
+    return model
+
+
+def _filters(pairs: list[str]) -> dict[str, Any]:
+    filters: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--filter expects KEY=VALUE, got {pair!r}")
+        filters.setdefault(key, []).append(value)
+    return {k: v[0] if len(v) == 1 else v for k, v in filters.items()}
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """``zhrag ingest``."""
+    from app.services import build_analyzer, build_embedder
+    from ingest.chunkers import ChunkSettings
+    from ingest.pipeline import ingest
+    from retrieval.index import read_manifest
+
+    settings = _settings(args, **_embedder_settings(args), user_dicts=args.user_dict or None)
+    try:
+        manifest = read_manifest(settings.index)
+    except Exception:  # noqa: BLE001 - a new index
+        manifest = None
+    if manifest is not None and args.model is None:
+        from app.services import embedder_for_index
+
+        embedder = embedder_for_index(manifest, settings)  # keep adding with the index's own model
+    else:
+        embedder = build_embedder(settings)
+    chunk = ChunkSettings(
+        chunk_size=args.chunk_size or ChunkSettings.chunk_size,
+        chunk_overlap=args.chunk_overlap if args.chunk_overlap is not None else ChunkSettings.chunk_overlap,
+        chunker=args.chunker,
+    )
+    analyzer = build_analyzer(settings, manifest)
+    summary = ingest(
+        args.paths,
+        settings.index,
+        embedder,
+        analyzer,
+        chunk,
+        store={"backend": args.store},
+        progress=not (args.quiet or args.json),
+    )
+    if args.json:
+        print(json.dumps(summary.to_dict(), ensure_ascii=False))
+    else:
+        print(
+            f"indexed {summary.documents_indexed} documents ({summary.documents_unchanged} unchanged) into "
+            f"{summary.chunks} chunks, {summary.tokens} tokens, in {summary.seconds}s "
+            f"({summary.chunks_per_second} chunks/s); index {summary.index} now holds {summary.total_chunks} "
+            f"chunks of {summary.total_documents} documents [{summary.version}]",
+            file=sys.stderr,
+        )
+    for item in summary.skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    return EXIT_SKIPPED if summary.skipped else EXIT_OK
+
+
+def _read_messages(path: Path) -> list[dict[str, str]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CliError(f"{path}: cannot read messages: {exc}") from exc
+    messages = data.get("messages") if isinstance(data, dict) else data
+    if not isinstance(messages, list):
+        raise CliError(f'{path}: expected a JSON list of messages or {{"messages": [...]}}')
+    return messages
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``zhrag search``."""
+    from pydantic import ValidationError
+
+    from app.api.schemas import SearchRequest, to_search_response
+    from app.dialogue_search import run_search
+    from app.services import build_services
+
+    settings = _settings(args, reranker=args.reranker, embed_base_url=args.embed_base_url, embed_cache=args.embed_cache)
+    try:
+        body = SearchRequest(
+            query=args.query,
+            messages=_read_messages(args.messages) if args.messages else None,
+            top_k=args.top_k,
+            mode=args.mode,
+            filters=_filters(args.filter) or None,
+            rerank=args.rerank,
+            score_threshold=args.score_threshold,
+            expand=args.expand,
+            group_by=args.group_by,
+            dialogue_mode=args.dialogue_mode,
+        )
+    except ValidationError as exc:
+        raise CliError("; ".join(e["msg"] for e in exc.errors())) from exc
+    services = build_services(settings, load_model=args.mode != "bm25", model=_model_ref(args.model))
+    outcome, query, _ = run_search(services, body)
+    response = to_search_response(outcome, query)
+    if args.json:
+        print(response.model_dump_json())
+        return EXIT_OK
+    print(f"# {query}  ({response.mode}, {response.took_ms} ms; queries: {' | '.join(response.queries)})")
+    for rank, result in enumerate(response.results, start=1):
+        label = " ".join(x for x in (result.metadata.get("law"), result.metadata.get("article")) if x) or result.title
+        print(f"\n[{rank}] {result.score:.4f}  {label}  ({result.source})")
+        print(result.text)
+    if not response.results:
+        print("(no results)")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``zhrag serve``."""
+    import uvicorn
+
+    from app.api import create_app
+    from retrieval.index import read_manifest
+
+    settings = _settings(
+        args,
+        host=args.host,
+        port=args.port,
+        reranker=args.reranker,
+        api_key=args.api_key,
+        load_model=False if args.no_model else None,
+    )
+    read_manifest(settings.index)  # fail fast with a clear message
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``zhrag eval``."""
+    from app.evaluate import EvalConfig, run_eval
+    from app.services import build_services
+
+    settings = _settings(
+        args,
+        reranker=args.reranker,
+        embed_base_url=args.embed_base_url,
+        embed_cache=args.embed_cache,
+        weight_dense=args.weight_dense,
+        weight_bm25=args.weight_bm25,
+    )
+    services = build_services(settings, load_model=args.mode != "bm25")
+    config = EvalConfig(
+        qrels=args.qrels,
+        queries=args.queries,
+        dialogues=args.dialogues,
+        dialogue_mode=args.dialogue_mode,
+        mode=args.mode,
+        rerank=args.rerank,
+        doc_id=args.doc_id,
+        limit=args.limit,
+    )
+    result = run_eval(services, config, progress=not args.json)
+    per_query = result.pop("per_query")
+    if args.per_query:
+        with open(args.per_query, "w", encoding="utf-8") as fh:
+            for row in per_query:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(" ".join(f"{k}={result[k]}" for k in ("nDCG@10", "MRR@10", "Recall@10", "Recall@100", "queries")))
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``zhrag info``."""
+    from retrieval.index import read_manifest
+
+    print(json.dumps(read_manifest(args.index), ensure_ascii=False, indent=2))
+    return EXIT_OK
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    """``zhrag tiny-model``."""
+    from retrieval.tiny_model import build_tiny_qwen3_embedding, build_tiny_qwen3_reranker
+
+    texts = [p.read_text(encoding="utf-8") for p in args.train_text]
+    build = build_tiny_qwen3_reranker if args.reranker else build_tiny_qwen3_embedding
+    print(build(args.output, texts))
+    return EXIT_OK
+
+
+COMMANDS = {
+    "ingest": cmd_ingest,
+    "search": cmd_search,
+    "serve": cmd_serve,
+    "eval": cmd_eval,
+    "info": cmd_info,
+    "tiny-model": cmd_tiny_model,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``zhrag`` console script."""
+    from retrieval.embedders import EmbedderError
+    from retrieval.index import ZhragIndexError
+    from retrieval.searcher import SearchError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if getattr(args, "top_k", None) is not None and not 1 <= args.top_k <= MAX_TOP_K:
+        print(f"zhrag: error: --top-k must be in 1..{MAX_TOP_K}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, ZhragIndexError, EmbedderError, SearchError, ValueError, FileNotFoundError) as exc:
+        print(f"zhrag {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("zhrag: interrupted; the index was not changed", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Turn a ``/search`` request (query, messages, session) into retrieval queries and run them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from app.services import Services
+from app.sessions import SessionStore
+from retrieval.dialogue import DialogueQueryBuilder
+from retrieval.searcher import SearchOptions, SearchOutcome
+
+if TYPE_CHECKING:
+    from app.api.schemas import SearchRequest
+
+__all__ = ["run_search", "DialogueInputError", "dialogue_builder"]
+
+
+class DialogueInputError(ValueError):
+    """The conversation cannot be searched (e.g. no user turn)."""
+
+
+def dialogue_builder(services: Services) -> DialogueQueryBuilder:
+    """The services' query builder (created once per services object)."""
+    builder = getattr(services, "_dialogue_builder", None)
+    if builder is None:
+        builder = DialogueQueryBuilder(services.analyzer)
+        services._dialogue_builder = builder  # type: ignore[attr-defined]
+    return builder
+
+
+def options_from(body: SearchRequest) -> SearchOptions:
+    """Searcher options from the request body."""
+    return SearchOptions(
+        top_k=body.top_k,
+        mode=body.mode,
+        filters=body.filters,
+        rerank=body.rerank,
+        score_threshold=body.score_threshold,
+        expand=body.expand,
+        neighbors=body.neighbors,
+        group_by=body.group_by,
+    )
+
+
+def run_search(
+    services: Services, body: SearchRequest, sessions: SessionStore | None = None
+) -> tuple[SearchOutcome, str, str | None]:
+    """Search for ``body``; returns (outcome, the user's question, session id).
+
+    A plain ``query`` without history is searched as it is. With ``messages`` and/or a ``session_id``,
+    the conversation (stored history + new messages + ``query`` as the newest user turn) goes through
+    the dialogue query builder.
+    """
+    new = [m.model_dump() for m in body.messages or []]
+    if body.query and body.query.strip():
+        new.append({"role": "user", "content": body.query})
+    if body.session_id and sessions is not None:
+        conversation = sessions.extend(body.session_id, new)
+    else:
+        conversation = new
+    options = options_from(body)
+    users = [m for m in conversation if m["role"] == "user" and m["content"].strip()]
+    if not users:
+        raise DialogueInputError("the conversation has no user turn to answer")
+    question = users[-1]["content"]
+    if len(users) == 1:
+        return services.searcher.search(question, options), question, body.session_id
+    built = dialogue_builder(services).build(conversation, body.dialogue_mode)
+    options.query_weights = built.weights
+    return services.searcher.search(built.queries, options), question, body.session_id

@@ -1,0 +1,121 @@
+"""``zhrag eval``: run queries or dialogues through the searcher and score them against qrels."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from app.dialogue_search import dialogue_builder
+from app.services import Services
+from retrieval.dialogue import DialogueMode
+from retrieval.embedders.cache import CachedEmbedder
+from retrieval.evaluation import (
+    aggregate_hits,
+    doc_key,
+    evaluate_run,
+    load_qrels,
+    load_queries,
+    per_query_metrics,
+)
+from retrieval.searcher import SearchOptions
+from retrieval.text import normalize_text, to_simplified
+
+__all__ = ["EvalConfig", "run_eval", "load_dialogues", "EVAL_DEPTH", "EVAL_CANDIDATES"]
+
+EVAL_DEPTH = 100
+"""Documents kept per query (Recall@100 needs 100)."""
+EVAL_CANDIDATES = 300
+"""Chunks retrieved per query before aggregating to documents."""
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate."""
+
+    qrels: Path
+    queries: Path | None = None
+    dialogues: Path | None = None
+    dialogue_mode: DialogueMode = "auto"
+    mode: str = "hybrid"
+    rerank: bool = False
+    doc_id: str = "{doc_id}"
+    limit: int | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def load_dialogues(path: Path) -> dict[str, list[dict[str, str]]]:
+    """Read dialogues JSONL (``{"id", "messages": [...]}`` per line)."""
+    dialogues: dict[str, list[dict[str, str]]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                record = json.loads(line)
+                if "id" not in record or not isinstance(record.get("messages"), list):
+                    raise ValueError(f'{path}:{lineno}: a dialogue needs "id" and a "messages" list')
+                dialogues[str(record["id"])] = record["messages"]
+    return dialogues
+
+
+def _prewarm(services: Services, texts: list[str]) -> None:
+    """Embed all queries in one batch so per-query searches hit the cache."""
+    if services.embedder is None:
+        return
+    if not isinstance(services.embedder, CachedEmbedder):
+        services.embedder = CachedEmbedder(services.embedder, ":memory:")
+        services.searcher.embedder = services.embedder
+    services.embedder.embed_queries([to_simplified(normalize_text(t)) for t in texts])
+
+
+def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Score the index behind ``services``; returns metrics plus a ``per_query`` list."""
+    start = time.perf_counter()
+    qrels = load_qrels(config.qrels)
+    if config.dialogues:
+        dialogues = load_dialogues(config.dialogues)
+        builder = dialogue_builder(services)
+        plans = {qid: builder.build(msgs, config.dialogue_mode) for qid, msgs in dialogues.items() if qid in qrels}
+        work = {qid: (p.queries, p.weights) for qid, p in plans.items()}
+    elif config.queries:
+        work = {qid: ([text], [1.0]) for qid, text in load_queries(config.queries).items() if qid in qrels}
+    else:
+        raise ValueError("give --queries or --dialogues")
+    ids = sorted(work)[: config.limit] if config.limit else sorted(work)
+    if config.mode != "bm25":
+        _prewarm(services, [q for qid in ids for q in work[qid][0]])
+    run: dict[str, dict[str, float]] = {}
+    top: dict[str, list[str]] = {}
+    for qid in tqdm(ids, desc="eval", unit="q", disable=not progress):
+        queries, weights = work[qid]
+        options = SearchOptions(
+            top_k=EVAL_CANDIDATES,
+            candidates=EVAL_CANDIDATES,
+            mode=config.mode,
+            rerank=config.rerank,  # type: ignore[arg-type]
+            query_weights=weights,
+            weights=config.weights or None,
+        )
+        outcome = services.searcher.search(queries, options)
+        keyed = (
+            (doc_key(config.doc_id, h.chunk.doc_id, h.chunk.title, h.chunk.metadata), h.score) for h in outcome.hits
+        )
+        run[qid] = aggregate_hits(keyed, EVAL_DEPTH)
+        top[qid] = list(run[qid])[:10]
+    scored = {qid: qrels[qid] for qid in ids}
+    metrics = evaluate_run(scored, run)
+    per_query = per_query_metrics(scored, run)
+    return {
+        **metrics,
+        "queries": len(ids),
+        "mode": config.mode,
+        "rerank": config.rerank,
+        "dialogue_mode": config.dialogue_mode if config.dialogues else None,
+        "model": services.index.manifest["embedder"]["model"],
+        "index": str(services.index.root),
+        "seconds": round(time.perf_counter() - start, 1),
+        "per_query": [{"id": qid, **per_query[qid], "top10": top[qid], "relevant": sorted(qrels[qid])} for qid in ids],
+    }

@@ -1,0 +1,143 @@
+"""Build the objects a CLI command or the API needs from settings and an index manifest."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.settings import Settings
+from retrieval.embedders import Embedder, EmbedderError, create_embedder
+from retrieval.embedders.cache import CachedEmbedder
+from retrieval.index import Index, check_embedder, read_manifest
+from retrieval.rerankers import create_reranker
+from retrieval.searcher import Reranker, Searcher
+from retrieval.text import Analyzer
+
+__all__ = ["Services", "build_embedder", "embedder_for_index", "build_services", "build_analyzer"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything loaded for serving one index."""
+
+    settings: Settings
+    index: Index
+    embedder: Embedder | None
+    analyzer: Analyzer
+    searcher: Searcher
+    reranker: Reranker | None
+
+
+def build_analyzer(settings: Settings, manifest: dict[str, Any] | None = None) -> Analyzer:
+    """The BM25 analyzer; an index's own user dictionaries come from its manifest."""
+    dicts = [Path(p) for p in (manifest or {}).get("analyzer", {}).get("user_dicts", [])]
+    dicts += [p for p in settings.user_dicts if p not in dicts]
+    return Analyzer(user_dicts=dicts)
+
+
+def _wrap_cache(embedder: Embedder, settings: Settings) -> Embedder:
+    return CachedEmbedder(embedder, settings.embed_cache) if settings.embed_cache else embedder
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """A new embedder from settings (for ingest into a new index)."""
+    if settings.embedder == "openai":
+        embedder = create_embedder(
+            "openai",
+            base_url=settings.embed_base_url or "",
+            model=settings.embed_model or settings.model,
+            api_key=settings.embed_api_key,
+            query_model=settings.embed_query_model,
+            query_prefix=settings.embed_query_prefix,
+            document_prefix=settings.embed_document_prefix,
+            instruction=settings.instruction,
+            domain=settings.domain,
+            dim=settings.dim,
+            timeout_s=settings.embed_timeout,
+            retries=settings.embed_retries,
+        )
+    else:
+        embedder = create_embedder(
+            "sentence-transformers",
+            model=settings.model,
+            instruction=settings.instruction,
+            domain=settings.domain,
+            dim=settings.dim,
+            max_seq_length=settings.max_seq_length,
+            device=settings.device,
+            precision=settings.precision,
+            batch_size=settings.batch_size,
+            source=settings.model_source,
+        )
+    return _wrap_cache(embedder, settings)
+
+
+def embedder_for_index(manifest: dict[str, Any], settings: Settings, model: str | None = None) -> Embedder:
+    """Rebuild the embedder an index was built with, from its manifest.
+
+    Args:
+        manifest: The index manifest.
+        settings: Runtime settings (device, API key, cache, ...).
+        model: A model the caller asked for explicitly; it must match the manifest.
+
+    Raises:
+        IndexMismatchError: when ``model`` or the loaded model's dimension differ from the index.
+    """
+    built = manifest["embedder"]
+    check_embedder(manifest, model, None)
+    if built["backend"] == "openai":
+        embedder = create_embedder(
+            "openai",
+            base_url=settings.embed_base_url or built["base_url"],
+            model=built["model"],
+            api_key=settings.embed_api_key,
+            query_model=built.get("query_model"),
+            query_prefix=built.get("query_prefix"),
+            document_prefix=built.get("document_prefix", ""),
+            instruction=built.get("instruction"),
+            dim=built["dim"],
+            timeout_s=settings.embed_timeout,
+            retries=settings.embed_retries,
+        )
+    else:
+        embedder = create_embedder(
+            "sentence-transformers",
+            model=built["model"],
+            instruction=built.get("instruction"),
+            dim=built.get("truncate_dim"),
+            max_seq_length=built.get("max_seq_length", settings.max_seq_length),
+            device=settings.device,
+            precision=settings.precision,
+            batch_size=settings.batch_size,
+            source=settings.model_source,
+        )
+    check_embedder(manifest, None, embedder.dim)
+    return _wrap_cache(embedder, settings)
+
+
+def build_services(settings: Settings, load_model: bool | None = None, model: str | None = None) -> Services:
+    """Open the index and load what searching it needs.
+
+    Args:
+        settings: Settings (``settings.index`` is the index directory).
+        load_model: Load the embedding model (``False`` serves BM25 only); default from settings.
+        model: Explicit model asked for by the user (checked against the manifest).
+    """
+    manifest = read_manifest(settings.index)
+    index = Index(settings.index)
+    load = settings.load_model if load_model is None else load_model
+    embedder = embedder_for_index(manifest, settings, model) if load else None
+    reranker = create_reranker(settings.reranker, settings.reranker_type) if settings.reranker else None
+    analyzer = build_analyzer(settings, manifest)
+    weights = {"dense": settings.weight_dense, "bm25": settings.weight_bm25}
+    searcher = Searcher(index, embedder, analyzer, reranker=reranker, weights=weights)
+    return Services(settings, index, embedder, analyzer, searcher, reranker)
+
+
+def describe_embedder_error(exc: EmbedderError) -> str:
+    """One-line message for CLI output."""
+    return str(exc)

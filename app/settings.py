@@ -1,0 +1,69 @@
+"""All configuration in one place: environment variables with the ``ZHRAG_`` prefix (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from retrieval.embedders.sentence_transformers import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_SEQ_LENGTH,
+    DEFAULT_MODEL,
+)
+from retrieval.fusion import RRF_K
+from retrieval.searcher import DEFAULT_CANDIDATES
+
+__all__ = ["Settings", "DEFAULT_INDEX_DIR", "MAX_TOP_K"]
+
+DEFAULT_INDEX_DIR = Path("zhrag_index")
+MAX_TOP_K = 100
+
+
+class Settings(BaseSettings):
+    """zhrag settings. Every field can be set as ``ZHRAG_<FIELD>`` (e.g. ``ZHRAG_INDEX=/data/index``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZHRAG_", env_file=".env", extra="ignore")
+
+    index: Path = Field(DEFAULT_INDEX_DIR, description="Index directory")
+    # Embedding
+    embedder: Literal["sentence-transformers", "openai"] = "sentence-transformers"
+    model: str = Field(DEFAULT_MODEL, description="Hub id, modelscope:ORG/NAME, or a local directory (ingest)")
+    model_source: Literal["huggingface", "modelscope"] = "huggingface"
+    domain: Literal["legal", "medical", "general"] = "legal"
+    instruction: str | None = Field(None, description="Query instruction; overrides the domain default")
+    dim: int | None = Field(None, description="Matryoshka output dimension")
+    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str | None = None
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    embed_base_url: str | None = None
+    embed_api_key: str | None = None
+    embed_model: str | None = None
+    embed_query_model: str | None = None
+    embed_query_prefix: str | None = None
+    embed_document_prefix: str = ""
+    embed_timeout: float = 60.0
+    embed_retries: int = 3
+    embed_cache: Path | None = Field(None, description="SQLite embedding cache shared across runs")
+    # Lexical leg
+    user_dicts: list[Path] = Field(default_factory=list, description="Extra jieba user dictionaries")
+    # Search
+    top_k: int = 5
+    candidates: int = DEFAULT_CANDIDATES
+    rrf_k: int = RRF_K
+    weight_dense: float = 1.0
+    weight_bm25: float = 1.0
+    reranker: str | None = Field(None, description="Reranker model id or directory (enables rerank=true)")
+    reranker_type: Literal["auto", "cross-encoder", "qwen3"] = "auto"
+    # Service
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = Field(None, description="Bearer key required by /retrieval (Dify) when set")
+    knowledge_ids: list[str] = Field(
+        default_factory=list,
+        description="Extra Dify knowledge_id values accepted (the index dir name always is)",
+    )
+    load_model: bool = Field(True, description="Load the embedding model at start-up (False: bm25 only)")

@@ -1,0 +1,124 @@
+"""Shared chunking pieces: settings, stable ids, the Chinese sentence-aware splitter, numerals."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from retrieval.types import Chunk
+
+__all__ = [
+    "ChunkSettings",
+    "LengthFn",
+    "ChunkerName",
+    "chunk_id",
+    "make_chunk",
+    "text_splitter",
+    "CHINESE_SEPARATORS",
+    "cn_to_int",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_CHUNK_OVERLAP",
+]
+
+LengthFn = Callable[[str], int]
+ChunkerName = Literal["auto", "statute", "section", "generic"]
+DEFAULT_CHUNK_SIZE = 512
+DEFAULT_CHUNK_OVERLAP = 64
+CHUNK_ID_LENGTH = 20
+# Paragraphs, lines, then Chinese sentence ends, then clause marks, then characters.
+CHINESE_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "…", "!", "?", ";", "，", ",", " ", ""]
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """Chunker configuration (sizes in tokens of the embedding model's tokenizer)."""
+
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
+    chunker: ChunkerName = "auto"
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 16:
+            raise ValueError(f"chunk size {self.chunk_size} is too small (minimum 16 tokens)")
+        if not 0 <= self.chunk_overlap < self.chunk_size:
+            raise ValueError(f"chunk overlap {self.chunk_overlap} must be in 0..{self.chunk_size - 1}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Manifest entry."""
+        return asdict(self)
+
+
+def chunk_id(doc_id: str, seq: int, text: str) -> str:
+    """Stable id from the document id, the chunk's position and its text."""
+    return hashlib.sha1(f"{doc_id}\x1f{seq}\x1f{text}".encode()).hexdigest()[:CHUNK_ID_LENGTH]
+
+
+def make_chunk(
+    doc_id: str, seq: int, text: str, context: str, title: str, source: str, metadata: dict[str, Any]
+) -> Chunk:
+    """A chunk whose embedded text is ``context`` + newline + ``text`` (just ``text`` without context)."""
+    embed_text = f"{context}\n{text}" if context else text
+    return Chunk(
+        id=chunk_id(doc_id, seq, text),
+        doc_id=doc_id,
+        text=text,
+        embed_text=embed_text,
+        title=title,
+        source=source,
+        metadata=metadata,
+        seq=seq,
+    )
+
+
+def text_splitter(size: int, overlap: int, length: LengthFn):
+    """langchain's recursive splitter on Chinese sentence boundaries, measuring with ``length``."""
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    return RecursiveCharacterTextSplitter(
+        separators=CHINESE_SEPARATORS,
+        keep_separator="end",
+        chunk_size=size,
+        chunk_overlap=overlap,
+        length_function=length,
+        strip_whitespace=True,
+    )
+
+
+_DIGITS = {
+    "零": 0,
+    "〇": 0,
+    "一": 1,
+    "二": 2,
+    "两": 2,
+    "三": 3,
+    "四": 4,
+    "五": 5,
+    "六": 6,
+    "七": 7,
+    "八": 8,
+    "九": 9,
+}
+_UNITS = {"十": 10, "百": 100, "千": 1000, "万": 10000}
+
+
+def cn_to_int(numeral: str) -> int:
+    """Chinese (or Arabic) numeral to int: ``一千二百六十`` -> 1260, ``十五`` -> 15, ``105`` -> 105."""
+    if numeral.isdigit():
+        return int(numeral)
+    total, section, digit = 0, 0, 0
+    for ch in numeral:
+        if ch in _DIGITS:
+            digit = _DIGITS[ch]
+        elif ch in _UNITS:
+            unit = _UNITS[ch]
+            if unit == 10000:
+                total += (section + digit) * unit
+                section = 0
+            else:
+                section += (digit or 1) * unit
+            digit = 0
+        else:
+            raise ValueError(f"not a Chinese numeral: {numeral!r}")
+    return total + section + digit

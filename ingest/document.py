@@ -1,0 +1,33 @@
+"""The document a loader produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Document", "LoadError"]
+
+
+class LoadError(Exception):
+    """A file could not be read; the message names the file and the reason."""
+
+
+@dataclass
+class Document:
+    """A loaded document before chunking.
+
+    Attributes:
+        id: Document id (relative path for files, the ``id`` field for JSONL records).
+        text: Full text.
+        title: Title (first heading, HTML title, JSONL ``title``).
+        source: Where it came from (file path, with ``#line`` for JSONL records).
+        format: Loader format (``md``, ``txt``, ``html``, ``pdf``, ``docx``, ``jsonl``).
+        metadata: Extra fields (JSONL fields other than id/text/title).
+    """
+
+    id: str
+    text: str
+    title: str = ""
+    source: str = ""
+    format: str = "txt"
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,70 @@
+"""File loaders by extension: txt, md, html, pdf, docx, jsonl. Each yields :class:`Document` objects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from ingest.document import Document, LoadError
+from ingest.loaders.docx import load_docx
+from ingest.loaders.html import load_html
+from ingest.loaders.jsonl import load_jsonl
+from ingest.loaders.pdf import load_pdf
+from ingest.loaders.text import load_markdown, load_text, read_text
+
+__all__ = ["LOADERS", "SUPPORTED_SUFFIXES", "load_file", "discover", "read_text", "LoadError"]
+
+Loader = Callable[[Path, str], Iterable[Document]]
+LOADERS: dict[str, Loader] = {
+    ".txt": load_text,
+    ".md": load_markdown,
+    ".markdown": load_markdown,
+    ".html": load_html,
+    ".htm": load_html,
+    ".pdf": load_pdf,
+    ".docx": load_docx,
+    ".jsonl": load_jsonl,
+}
+SUPPORTED_SUFFIXES = tuple(LOADERS)
+
+
+def discover(paths: Iterable[Path | str]) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Expand files and directories (recursively) into (file, document-id base) pairs.
+
+    Returns:
+        The supported files, sorted within each argument, and (path, reason) for arguments that
+        do not exist or files with an unsupported extension named explicitly.
+    """
+    files: list[tuple[Path, str]] = []
+    skipped: list[tuple[str, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                if file.suffix.lower() in LOADERS and not any(part.startswith(".") for part in file.parts[-2:]):
+                    files.append((file, file.relative_to(path).as_posix()))
+        elif path.is_file():
+            if path.suffix.lower() in LOADERS:
+                files.append((path, path.name))
+            else:
+                skipped.append((str(path), f"unsupported file type {path.suffix or '(none)'}"))
+        else:
+            skipped.append((str(path), "no such file or directory"))
+    return files, skipped
+
+
+def load_file(path: Path, doc_id: str) -> Iterator[Document]:
+    """Load one file by extension.
+
+    Raises:
+        LoadError: naming the file, for unreadable or malformed input.
+    """
+    loader = LOADERS.get(path.suffix.lower())
+    if loader is None:
+        raise LoadError(f"{path}: unsupported file type {path.suffix}")
+    try:
+        yield from loader(path, doc_id)
+    except LoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - third-party parsers raise anything; name the file
+        raise LoadError(f"{path}: {type(exc).__name__}: {exc}") from exc

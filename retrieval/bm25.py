@@ -1,0 +1,77 @@
+"""The lexical leg: a bm25s index over analyzer tokens, keyed by docstore row ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["BM25Index", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
+
+log = logging.getLogger(__name__)
+
+BM25_DIR = "bm25"
+_RIDS_FILE = "rids.npy"
+_PARAMS_FILE = "zhrag.json"
+# Lucene-style BM25 defaults; b < 0.75 because contextualised statute chunks are short and uniform.
+DEFAULT_K1 = 1.2
+DEFAULT_B = 0.75
+
+
+class BM25Index:
+    """bm25s over pre-tokenised chunks; position ``i`` in bm25s is row id ``rids[i]``."""
+
+    def __init__(self, retriever: object, rids: np.ndarray, k1: float, b: float) -> None:
+        self._retriever = retriever
+        self.rids = np.asarray(rids, dtype=np.int64)
+        self.k1, self.b = k1, b
+        self._vocab: dict[str, int] = retriever.vocab_dict  # type: ignore[attr-defined]
+
+    @classmethod
+    def build(
+        cls, tokens: Sequence[Sequence[str]], rids: np.ndarray, k1: float = DEFAULT_K1, b: float = DEFAULT_B
+    ) -> BM25Index:
+        """Index token lists (one per chunk) for the given row ids."""
+        import bm25s
+
+        retriever = bm25s.BM25(k1=k1, b=b)
+        retriever.index([list(t) for t in tokens], show_progress=False)
+        return cls(retriever, rids, k1, b)
+
+    def count(self) -> int:
+        """Number of indexed chunks."""
+        return len(self.rids)
+
+    def search(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, row ids) for one tokenised query; only positive scores are returned."""
+        known = [t for t in tokens if t in self._vocab]
+        if not known or not len(self.rids):
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        weight_mask = None
+        if allowed is not None:
+            weight_mask = np.isin(self.rids, allowed).astype(np.float32)
+        scores = self._retriever.get_scores(known, weight_mask=weight_mask)  # type: ignore[attr-defined]
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top[scores[top] > 0]
+        return scores[top].astype(np.float32), self.rids[top]
+
+    def save(self, path: Path) -> None:
+        """Write into directory ``path``."""
+        path.mkdir(parents=True, exist_ok=True)
+        self._retriever.save(str(path), show_progress=False)  # type: ignore[attr-defined]
+        np.save(path / _RIDS_FILE, self.rids)
+        (path / _PARAMS_FILE).write_text(json.dumps({"k1": self.k1, "b": self.b}))
+
+    @classmethod
+    def load(cls, path: Path) -> BM25Index:
+        """Read an index written by :meth:`save`."""
+        import bm25s
+
+        retriever = bm25s.BM25.load(str(path), show_progress=False, verbosity=0)
+        params = json.loads((path / _PARAMS_FILE).read_text())
+        return cls(retriever, np.load(path / _RIDS_FILE), params["k1"], params["b"])

@@ -1,0 +1,185 @@
+"""Chunk texts and metadata in SQLite, keyed by the integer row id the vector store uses."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.types import Chunk
+
+__all__ = ["DocStore", "FilterError", "DOCSTORE_FILE", "COLUMN_FILTERS"]
+
+DOCSTORE_FILE = "chunks.sqlite"
+COLUMN_FILTERS = ("doc_id", "source", "title")
+_FILTER_KEY = re.compile(r"^[\w\u4e00-\u9fff.-]{1,64}$")
+_SQL_BATCH = 500
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    rid INTEGER PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL,
+    doc_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    embed_text TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    tokens TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS ix_chunks_doc ON chunks(doc_id, seq);
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    chunks INTEGER NOT NULL
+);
+"""
+_COLUMNS = "rid, id, doc_id, seq, text, embed_text, title, source, metadata"
+
+
+class FilterError(ValueError):
+    """A metadata filter is malformed."""
+
+
+def _row_to_chunk(row: Sequence[Any]) -> Chunk:
+    rid, cid, doc_id, seq, text, embed_text, title, source, metadata = row
+    return Chunk(
+        id=cid,
+        doc_id=doc_id,
+        seq=seq,
+        text=text,
+        embed_text=embed_text,
+        title=title,
+        source=source,
+        metadata=json.loads(metadata),
+        rid=rid,
+    )
+
+
+class DocStore:
+    """SQLite table of chunks plus a table of ingested documents (for change detection)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    def next_rid(self) -> int:
+        """The next free row id."""
+        (value,) = self._db.execute("SELECT COALESCE(MAX(rid), -1) + 1 FROM chunks").fetchone()
+        return int(value)
+
+    def add(self, chunks: Sequence[Chunk], tokens: Sequence[Sequence[str]]) -> None:
+        """Insert chunks (their ``rid`` must be set) with their BM25 tokens."""
+        rows = [
+            (
+                c.rid,
+                c.id,
+                c.doc_id,
+                c.seq,
+                c.text,
+                c.embed_text,
+                c.title,
+                c.source,
+                json.dumps(c.metadata, ensure_ascii=False),
+                " ".join(t),
+            )
+            for c, t in zip(chunks, tokens, strict=True)
+        ]
+        self._db.executemany(f"INSERT INTO chunks ({_COLUMNS}, tokens) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def set_document(self, doc_id: str, source: str, content_hash: str, chunks: int) -> None:
+        """Record a document's content hash."""
+        self._db.execute("INSERT OR REPLACE INTO documents VALUES (?,?,?,?)", (doc_id, source, content_hash, chunks))
+
+    def document_hash(self, doc_id: str) -> str | None:
+        """The stored content hash of a document, if ingested."""
+        row = self._db.execute("SELECT content_hash FROM documents WHERE doc_id=?", (doc_id,)).fetchone()
+        return row[0] if row else None
+
+    def delete_document(self, doc_id: str) -> list[int]:
+        """Remove a document's chunks; returns their row ids (to delete from the other stores)."""
+        rids = [r for (r,) in self._db.execute("SELECT rid FROM chunks WHERE doc_id=?", (doc_id,))]
+        self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+        self._db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
+        return rids
+
+    def commit(self) -> None:
+        """Commit pending writes."""
+        self._db.commit()
+
+    def count(self) -> int:
+        """Number of chunks."""
+        return int(self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+
+    def count_documents(self) -> int:
+        """Number of documents."""
+        return int(self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+
+    def get(self, rids: Iterable[int]) -> dict[int, Chunk]:
+        """Chunks by row id."""
+        rids = [int(r) for r in rids]
+        out: dict[int, Chunk] = {}
+        for i in range(0, len(rids), _SQL_BATCH):
+            part = rids[i : i + _SQL_BATCH]
+            marks = ",".join("?" * len(part))
+            for row in self._db.execute(f"SELECT {_COLUMNS} FROM chunks WHERE rid IN ({marks})", part):
+                out[row[0]] = _row_to_chunk(row)
+        return out
+
+    def document_chunks(self, doc_id: str) -> list[Chunk]:
+        """All chunks of a document, in order."""
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM chunks WHERE doc_id=? ORDER BY seq", (doc_id,))
+        return [_row_to_chunk(r) for r in rows]
+
+    def iter_tokens(self) -> Iterator[tuple[int, list[str]]]:
+        """(row id, BM25 tokens) of every chunk, by row id."""
+        for rid, tokens in self._db.execute("SELECT rid, tokens FROM chunks ORDER BY rid"):
+            yield rid, tokens.split()
+
+    def all_rids(self) -> np.ndarray:
+        """Every row id, ascending."""
+        return np.fromiter((r for (r,) in self._db.execute("SELECT rid FROM chunks ORDER BY rid")), dtype=np.int64)
+
+    def filter_rids(self, filters: Mapping[str, Any]) -> np.ndarray:
+        """Row ids of chunks matching every filter.
+
+        A filter value is a scalar (equality) or a list (any of). Keys ``doc_id``, ``source`` and
+        ``title`` match columns; other keys match metadata fields.
+
+        Raises:
+            FilterError: for an invalid key or value.
+        """
+        clauses: list[str] = []
+        params: list[Any] = []
+        for key, value in filters.items():
+            if not _FILTER_KEY.match(key):
+                raise FilterError(f"invalid filter key {key!r}")
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+                raise FilterError(f"filter {key!r} needs a string/number or a non-empty list of them")
+            target = key if key in COLUMN_FILTERS else "json_extract(metadata, ?)"
+            if key not in COLUMN_FILTERS:
+                params.append(f'$."{key}"')
+            clauses.append(f"{target} IN ({','.join('?' * len(values))})")
+            params.extend(values)
+        where = " AND ".join(clauses) or "1"
+        rows = self._db.execute(f"SELECT rid FROM chunks WHERE {where} ORDER BY rid", params)
+        return np.fromiter((r for (r,) in rows), dtype=np.int64)
+
+    def backup_to(self, path: Path) -> None:
+        """Copy the database to ``path`` consistently (SQLite backup API)."""
+        target = sqlite3.connect(str(path))
+        with target:
+            self._db.backup(target)
+        target.close()

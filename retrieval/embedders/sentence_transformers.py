@@ -1,0 +1,189 @@
+"""Local Qwen3-Embedding (or any sentence-transformers model) through sentence-transformers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from retrieval.embedders.base import EmbedderError, truncate_dim
+from retrieval.prompts import query_prompt, resolve_instruction
+
+__all__ = [
+    "SentenceTransformerEmbedder",
+    "DEFAULT_MODEL",
+    "DEFAULT_MAX_SEQ_LENGTH",
+    "resolve_model_path",
+    "st_modules",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+# Qwen3-Embedding accepts 32K tokens; attention memory grows with it, so cap it explicitly.
+DEFAULT_MAX_SEQ_LENGTH = 1024
+DEFAULT_BATCH_SIZE = 16
+MODELSCOPE_PREFIX = "modelscope:"
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+def st_modules() -> tuple[type, type, type]:
+    """``(Transformer, Pooling, Normalize)`` from whichever sentence-transformers layout is installed."""
+    try:
+        from sentence_transformers.base.modules import Normalize, Transformer
+        from sentence_transformers.sentence_transformer.modules import Pooling
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+    return Transformer, Pooling, Normalize
+
+
+def resolve_model_path(model: str, source: Literal["huggingface", "modelscope"] = "huggingface") -> str:
+    """Map a model reference to what ``SentenceTransformer`` loads.
+
+    A local directory is used as it is. ``modelscope:ORG/NAME`` (or ``source="modelscope"``) downloads
+    from ModelScope first. Anything else is a Hugging Face hub id (``HF_ENDPOINT`` selects a mirror).
+
+    Raises:
+        EmbedderError: when ModelScope is asked for but not installed.
+    """
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser().resolve())
+    if model.startswith(MODELSCOPE_PREFIX) or source == "modelscope":
+        model_id = model.removeprefix(MODELSCOPE_PREFIX)
+        try:
+            from modelscope import snapshot_download
+        except ImportError as exc:
+            raise EmbedderError("ModelScope download needs: pip install 'zhrag[modelscope]'") from exc
+        return snapshot_download(model_id)
+    return model
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+class SentenceTransformerEmbedder:
+    """Qwen3-Embedding via sentence-transformers: last-token pooling and normalisation come from the model.
+
+    Args:
+        model: Hub id, ``modelscope:ORG/NAME``, or a local directory.
+        instruction: Query task instruction; ``None`` uses the domain's default.
+        domain: ``legal`` | ``medical`` | ``general`` (picks the default instruction).
+        dim: Matryoshka output dimension (truncate, then re-normalise); ``None`` keeps the full size.
+        max_seq_length: Token cap for inputs (set explicitly: the model allows 32K).
+        device: ``cuda``, ``cpu``, ...; auto-detected when ``None``.
+        precision: ``auto`` uses fp16 on CUDA and fp32 on CPU.
+        batch_size: Encode batch size.
+        source: ``huggingface`` or ``modelscope`` for hub ids.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        instruction: str | None = None,
+        domain: str | None = None,
+        dim: int | None = None,
+        max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+        device: str | None = None,
+        precision: Precision = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        source: Literal["huggingface", "modelscope"] = "huggingface",
+    ) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_model_path(model, source)
+        self.name = path if Path(model).expanduser().is_dir() else model
+        self.instruction = resolve_instruction(instruction, domain)
+        self.batch_size = batch_size
+        self.max_seq_length = max_seq_length
+        self._device = _device(device)
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        _quiet_transformers()
+        try:
+            self._model = SentenceTransformer(path, device=self._device, local_files_only=offline)
+        except Exception as exc:  # noqa: BLE001 - any load failure gets the same actionable message
+            raise EmbedderError(
+                f"could not load embedding model {model!r}: {exc}. If Hugging Face is unreachable, set "
+                "HF_ENDPOINT to a mirror, use --model modelscope:ORG/NAME, or pass a local model directory."
+            ) from exc
+        self._model.max_seq_length = max_seq_length
+        if self._device.startswith("cuda") and precision in ("auto", "fp16"):
+            self._model.half()
+        elif precision == "bf16":
+            import torch
+
+            self._model.to(torch.bfloat16)
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        full = get_dim()
+        if full is None:
+            raise EmbedderError(f"model {model!r} does not report an embedding dimension")
+        if dim is not None and not 0 < dim <= full:
+            raise EmbedderError(f"--dim {dim} is outside 1..{full} for model {model!r}")
+        self._full_dim = full
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        """Output dimension (after Matryoshka truncation)."""
+        return self._dim or self._full_dim
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (for chunk sizes)."""
+        return self._model.tokenizer
+
+    def _encode(self, texts: Sequence[str], prompt: str) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts),
+            prompt=prompt,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return truncate_dim(np.asarray(vectors, dtype=np.float32), self._dim)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed passages with no instruction (sentence-transformers sorts each batch by length)."""
+        return self._encode(texts, "")
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed queries as ``Instruct: {task}\\nQuery:{query}``."""
+        return self._encode(texts, query_prompt(self.instruction))
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts with the model's tokenizer (special tokens included)."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry."""
+        return {
+            "backend": "sentence-transformers",
+            "model": self.name,
+            "dim": self.dim,
+            "instruction": self.instruction,
+            "max_seq_length": self.max_seq_length,
+            "truncate_dim": self._dim,
+        }

@@ -1,0 +1,331 @@
+"""An index directory: versioned snapshots swapped atomically, so a failed write never breaks serving.
+
+Layout::
+
+    DIR/CURRENT            name of the live version (replaced atomically)
+    DIR/v-<time>-<rand>/   manifest.json, chunks.sqlite, vectors.*, bm25/
+    DIR/.staging-*/        a write in progress (removed on failure)
+
+Writers copy the live version into a staging directory, change it, fsync it, rename it into place and
+then replace ``CURRENT``. Readers follow ``CURRENT``; the previous version is kept for running readers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Index
+from retrieval.docstore import DOCSTORE_FILE, DocStore
+from retrieval.stores import VectorStore, create_store, load_store
+from retrieval.types import Chunk
+
+__all__ = [
+    "Index",
+    "IndexWriter",
+    "ZhragIndexError",
+    "IndexNotFoundError",
+    "IndexMismatchError",
+    "read_manifest",
+    "MANIFEST_FILE",
+    "FORMAT_VERSION",
+]
+
+MANIFEST_FILE = "manifest.json"
+CURRENT_FILE = "CURRENT"
+FORMAT_VERSION = 1
+KEEP_VERSIONS = 2
+_STAGING_PREFIX = ".staging-"
+_VERSION_PREFIX = "v-"
+
+
+class ZhragIndexError(RuntimeError):
+    """Base class of index errors."""
+
+
+class IndexNotFoundError(ZhragIndexError):
+    """No index at the given directory."""
+
+
+class IndexMismatchError(ZhragIndexError):
+    """The index was built with a different embedder (model or dimension) than the one given."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file atomically: write a temporary file, fsync, rename over the target, fsync the dir."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _current_version(root: Path) -> Path | None:
+    current = root / CURRENT_FILE
+    if not current.is_file():
+        return None
+    version = root / current.read_text(encoding="utf-8").strip()
+    if not (version / MANIFEST_FILE).is_file():
+        raise ZhragIndexError(f"{current} points to {version.name}, which has no {MANIFEST_FILE}")
+    return version
+
+
+def read_manifest(root: Path | str) -> dict[str, Any]:
+    """The manifest of the live version of the index at ``root``.
+
+    Raises:
+        IndexNotFoundError: when ``root`` holds no index.
+    """
+    root = Path(root)
+    version = _current_version(root)
+    if version is None:
+        raise IndexNotFoundError(f"no zhrag index at {root} (run `zhrag ingest PATH --index {root}` first)")
+    return json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def check_embedder(manifest: dict[str, Any], model: str | None, dim: int | None) -> None:
+    """Raise :class:`IndexMismatchError` when ``model``/``dim`` differ from what built the index."""
+    built = manifest["embedder"]
+    if model is not None and model != built["model"]:
+        raise IndexMismatchError(
+            f"index was built with embedding model {built['model']!r}, not {model!r}; "
+            "search with the same model or re-ingest into a new index"
+        )
+    if dim is not None and dim != manifest["dim"]:
+        raise IndexMismatchError(
+            f"index holds {manifest['dim']}-d vectors but the embedder produces {dim}-d vectors "
+            f"(model {built['model']!r})"
+        )
+
+
+def _load_store(version: Path, manifest: dict[str, Any]) -> VectorStore:
+    store_conf = dict(manifest["store"])
+    backend = store_conf.pop("backend")
+    return load_store(backend, version, manifest["dim"], **store_conf)
+
+
+class Index:
+    """A read-only view of the live version of an index."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.version_dir = _current_version(self.root)
+        assert self.version_dir is not None
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise ZhragIndexError(f"index format {self.manifest.get('format')} is not supported by this zhrag")
+        self.docs = DocStore(self.version_dir / DOCSTORE_FILE)
+        self.store = _load_store(self.version_dir, self.manifest)
+        bm25_dir = self.version_dir / BM25_DIR
+        self.bm25 = BM25Index.load(bm25_dir) if bm25_dir.is_dir() else None
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return int(self.manifest["dim"])
+
+    def close(self) -> None:
+        """Release the docstore connection."""
+        self.docs.close()
+
+
+class IndexWriter:
+    """Stage changes to an index and publish them atomically with :meth:`commit`.
+
+    Args:
+        root: Index directory (created if missing).
+        embedder: Manifest entry of the embedder (``describe()``); must match an existing index.
+        store: Vector store backend and options for a new index, e.g. ``{"backend": "faiss"}``.
+        settings: Extra manifest fields (chunker, analyzer, ...).
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        embedder: dict[str, Any],
+        store: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+        bm25: dict[str, float] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        previous = _current_version(self.root)
+        self._base = previous.name if previous else ""
+        self.staging = self.root / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.staging.mkdir()
+        try:
+            if previous is not None:
+                self.manifest = json.loads((previous / MANIFEST_FILE).read_text(encoding="utf-8"))
+                check_embedder(self.manifest, embedder["model"], embedder["dim"])
+                source = DocStore(previous / DOCSTORE_FILE)
+                try:
+                    source.backup_to(self.staging / DOCSTORE_FILE)
+                finally:
+                    source.close()
+                self.store = _load_store(previous, self.manifest)
+            else:
+                self.manifest = {
+                    "format": FORMAT_VERSION,
+                    "created_at": _now(),
+                    "embedder": embedder,
+                    "dim": embedder["dim"],
+                    "store": store or {"backend": "faiss"},
+                    "bm25": bm25 or {"k1": DEFAULT_K1, "b": DEFAULT_B},
+                }
+                store_conf = dict(self.manifest["store"])
+                self.store = create_store(store_conf.pop("backend"), embedder["dim"], **store_conf)
+            self.manifest.update(settings or {})
+            self.docs = DocStore(self.staging / DOCSTORE_FILE)
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
+        self._next_rid = self.docs.next_rid()
+        self._changed = False
+        self._counts: tuple[int, int] | None = None
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None or self.staging.exists():
+            self.abort()
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was added or removed since the writer opened."""
+        return self._changed
+
+    @property
+    def base_version(self) -> str:
+        """Name of the version this writer started from (``""`` for a new index)."""
+        return self._base
+
+    def document_hash(self, doc_id: str) -> str | None:
+        """Stored content hash of a document (``None`` if new)."""
+        return self.docs.document_hash(doc_id)
+
+    def docs_count(self) -> int:
+        """Chunks in the staged index."""
+        return self._counts[1] if self._counts else self.docs.count()
+
+    def documents_count(self) -> int:
+        """Documents in the staged index."""
+        return self._counts[0] if self._counts else self.docs.count_documents()
+
+    def delete_document(self, doc_id: str) -> int:
+        """Remove a document's chunks from every store; returns how many chunks were removed."""
+        rids = self.docs.delete_document(doc_id)
+        if rids:
+            self.store.delete(np.asarray(rids, dtype=np.int64))
+            self._changed = True
+        return len(rids)
+
+    def add_document(
+        self,
+        doc_id: str,
+        source: str,
+        content_hash: str,
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+        tokens: Sequence[Sequence[str]],
+    ) -> None:
+        """Add one document's chunks with their vectors and BM25 tokens (replacing an older version)."""
+        self.delete_document(doc_id)
+        rids = np.arange(self._next_rid, self._next_rid + len(chunks), dtype=np.int64)
+        self._next_rid += len(chunks)
+        for chunk, rid in zip(chunks, rids, strict=True):
+            chunk.rid = int(rid)
+        self.docs.add(chunks, tokens)
+        self.store.add(rids, vectors)
+        self.docs.set_document(doc_id, source, content_hash, len(chunks))
+        self._changed = True
+
+    def commit(self, extra: dict[str, Any] | None = None) -> str:
+        """Publish the staged index; returns the new version name.
+
+        Rebuilds BM25 over every chunk's stored tokens, writes everything, fsyncs, renames the staging
+        directory into place and swaps ``CURRENT``. Older versions beyond the last two are removed.
+        """
+        self.docs.commit()
+        rids, tokens = [], []
+        for rid, toks in self.docs.iter_tokens():
+            rids.append(rid)
+            tokens.append(toks)
+        params = self.manifest["bm25"]
+        if rids:
+            BM25Index.build(tokens, np.asarray(rids, dtype=np.int64), **params).save(self.staging / BM25_DIR)
+        self.store.save(self.staging)
+        self.manifest.update(extra or {})
+        self.manifest["updated_at"] = _now()
+        self._counts = (self.docs.count_documents(), self.docs.count())
+        self.manifest["counts"] = {"documents": self._counts[0], "chunks": self._counts[1]}
+        self.docs.close()
+        (self.staging / MANIFEST_FILE).write_text(
+            json.dumps(self.manifest, ensure_ascii=False, indent=2), encoding="utf-8"
+        )
+        _fsync_tree(self.staging)
+        name = f"{_VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        os.replace(self.staging, self.root / name)
+        _fsync_dir(self.root)
+        atomic_write_text(self.root / CURRENT_FILE, name + "\n")
+        self._prune(name)
+        return name
+
+    def abort(self) -> None:
+        """Drop the staged changes; the live version is untouched."""
+        if self._counts is None and self.staging.exists():
+            try:
+                self._counts = (self.docs.count_documents(), self.docs.count())
+            except Exception:  # noqa: BLE001 - counts are informational
+                self._counts = (0, 0)
+        try:
+            self.docs.close()
+        except Exception:  # noqa: BLE001 - closing twice is harmless
+            pass
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _prune(self, live: str) -> None:
+        versions = sorted(p for p in self.root.iterdir() if p.name.startswith(_VERSION_PREFIX) and p.is_dir())
+        for old in [v for v in versions if v.name != live][: -(KEEP_VERSIONS - 1) or None]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob(f"{_STAGING_PREFIX}*"):
+            if stale != self.staging and time.time() - stale.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+STALE_STAGING_S = 24 * 3600
+"""Staging directories older than this are leftovers of crashed writes and are removed."""

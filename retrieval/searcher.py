@@ -1,0 +1,266 @@
+"""The searcher: dense and BM25 legs, RRF fusion, filters, reranking, passage expansion and grouping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from retrieval.embedders import Embedder
+from retrieval.fusion import RRF_K, reciprocal_rank_fusion
+from retrieval.index import Index
+from retrieval.stores import MISSING_ID
+from retrieval.text import normalize_text, to_simplified
+from retrieval.types import Chunk, Hit
+
+__all__ = [
+    "Searcher",
+    "SearchOptions",
+    "SearchOutcome",
+    "SearchMode",
+    "Expand",
+    "Reranker",
+    "SearchError",
+    "DEFAULT_CANDIDATES",
+    "DEFAULT_RERANK_CANDIDATES",
+]
+
+SearchMode = Literal["hybrid", "dense", "bm25"]
+Expand = Literal["none", "article", "neighbors"]
+SEARCH_MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
+DEFAULT_CANDIDATES = 100
+"""Candidates each leg contributes before fusion (at least ``top_k``)."""
+DEFAULT_RERANK_CANDIDATES = 30
+"""How many fused candidates the reranker re-scores."""
+DENSE, BM25 = "dense", "bm25"
+
+
+class SearchError(ValueError):
+    """A search request cannot be served (e.g. dense mode without an embedder)."""
+
+
+class Reranker(Protocol):
+    """Second-stage scorer: higher = more relevant."""
+
+    name: str
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """One relevance score per passage."""
+        ...
+
+
+@dataclass
+class SearchOptions:
+    """Everything a search call can vary.
+
+    Attributes:
+        top_k: Results to return.
+        mode: ``hybrid`` (RRF of dense and BM25), ``dense`` or ``bm25``.
+        filters: Metadata filters (see :meth:`DocStore.filter_rids`), applied in both legs.
+        rerank: Re-score the fused top candidates with the configured reranker.
+        score_threshold: Drop results whose final score is below it (scale depends on the final stage).
+        expand: Return the whole statute article (``article``) or +-``neighbors`` chunks around a hit.
+        neighbors: Chunks on each side for ``expand="neighbors"``.
+        group_by: ``doc_id`` keeps only the best hit of each document.
+        candidates: Per-leg candidate pool (``None`` = ``max(DEFAULT_CANDIDATES, top_k)``).
+        weights: Per-leg RRF weights, e.g. ``{"dense": 1.0, "bm25": 0.5}``.
+        rrf_k: The RRF constant.
+        query_weights: With several queries, a fusion weight per query (multiplies the leg weight).
+    """
+
+    top_k: int = 5
+    mode: SearchMode = "hybrid"
+    filters: Mapping[str, Any] | None = None
+    rerank: bool = False
+    score_threshold: float | None = None
+    expand: Expand = "none"
+    neighbors: int = 1
+    group_by: Literal["doc_id"] | None = None
+    candidates: int | None = None
+    weights: Mapping[str, float] | None = None
+    rrf_k: int = RRF_K
+    query_weights: Sequence[float] | None = None
+
+
+@dataclass
+class SearchOutcome:
+    """Hits plus what was searched."""
+
+    hits: list[Hit]
+    queries: list[str]
+    took_ms: float
+    mode: str
+    reranked: bool = False
+    debug: dict[str, Any] = field(default_factory=dict)
+
+
+class Searcher:
+    """Query one index.
+
+    Args:
+        index: The open index.
+        embedder: Query embedder (``None`` allows only ``bm25`` mode).
+        analyzer: BM25 tokenizer (the same callable that indexed the chunks).
+        reranker: Optional second stage.
+        weights: Default per-leg RRF weights.
+    """
+
+    def __init__(
+        self,
+        index: Index,
+        embedder: Embedder | None,
+        analyzer: Callable[[str], list[str]],
+        reranker: Reranker | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
+        self.index = index
+        self.embedder = embedder
+        self.analyzer = analyzer
+        self.reranker = reranker
+        self.weights = dict(weights or {})
+
+    # -- legs ------------------------------------------------------------------------------------
+    def _dense(self, queries: Sequence[str], pool: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
+        if self.embedder is None:
+            raise SearchError("dense retrieval needs an embedding model; use mode 'bm25' or load the model")
+        vectors = self.embedder.embed_queries(list(queries))
+        scores, ids = self.index.store.search(vectors, pool, allowed)
+        return [
+            [(int(i), float(s)) for s, i in zip(row_s, row_i, strict=True) if i != MISSING_ID]
+            for row_s, row_i in zip(scores, ids, strict=True)
+        ]
+
+    def _bm25(self, query: str, pool: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        if self.index.bm25 is None:
+            return []
+        scores, rids = self.index.bm25.search(self.analyzer(query), pool, allowed)
+        return [(int(r), float(s)) for r, s in zip(rids, scores, strict=True)]
+
+    def rank(
+        self, queries: Sequence[str], options: SearchOptions, allowed: np.ndarray | None
+    ) -> tuple[list[tuple[int, float]], dict[str, dict[int, tuple[int, float]]]]:
+        """Fused (row id, score) ranking for one or more queries, and each leg's (rank, score) per row id."""
+        pool = max(options.candidates or DEFAULT_CANDIDATES, options.top_k)
+        legs: dict[str, list[tuple[int, float]]] = {}
+        if options.mode in ("hybrid", "dense"):
+            for i, ranked in enumerate(self._dense(queries, pool, allowed)):
+                legs[f"{DENSE}{i or ''}"] = ranked
+        if options.mode in ("hybrid", "bm25"):
+            for i, query in enumerate(queries):
+                legs[f"{BM25}{i or ''}"] = self._bm25(query, pool, allowed)
+        detail = {leg: {rid: (rank, s) for rank, (rid, s) in enumerate(items, 1)} for leg, items in legs.items()}
+        if len(legs) == 1:
+            return next(iter(legs.values())), detail
+        weights = {**self.weights, **(options.weights or {})}
+        per_query = list(options.query_weights or [])
+
+        def leg_weight(leg: str) -> float:
+            kind, number = leg.rstrip("0123456789"), leg.lstrip("abcdefghijklmnopqrstuvwxyz")
+            position = int(number or 0)
+            query_weight = per_query[position] if position < len(per_query) else 1.0
+            return weights.get(kind, 1.0) * query_weight
+
+        leg_weights = {leg: leg_weight(leg) for leg in legs}
+        rankings = {leg: [rid for rid, _ in items] for leg, items in legs.items()}
+        return reciprocal_rank_fusion(rankings, k=options.rrf_k, weights=leg_weights), detail
+
+    # -- public ----------------------------------------------------------------------------------
+    def search(self, query: str | Sequence[str], options: SearchOptions | None = None) -> SearchOutcome:
+        """Search with one query or several (fused with RRF; the first is the one reranked against).
+
+        Raises:
+            SearchError: for an unknown mode, an empty query, or dense mode without an embedder.
+            FilterError: for malformed filters.
+        """
+        start = time.perf_counter()
+        options = options or SearchOptions()
+        if options.mode not in SEARCH_MODES:
+            raise SearchError(f"unknown mode {options.mode!r}; choose one of {SEARCH_MODES}")
+        queries = [query] if isinstance(query, str) else list(query)
+        queries = [to_simplified(normalize_text(q)) for q in queries]
+        queries = [q for q in queries if q]
+        if not queries:
+            raise SearchError("query is empty")
+        allowed = self.index.docs.filter_rids(options.filters) if options.filters else None
+        if allowed is not None and len(allowed) == 0:
+            return SearchOutcome([], queries, _ms(start), options.mode)
+        ranked, detail = self.rank(queries, options, allowed)
+        reranked = False
+        if options.rerank:
+            if self.reranker is None:
+                raise SearchError("reranking was asked for but no reranker is configured (--reranker / ZHRAG_RERANKER)")
+            ranked = self._rerank(queries[0], ranked)
+            reranked = True
+        hits = self._materialise(ranked, detail, options)
+        return SearchOutcome(hits, queries, _ms(start), options.mode, reranked)
+
+    def _rerank(self, query: str, ranked: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        assert self.reranker is not None
+        head = ranked[:DEFAULT_RERANK_CANDIDATES]
+        chunks = self.index.docs.get(rid for rid, _ in head)
+        scores = self.reranker.score(query, [chunks[rid].embed_text for rid, _ in head])
+        order = np.argsort(-np.asarray(scores), kind="stable")
+        return [(head[i][0], float(scores[i])) for i in order]
+
+    def _materialise(
+        self,
+        ranked: list[tuple[int, float]],
+        detail: dict[str, dict[int, tuple[int, float]]],
+        options: SearchOptions,
+    ) -> list[Hit]:
+        hits: list[Hit] = []
+        seen_docs: set[str] = set()
+        seen_passages: set[tuple[str, ...]] = set()
+        window = ranked[: max(options.top_k * 4, options.top_k + 20)]
+        chunks = self.index.docs.get(rid for rid, _ in window)
+        for rid, score in window:
+            if options.score_threshold is not None and score < options.score_threshold:
+                continue
+            chunk = chunks[rid]
+            if options.group_by == "doc_id":
+                if chunk.doc_id in seen_docs:
+                    continue
+                seen_docs.add(chunk.doc_id)
+            if options.expand != "none":
+                chunk = self._expand(chunk, options)
+                key = tuple(chunk.metadata.get("chunk_ids", [chunk.id]))
+                if key in seen_passages:
+                    continue
+                seen_passages.add(key)
+            ranks = {leg: r for leg, info in detail.items() if (r := info.get(rid, (0, 0.0))[0])}
+            leg_scores = {leg: info[rid][1] for leg, info in detail.items() if rid in info}
+            hits.append(Hit(chunk=chunk, score=score, ranks=ranks, scores=leg_scores))
+            if len(hits) == options.top_k:
+                break
+        return hits
+
+    def _expand(self, chunk: Chunk, options: SearchOptions) -> Chunk:
+        siblings = self.index.docs.document_chunks(chunk.doc_id)
+        if options.expand == "article" and chunk.metadata.get("article"):
+            part = [c for c in siblings if c.metadata.get("article") == chunk.metadata["article"]]
+        else:
+            pos = next(i for i, c in enumerate(siblings) if c.id == chunk.id)
+            n = options.neighbors if options.expand == "neighbors" else 0
+            part = siblings[max(0, pos - n) : pos + n + 1]
+        if len(part) <= 1:
+            return chunk
+        metadata = {**chunk.metadata, "expanded": options.expand, "chunk_ids": [c.id for c in part]}
+        text = "\n".join(c.text for c in part)
+        return Chunk(
+            id=chunk.id,
+            doc_id=chunk.doc_id,
+            text=text,
+            embed_text=text,
+            title=chunk.title,
+            source=chunk.source,
+            metadata=metadata,
+            seq=chunk.seq,
+            rid=chunk.rid,
+        )
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)

@@ -1,0 +1,47 @@
+"""Vector stores behind one small protocol, chosen by name (``faiss`` default, ``numpy``, ``milvus``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from retrieval.stores.base import MISSING_ID, StoreError, VectorStore
+
+__all__ = ["VectorStore", "StoreError", "MISSING_ID", "create_store", "load_store", "STORE_BACKENDS"]
+
+STORE_BACKENDS = ("faiss", "numpy", "milvus")
+_INSTALL_HINTS = {
+    "faiss": "pip install faiss-cpu",
+    "milvus": "pip install 'zhrag[milvus]'",
+}
+
+
+def _import_backend(name: str) -> Any:
+    try:
+        if name == "faiss":
+            import faiss  # noqa: F401
+
+            from retrieval.stores.faiss import FaissStore
+
+            return FaissStore
+        if name == "numpy":
+            from retrieval.stores.numpy import NumpyStore
+
+            return NumpyStore
+        if name == "milvus":
+            from retrieval.stores.milvus import MilvusStore
+
+            return MilvusStore
+    except ImportError as exc:
+        raise StoreError(f"vector store {name!r} needs an extra: {_INSTALL_HINTS.get(name, name)}") from exc
+    raise StoreError(f"unknown vector store {name!r}; choose one of {STORE_BACKENDS}")
+
+
+def create_store(name: str, dim: int, **options: Any) -> VectorStore:
+    """A new, empty store of backend ``name``."""
+    return _import_backend(name)(dim, **options)
+
+
+def load_store(name: str, path: Path, dim: int, **options: Any) -> VectorStore:
+    """Load a saved store of backend ``name`` from directory ``path``."""
+    return _import_backend(name).load(path, dim, **options)
