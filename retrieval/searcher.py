@@ -14,7 +14,7 @@ from retrieval.fusion import RRF_K, reciprocal_rank_fusion
 from retrieval.index import Index
 from retrieval.stores import MISSING_ID
 from retrieval.text import normalize_text, to_simplified
-from retrieval.types import Chunk, Hit
+from retrieval.types import CONTINUED, Chunk, Hit
 
 __all__ = [
     "Searcher",
@@ -36,6 +36,7 @@ DEFAULT_CANDIDATES = 100
 DEFAULT_RERANK_CANDIDATES = 30
 """How many fused candidates the reranker re-scores."""
 DENSE, BM25 = "dense", "bm25"
+LEG_SEPARATOR = "#"
 
 
 class SearchError(ValueError):
@@ -147,10 +148,10 @@ class Searcher:
         legs: dict[str, list[tuple[int, float]]] = {}
         if options.mode in ("hybrid", "dense"):
             for i, ranked in enumerate(self._dense(queries, pool, allowed)):
-                legs[f"{DENSE}{i or ''}"] = ranked
+                legs[_leg_name(DENSE, i)] = ranked
         if options.mode in ("hybrid", "bm25"):
             for i, query in enumerate(queries):
-                legs[f"{BM25}{i or ''}"] = self._bm25(query, pool, allowed)
+                legs[_leg_name(BM25, i)] = self._bm25(query, pool, allowed)
         detail = {leg: {rid: (rank, s) for rank, (rid, s) in enumerate(items, 1)} for leg, items in legs.items()}
         if len(legs) == 1:
             return next(iter(legs.values())), detail
@@ -158,7 +159,7 @@ class Searcher:
         per_query = list(options.query_weights or [])
 
         def leg_weight(leg: str) -> float:
-            kind, number = leg.rstrip("0123456789"), leg.lstrip("abcdefghijklmnopqrstuvwxyz")
+            kind, _, number = leg.partition(LEG_SEPARATOR)
             position = int(number or 0)
             query_weight = per_query[position] if position < len(per_query) else 1.0
             return weights.get(kind, 1.0) * query_weight
@@ -248,7 +249,7 @@ class Searcher:
         if len(part) <= 1:
             return chunk
         metadata = {**chunk.metadata, "expanded": options.expand, "chunk_ids": [c.id for c in part]}
-        text = "\n".join(c.text for c in part)
+        text = "\n".join(_strip_continuation(c) for c in part)
         return Chunk(
             id=chunk.id,
             doc_id=chunk.doc_id,
@@ -262,5 +263,17 @@ class Searcher:
         )
 
 
+def _leg_name(kind: str, query_position: int) -> str:
+    """``dense``/``bm25`` for the first query, ``dense#1``/``bm25#1`` for the second, ..."""
+    return f"{kind}{LEG_SEPARATOR}{query_position}" if query_position else kind
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
+
+
+def _strip_continuation(chunk: Chunk) -> str:
+    """A continued article part repeats its number (第X条（续）); drop that when parts are joined again."""
+    article = chunk.metadata.get("article")
+    marker = f"{article}{CONTINUED}" if article else None
+    return chunk.text.removeprefix(marker) if marker and chunk.metadata.get("part", 1) > 1 else chunk.text

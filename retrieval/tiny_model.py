@@ -12,7 +12,13 @@ from pathlib import Path
 
 from retrieval.prompts import INSTRUCTIONS, query_prompt
 
-__all__ = ["build_tiny_tokenizer", "build_tiny_qwen3_embedding", "build_tiny_qwen3_reranker", "EOS_TOKEN"]
+__all__ = [
+    "build_tiny_tokenizer",
+    "build_tiny_qwen3_embedding",
+    "build_tiny_qwen3_reranker",
+    "build_tiny_cross_encoder",
+    "EOS_TOKEN",
+]
 
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = [EOS_TOKEN, "<|im_start|>", "<|im_end|>"]
@@ -25,6 +31,7 @@ TINY_HEAD_DIM = 16
 TINY_INTERMEDIATE = 128
 TINY_MAX_POSITIONS = 4096
 TINY_MAX_SEQ_LENGTH = 512
+ANSWER_REPEATS = 200
 _FALLBACK_TEXT = ["中华人民共和国民法典 第一条 为了保护民事主体的合法权益，调整民事关系，维护社会和经济秩序。"]
 
 
@@ -122,8 +129,23 @@ def build_tiny_qwen3_reranker(path: Path | str, texts: Iterable[str] = (), seed:
     from transformers import Qwen3ForCausalLM
 
     path = Path(path)
-    tokenizer = build_tiny_tokenizer([*texts, "yes no yes no"], path)
+    # Repeat the answer words so the tiny BPE learns them as single tokens, as Qwen3's vocabulary has.
+    tokenizer = build_tiny_tokenizer([*texts, *["yes no"] * ANSWER_REPEATS], path)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(_config(len(tokenizer), tokenizer.eos_token_id))
     model.save_pretrained(str(path))
+    return path
+
+
+def build_tiny_cross_encoder(path: Path | str, texts: Iterable[str] = (), seed: int = 0) -> Path:
+    """Write a tiny random sequence-classification model loadable by sentence-transformers ``CrossEncoder``."""
+    import torch
+    from transformers import Qwen3ForSequenceClassification
+
+    path = Path(path)
+    tokenizer = build_tiny_tokenizer(texts, path)
+    torch.manual_seed(seed)
+    config = _config(len(tokenizer), tokenizer.eos_token_id)
+    config.num_labels = 1
+    Qwen3ForSequenceClassification(config).save_pretrained(str(path))
     return path

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Chunk", "Hit"]
+__all__ = ["Chunk", "Hit", "CONTINUED"]
+
+CONTINUED = "（续）"
+"""Marker after the article number of a continued part of a split statute article (第X条（续）)."""
 
 
 @dataclass

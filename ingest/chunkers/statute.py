@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ingest.chunkers.base import ChunkSettings, LengthFn, cn_to_int, make_chunk, text_splitter
 from ingest.document import Document
-from retrieval.types import Chunk
+from retrieval.types import CONTINUED, Chunk
 
 __all__ = ["chunk_statute", "is_statute", "ARTICLE_RE", "CONTINUED", "INFO_END", "parse_articles", "Article"]
 
@@ -23,7 +23,6 @@ INFO_END = "<!-- INFO END -->"
 _COMMENT = re.compile(r"^<!--.*-->$")
 # Headings that introduce text of their own rather than enclosing the chapters after them.
 SECTION_ONLY_HEADINGS = frozenset({"序言", "目录", "前言"})
-CONTINUED = "（续）"
 MIN_STATUTE_ARTICLES = 3
 
 

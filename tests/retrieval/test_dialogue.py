@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+
+from retrieval.dialogue import DialogueQueryBuilder, is_elliptical, opens_new_topic
+
+
+def _msgs(*users: str) -> list[dict[str, str]]:
+    out = []
+    for i, u in enumerate(users):
+        if i:
+            out.append({"role": "assistant", "content": "好的，我了解了。"})
+        out.append({"role": "user", "content": u})
+    return out
+
+
+@pytest.fixture(scope="module")
+def builder(analyzer) -> DialogueQueryBuilder:
+    return DialogueQueryBuilder(analyzer)
+
+
+def test_elliptical_last_turn_carries_subject(builder: DialogueQueryBuilder) -> None:
+    plan = builder.build(_msgs("我老公开了一家个体工商户，经营不善欠了很多钱。", "那他欠的钱谁来还？"))
+    assert plan.elliptical
+    assert len(plan.queries) == 2 and plan.queries[1] == "那他欠的钱谁来还？"
+    assert "个体工商户" in plan.queries[0] and plan.queries[0].endswith("那他欠的钱谁来还？")
+    assert plan.weights[0] > plan.weights[1]
+
+
+def test_topic_switch_drops_the_old_topic(builder: DialogueQueryBuilder) -> None:
+    plan = builder.build(
+        _msgs(
+            "驾照扣满12分了要怎么处理？",
+            "好的。还有个事，我们公司跟物流企业签了仓储合同，存放一批货物。",
+            "那这种合同什么时候成立？",
+        )
+    )
+    assert "驾照" not in plan.queries[0] and "仓储合同" in plan.queries[0]
+    assert plan.context_turns == ["好的。还有个事，我们公司跟物流企业签了仓储合同，存放一批货物。"]
+
+
+def test_related_history_is_kept(builder: DialogueQueryBuilder) -> None:
+    plan = builder.build(
+        _msgs("我在装修公司干活，没签劳动合同。", "干活时从梯子上摔伤了，老板说我不算公司员工，不给工伤。", "那我这种情况怎么办？")
+    )
+    assert len(plan.context_turns) == 2
+    assert "装修" in plan.queries[0] and "梯子" in plan.queries[0]
+
+
+def test_modes(builder: DialogueQueryBuilder) -> None:
+    msgs = _msgs("仓储合同的保管人有什么义务？", "那存货人呢？")
+    assert builder.build(msgs, "last").queries == ["那存货人呢？"]
+    assert builder.build(msgs, "concat").queries == ["仓储合同的保管人有什么义务？\n那存货人呢？"]
+    assert builder.build(_msgs("单独的问题：假药怎么处罚？")).queries == ["单独的问题：假药怎么处罚？"]
+    with pytest.raises(ValueError):
+        builder.build([{"role": "assistant", "content": "hi"}])
+
+
+def test_markers(analyzer) -> None:
+    assert opens_new_topic("明白了。另外，邻居骂我怎么办")
+    assert not opens_new_topic("我们公司签了仓储合同")
+    assert is_elliptical("这种情况要不要负责？", analyzer)
+    assert not is_elliptical("用人单位未依法缴纳社会保险费，劳动者可以解除劳动合同并要求经济补偿吗？", analyzer)

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from retrieval.embedders import EmbedderError, create_embedder
+from retrieval.embedders.cache import CachedEmbedder
+from retrieval.embedders.openai import OpenAIEmbedder
+from retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder
+from retrieval.prompts import INSTRUCTIONS, format_query
+
+TEXTS = ["医师在执业活动中履行下列义务", "禁止生产、销售假药", "高血压患者要控制食盐摄入量"]
+
+
+def test_tokenizer_appends_endoftext(tiny_embedder: SentenceTransformerEmbedder) -> None:
+    tok = tiny_embedder.tokenizer
+    ids = tok(TEXTS[0])["input_ids"]
+    assert tok.convert_ids_to_tokens(ids[-1]) == "<|endoftext|>"
+
+
+def test_last_token_pooling_normalised(tiny_embedder: SentenceTransformerEmbedder) -> None:
+    """The embedding equals the normalised hidden state of the final <|endoftext|> token."""
+    vectors = tiny_embedder.embed_documents(TEXTS)
+    assert vectors.shape == (3, tiny_embedder.dim)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    model = tiny_embedder._model[0].auto_model
+    tok = tiny_embedder.tokenizer
+    with torch.no_grad():
+        hidden = model(**tok(TEXTS[1], return_tensors="pt")).last_hidden_state[0, -1].numpy()
+    assert np.allclose(vectors[1], hidden / np.linalg.norm(hidden), atol=1e-4)
+
+
+def test_padding_does_not_change_embeddings(tiny_embedder: SentenceTransformerEmbedder) -> None:
+    batch = tiny_embedder.embed_documents(TEXTS)
+    single = np.vstack([tiny_embedder.embed_documents([t]) for t in TEXTS])
+    assert np.allclose(batch, single, atol=1e-4)
+
+
+def test_query_gets_instruction_documents_do_not(tiny_embedder: SentenceTransformerEmbedder) -> None:
+    query = tiny_embedder.embed_queries(["假药"])[0]
+    plain = tiny_embedder.embed_documents(["假药"])[0]
+    formatted = tiny_embedder.embed_documents([format_query("假药", tiny_embedder.instruction)])[0]
+    assert np.allclose(query, formatted, atol=1e-4)
+    assert not np.allclose(query, plain, atol=1e-3)
+    assert format_query("假药", "T") == "Instruct: T\nQuery:假药"
+
+
+def test_domain_instruction(tiny_model_dir: Path) -> None:
+    medical = SentenceTransformerEmbedder(str(tiny_model_dir), domain="medical", device="cpu")
+    assert medical.instruction == INSTRUCTIONS["medical"]
+    assert medical.describe()["instruction"] == INSTRUCTIONS["medical"]
+
+
+def test_matryoshka_truncation(tiny_model_dir: Path, tiny_embedder: SentenceTransformerEmbedder) -> None:
+    small = SentenceTransformerEmbedder(str(tiny_model_dir), dim=32, device="cpu")
+    vectors = small.embed_documents(TEXTS)
+    full = tiny_embedder.embed_documents(TEXTS)
+    assert vectors.shape == (3, 32)
+    expected = full[:, :32] / np.linalg.norm(full[:, :32], axis=1, keepdims=True)
+    assert np.allclose(vectors, expected, atol=1e-4)
+    with pytest.raises(EmbedderError, match="--dim"):
+        SentenceTransformerEmbedder(str(tiny_model_dir), dim=10_000, device="cpu")
+
+
+def test_max_seq_length_is_set(tiny_embedder: SentenceTransformerEmbedder) -> None:
+    assert tiny_embedder._model.max_seq_length == tiny_embedder.max_seq_length == 1024
+
+
+def test_unreachable_model_gives_actionable_error(tmp_path: Path) -> None:
+    with pytest.raises(EmbedderError, match="HF_ENDPOINT"):
+        SentenceTransformerEmbedder("no-such-org/no-such-model-xyz", device="cpu")
+
+
+class FakeServer:
+    """An OpenAI-compatible embeddings endpoint as an httpx transport."""
+
+    def __init__(self, dim: int = 8, fail_first: int = 0, status: int = 200) -> None:
+        self.dim, self.fail_first, self.status = dim, fail_first, status
+        self.requests: list[dict] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.requests.append({"body": body, "auth": request.headers.get("authorization")})
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return httpx.Response(503, json={"error": "busy"})
+        if self.status != 200:
+            return httpx.Response(self.status, json={"error": "nope"})
+        data = []
+        for i, text in enumerate(body["input"]):
+            rng = np.random.default_rng(abs(hash((body["model"], text))) % 2**32)
+            data.append({"index": i, "embedding": rng.normal(size=self.dim).tolist()})
+        return httpx.Response(200, json={"data": data[::-1]})  # out of order on purpose
+
+
+def _remote(server: FakeServer, **kw) -> OpenAIEmbedder:
+    kw.setdefault("retries", 2)
+    return OpenAIEmbedder("http://fake/v1", "qwen3-emb", transport=httpx.MockTransport(server), **kw)
+
+
+def test_openai_embedder_batches_prefixes_and_orders(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = FakeServer()
+    emb = _remote(server, api_key="k", batch_size=2, query_model="qwen3-emb-query", dim=8)
+    docs = emb.embed_documents(TEXTS)
+    assert docs.shape == (3, 8) and np.allclose(np.linalg.norm(docs, axis=1), 1)
+    assert [len(r["body"]["input"]) for r in server.requests] == [2, 1]
+    assert server.requests[0]["auth"] == "Bearer k"
+    again = emb.embed_documents(TEXTS[:1])
+    assert np.allclose(again[0], docs[0])  # index order respected
+    emb.embed_queries(["假药"])
+    last = server.requests[-1]["body"]
+    assert last["model"] == "qwen3-emb-query"
+    assert last["input"][0].startswith("Instruct: ") and last["input"][0].endswith("\nQuery:假药")
+
+
+def test_openai_embedder_retries_then_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("retrieval.embedders.openai.BACKOFF_BASE_S", 0.0)
+    server = FakeServer(fail_first=2)
+    assert _remote(server, dim=8).embed_documents(["x"]).shape == (1, 8)
+    assert len(server.requests) == 3
+
+
+def test_openai_embedder_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("retrieval.embedders.openai.BACKOFF_BASE_S", 0.0)
+    with pytest.raises(EmbedderError, match="HTTP 401"):
+        _remote(FakeServer(status=401), dim=8).embed_documents(["x"])
+    with pytest.raises(EmbedderError, match="dimension 8, expected 16"):
+        _remote(FakeServer(dim=8), dim=16).embed_documents(["x"])
+    down = OpenAIEmbedder("http://127.0.0.1:9/v1", "m", retries=0, timeout_s=1.0, dim=4)
+    with pytest.raises(EmbedderError, match="unreachable"):
+        down.embed_documents(["x"])
+    with pytest.raises(EmbedderError, match="base URL"):
+        create_embedder("openai", base_url="", model="m")
+
+
+def test_cache_embeds_each_text_once(tmp_path: Path) -> None:
+    server = FakeServer()
+    cached = CachedEmbedder(_remote(server, dim=8), tmp_path / "cache.sqlite")
+    first = cached.embed_documents(TEXTS)
+    calls = len(server.requests)
+    second = CachedEmbedder(_remote(server, dim=8), tmp_path / "cache.sqlite").embed_documents(TEXTS[::-1])
+    assert len(server.requests) == calls
+    assert np.allclose(first[::-1], second)
+    cached.embed_queries(TEXTS[:1])
+    assert len(server.requests) == calls + 1  # queries are cached separately from documents

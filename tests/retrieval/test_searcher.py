@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retrieval.docstore import FilterError
+from retrieval.index import Index
+from retrieval.searcher import SearchError, Searcher, SearchOptions
+from tests.conftest import SAMPLE_STATUTES
+
+
+@pytest.fixture(scope="module")
+def searcher(sample_index: Path, tiny_embedder, analyzer) -> Searcher:
+    return Searcher(Index(sample_index), tiny_embedder, analyzer)
+
+
+def _labels(outcome) -> list[tuple[str, str]]:
+    return [(h.chunk.metadata["law"], h.chunk.metadata["article"]) for h in outcome.hits]
+
+
+def test_bm25_finds_the_statute_article(searcher: Searcher) -> None:
+    out = searcher.search("医师在执业活动中履行哪些义务", SearchOptions(top_k=3, mode="bm25"))
+    assert ("中华人民共和国医师法", "第二十三条") in _labels(out)
+    assert out.hits[0].ranks == {"bm25": 1}
+
+
+def test_traditional_query_finds_simplified_statute(searcher: Searcher) -> None:
+    out = searcher.search("醫師在執業活動中履行哪些義務", SearchOptions(top_k=3, mode="bm25"))
+    assert ("中华人民共和国医师法", "第二十三条") in _labels(out)
+
+
+def test_modes_and_leg_details(searcher: Searcher) -> None:
+    dense = searcher.search("假药", SearchOptions(top_k=5, mode="dense"))
+    assert len(dense.hits) == 5 and all(set(h.ranks) == {"dense"} for h in dense.hits)
+    assert all(-1.0 <= h.score <= 1.0 for h in dense.hits)
+    hybrid = searcher.search("假药", SearchOptions(top_k=5))
+    assert len(hybrid.hits) == 5
+    assert any(set(h.ranks) == {"dense", "bm25"} or "bm25" in h.ranks for h in hybrid.hits)
+    assert [h.score for h in hybrid.hits] == sorted((h.score for h in hybrid.hits), reverse=True)
+
+
+def test_filters_apply_to_both_legs(searcher: Searcher) -> None:
+    opts = SearchOptions(top_k=10, filters={"law": "中华人民共和国药品管理法"})
+    out = searcher.search("医师的义务", opts)
+    assert out.hits and {h.chunk.metadata["law"] for h in out.hits} == {"中华人民共和国药品管理法"}
+    assert searcher.search("医师", SearchOptions(filters={"law": "不存在的法"})).hits == []
+    with pytest.raises(FilterError):
+        searcher.search("医师", SearchOptions(filters={"bad key!": "x"}))
+
+
+def test_group_by_doc_id(searcher: Searcher) -> None:
+    out = searcher.search("医疗机构 患者", SearchOptions(top_k=4, mode="bm25", group_by="doc_id"))
+    docs = [h.chunk.doc_id for h in out.hits]
+    assert len(docs) == len(set(docs)) >= 3
+
+
+def test_expand_article_and_neighbors(searcher: Searcher) -> None:
+    base = searcher.search("医师 义务", SearchOptions(top_k=1, mode="bm25"))
+    hit = base.hits[0].chunk
+    near = searcher.search("医师 义务", SearchOptions(top_k=1, mode="bm25", expand="neighbors", neighbors=1))
+    text = near.hits[0].chunk.text
+    assert hit.text in text and len(near.hits[0].chunk.metadata["chunk_ids"]) in (2, 3)
+    art = searcher.search("医师 义务", SearchOptions(top_k=1, mode="bm25", expand="article"))
+    assert art.hits[0].chunk.text.startswith(hit.metadata["article"])
+
+
+def test_expand_article_joins_a_split_article(tmp_path: Path, tiny_embedder, analyzer) -> None:
+    from ingest.chunkers import ChunkSettings
+    from ingest.pipeline import ingest
+
+    ingest([SAMPLE_STATUTES / "医师法.md"], tmp_path, tiny_embedder, analyzer, ChunkSettings(64, 0), progress=False)
+    searcher = Searcher(Index(tmp_path), tiny_embedder, analyzer)
+    docs = searcher.index.docs
+    split = next(c for c in docs.get(range(docs.count())).values() if c.metadata["parts"] > 1 and c.metadata["part"] == 2)
+    assert split.text.startswith(f"{split.metadata['article']}（续）")
+    out = searcher.search(split.text[-30:], SearchOptions(top_k=5, mode="bm25", expand="article"))
+    joined = next(h.chunk for h in out.hits if h.chunk.metadata["article"] == split.metadata["article"])
+    assert len(joined.metadata["chunk_ids"]) == split.metadata["parts"]
+    assert "（续）" not in joined.text and joined.text.startswith(split.metadata["article"])
+
+
+def test_score_threshold(searcher: Searcher) -> None:
+    out = searcher.search("假药", SearchOptions(top_k=10, mode="bm25"))
+    cut = out.hits[2].score
+    kept = searcher.search("假药", SearchOptions(top_k=10, mode="bm25", score_threshold=cut))
+    assert all(h.score >= cut for h in kept.hits) and len(kept.hits) == 3
+
+
+def test_errors(searcher: Searcher, sample_index: Path, analyzer) -> None:
+    with pytest.raises(SearchError, match="empty"):
+        searcher.search("   ")
+    with pytest.raises(SearchError, match="mode"):
+        searcher.search("x", SearchOptions(mode="fuzzy"))  # type: ignore[arg-type]
+    with pytest.raises(SearchError, match="reranker"):
+        searcher.search("x", SearchOptions(rerank=True))
+    no_model = Searcher(Index(sample_index), None, analyzer)
+    with pytest.raises(SearchError, match="embedding model"):
+        no_model.search("x", SearchOptions(mode="dense"))
+    assert no_model.search("假药", SearchOptions(mode="bm25")).hits
+
+
+def test_rerank_reorders_by_reranker_scores(sample_index: Path, tiny_embedder, analyzer, tiny_reranker_dir) -> None:
+    from retrieval.rerankers import create_reranker
+
+    searcher = Searcher(Index(sample_index), tiny_embedder, analyzer, reranker=create_reranker(str(tiny_reranker_dir)))
+    out = searcher.search("医疗机构泄露患者隐私", SearchOptions(top_k=5, rerank=True))
+    assert out.reranked and len(out.hits) == 5
+    scores = [h.score for h in out.hits]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    kept = searcher.search("医疗机构泄露患者隐私", SearchOptions(top_k=5, rerank=True, score_threshold=scores[1]))
+    assert len(kept.hits) == 2
+
+
+def test_multi_query_fusion_with_query_weights(searcher: Searcher) -> None:
+    first = searcher.search("假药", SearchOptions(top_k=3, mode="bm25"))
+    second = searcher.search("医师 义务", SearchOptions(top_k=3, mode="bm25"))
+    only_first = searcher.search(["假药", "医师 义务"], SearchOptions(top_k=3, mode="bm25", query_weights=[1.0, 0.0]))
+    only_second = searcher.search(["假药", "医师 义务"], SearchOptions(top_k=3, mode="bm25", query_weights=[0.0, 1.0]))
+    assert [h.chunk.id for h in only_first.hits] == [h.chunk.id for h in first.hits]
+    assert [h.chunk.id for h in only_second.hits] == [h.chunk.id for h in second.hits]
+    even = searcher.search(["假药", "医师 义务"], SearchOptions(top_k=2, mode="bm25"))
+    top = even.hits[0]
+    assert set(top.ranks) <= {"bm25", "bm25#1"}
+    assert top.score == pytest.approx(sum(1 / (60 + r) for r in top.ranks.values()))

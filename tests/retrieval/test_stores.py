@@ -1,0 +1,79 @@
+"""One contract test for every vector-store backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.embedders import normalize_rows
+from retrieval.stores import MISSING_ID, StoreError, create_store, load_store
+
+BACKENDS = ["faiss", "numpy"]
+DIM = 16
+
+
+@pytest.fixture()
+def vectors() -> np.ndarray:
+    return normalize_rows(np.random.default_rng(0).normal(size=(50, DIM)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_store_contract(backend: str, vectors: np.ndarray, tmp_path: Path) -> None:
+    store = create_store(backend, DIM)
+    ids = np.arange(100, 150, dtype=np.int64)
+    store.add(ids, vectors)
+    assert store.count() == 50
+
+    scores, found = store.search(vectors[:3], k=5)
+    assert found[:, 0].tolist() == [100, 101, 102]  # each vector is its own nearest neighbour
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+    allowed = np.array([120, 121, 122], dtype=np.int64)
+    _, filtered = store.search(vectors[:1], k=5, allowed=allowed)
+    assert set(filtered[0][filtered[0] != MISSING_ID]) <= set(allowed.tolist())
+
+    assert store.delete(np.array([100, 999])) == 1
+    assert store.count() == 49
+    _, after = store.search(vectors[:1], k=3)
+    assert 100 not in after[0]
+
+    store.save(tmp_path)
+    loaded = load_store(backend, tmp_path, DIM)
+    assert loaded.count() == 49
+    np.testing.assert_array_equal(loaded.search(vectors[5:6], k=4)[1], store.search(vectors[5:6], k=4)[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_store_rejects_wrong_dimension(backend: str) -> None:
+    store = create_store(backend, DIM)
+    with pytest.raises(StoreError):
+        store.add(np.arange(2), np.ones((2, DIM + 1), dtype=np.float32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_store_search(backend: str) -> None:
+    scores, ids = create_store(backend, DIM).search(np.ones((1, DIM), dtype=np.float32), k=3)
+    assert (ids == MISSING_ID).all()
+
+
+def test_backends_agree(vectors: np.ndarray) -> None:
+    ids = np.arange(50, dtype=np.int64)
+    results = []
+    for backend in BACKENDS:
+        store = create_store(backend, DIM)
+        store.add(ids, vectors)
+        results.append(store.search(vectors[10:12] + 0.05, k=10)[1])
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_unknown_backend_and_missing_extra() -> None:
+    with pytest.raises(StoreError, match="unknown vector store"):
+        create_store("nope", DIM)
+    try:
+        import pymilvus  # noqa: F401
+    except ImportError:
+        with pytest.raises(StoreError, match="pip install"):
+            create_store("milvus", DIM)
