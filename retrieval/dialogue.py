@@ -33,7 +33,7 @@ RECENT_KEYWORDS = 8
 KEYWORD_DECAY = 0.5
 MAX_CONTEXT_TURNS = 3
 # Fusion weight of the last-turn-alone query when the last turn is elliptical (it lacks the subject).
-ELLIPTICAL_LAST_WEIGHT = 0.5
+ELLIPTICAL_LAST_WEIGHT = 0.2
 SELF_CONTAINED_LAST_WEIGHT = 1.0
 CONTEXT_WEIGHT = 1.0
 # Turns that share fewer content words than this are unrelated when no similarity function is given.

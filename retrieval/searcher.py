@@ -104,7 +104,8 @@ class Searcher:
     Args:
         index: The open index.
         embedder: Query embedder (``None`` allows only ``bm25`` mode).
-        analyzer: BM25 tokenizer (the same callable that indexed the chunks).
+        analyzer: BM25 tokenizer (the same callable that indexed the chunks); its ``query_tokens`` method,
+            when present, tokenises queries (e.g. adding statutory synonyms of colloquial words).
         reranker: Optional second stage.
         weights: Default per-leg RRF weights.
     """
@@ -137,7 +138,8 @@ class Searcher:
     def _bm25(self, query: str, pool: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
         if self.index.bm25 is None:
             return []
-        scores, rids = self.index.bm25.search(self.analyzer(query), pool, allowed)
+        tokenize = getattr(self.analyzer, "query_tokens", self.analyzer)
+        scores, rids = self.index.bm25.search(tokenize(query), pool, allowed)
         return [(int(r), float(s)) for r, s in zip(rids, scores, strict=True)]
 
     def rank(

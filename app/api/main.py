@@ -29,6 +29,11 @@ def _readable(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _plain(error: dict) -> dict:
+    """A validation error without its (non-JSON) exception context."""
+    return {k: v for k, v in error.items() if k not in ("ctx", "url")}
+
+
 def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     """Build the app; models and the index are loaded in the lifespan (skipped with ``load=False``).
 
@@ -68,7 +73,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-            content={"message": _readable(exc), "detail": exc.errors()},
+            content={"message": _readable(exc), "detail": [_plain(e) for e in exc.errors()]},
         )
 
     @app.get("/health", tags=["ops"])

@@ -28,7 +28,7 @@ DEFAULT_CHUNK_SIZE = 512
 DEFAULT_CHUNK_OVERLAP = 64
 CHUNK_ID_LENGTH = 20
 # Paragraphs, lines, then Chinese sentence ends, then clause marks, then characters.
-CHINESE_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "…", "!", "?", ";", "，", ",", " ", ""]
+CHINESE_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "…", "!", "?", ";", "，", ",", "、", " ", ""]
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,29 @@ from pathlib import Path
 
 from retrieval.text.normalize import normalize_text, to_simplified
 
-__all__ = ["Analyzer", "default_analyzer", "load_stopwords", "BUNDLED_USER_DICTS"]
+__all__ = ["Analyzer", "default_analyzer", "load_stopwords", "load_synonyms", "BUNDLED_USER_DICTS"]
 
 BUNDLED_USER_DICTS = ("legal_dict.txt", "medical_dict.txt")
 _STOPWORDS_FILE = "stopwords.txt"
+_SYNONYMS_FILE = "query_synonyms.txt"
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 # A token must contain a CJK character, a letter or a digit to be indexed.
 _CONTENT = re.compile(r"[\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
 
 
 def _resource(name: str) -> Path:
     return Path(str(resources.files("retrieval.text") / "resources" / name))
+
+
+def load_synonyms(path: Path | None = None) -> dict[str, list[str]]:
+    """Read a query synonym list (``colloquial<TAB>statutory terms``); the bundled one by default."""
+    path = path or _resource(_SYNONYMS_FILE)
+    out: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            word, _, terms = line.partition("\t")
+            out[word.strip()] = terms.split()
+    return out
 
 
 def load_stopwords(path: Path | None = None) -> frozenset[str]:
@@ -44,6 +57,9 @@ class Analyzer:
             medical dictionaries are always loaded first unless ``bundled_dicts`` is False.
         bundled_dicts: Load the bundled legal/medical dictionaries.
         search_mode: Use ``cut_for_search`` (long words plus their sub-words) instead of ``cut``.
+        bigrams: Also index overlapping CJK character bigrams (robust to segmentation differences
+            between colloquial questions and statute text).
+        synonyms: Colloquial -> statutory expansions for queries; ``None`` uses the bundled list.
     """
 
     def __init__(
@@ -52,6 +68,8 @@ class Analyzer:
         user_dicts: Sequence[Path | str] = (),
         bundled_dicts: bool = True,
         search_mode: bool = True,
+        bigrams: bool = True,
+        synonyms: dict[str, list[str]] | None = None,
     ) -> None:
         import jieba
 
@@ -66,6 +84,8 @@ class Analyzer:
             self._tokenizer.load_userdict(str(path))
         self.stopwords = load_stopwords() if stopwords is None else frozenset(stopwords)
         self.search_mode = search_mode
+        self.bigrams = bigrams
+        self.synonyms = load_synonyms() if synonyms is None else synonyms
         self.user_dicts = [str(p) for p in user_dicts]
 
     def prepare(self, text: str) -> str:
@@ -79,16 +99,31 @@ class Analyzer:
         return [t for t in tokens if _CONTENT.search(t) and t not in self.stopwords]
 
     def __call__(self, text: str) -> list[str]:
-        """Tokens of ``text`` for BM25."""
+        """Tokens of ``text`` for BM25 (documents and queries alike)."""
         prepared = self.prepare(text)
         with self._lock:  # jieba's lazy initialisation is not thread-safe
             tokens = self._tokenizer.lcut_for_search(prepared) if self.search_mode else self._tokenizer.lcut(prepared)
-        return [t for t in tokens if _CONTENT.search(t) and t not in self.stopwords]
+        words = [t for t in tokens if _CONTENT.search(t) and t not in self.stopwords]
+        if self.bigrams:
+            words += [
+                run[i : i + 2]
+                for run in _CJK_RUN.findall(prepared)
+                for i in range(len(run) - 1)
+                if run[i : i + 2] not in self.stopwords
+            ]
+        return words
+
+    def query_tokens(self, text: str) -> list[str]:
+        """Tokens of a query: :meth:`__call__` plus statutory terms for colloquial words (老板 -> 用人单位)."""
+        prepared = self.prepare(text)
+        extra = [t for word, terms in self.synonyms.items() if word in prepared for t in self(" ".join(terms))]
+        return self(text) + extra
 
     def config(self) -> dict[str, object]:
         """What the index manifest records about the analyzer."""
         return {
             "tokenizer": "jieba-search" if self.search_mode else "jieba",
+            "bigrams": self.bigrams,
             "user_dicts": self.user_dicts,
             "stopwords": len(self.stopwords),
             "simplified": True,

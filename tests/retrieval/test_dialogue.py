@@ -41,7 +41,11 @@ def test_topic_switch_drops_the_old_topic(builder: DialogueQueryBuilder) -> None
 
 def test_related_history_is_kept(builder: DialogueQueryBuilder) -> None:
     plan = builder.build(
-        _msgs("我在装修公司干活，没签劳动合同。", "干活时从梯子上摔伤了，老板说我不算公司员工，不给工伤。", "那我这种情况怎么办？")
+        _msgs(
+            "我在装修公司干活，没签劳动合同。",
+            "干活时从梯子上摔伤了，老板说我不算公司员工，不给工伤。",
+            "那我这种情况怎么办？",
+        )
     )
     assert len(plan.context_turns) == 2
     assert "装修" in plan.queries[0] and "梯子" in plan.queries[0]

@@ -26,7 +26,14 @@ def _vectors(n: int, seed: int = 0) -> np.ndarray:
 
 def _write(root: Path, doc_id: str, texts: list[str], embedder=EMBEDDER) -> str:
     with IndexWriter(root, embedder) as writer:
-        writer.add_document(doc_id, "src", f"h-{doc_id}-{len(texts)}", _chunks(doc_id, texts), _vectors(len(texts)), [t.split() for t in texts])
+        writer.add_document(
+            doc_id,
+            "src",
+            f"h-{doc_id}-{len(texts)}",
+            _chunks(doc_id, texts),
+            _vectors(len(texts)),
+            [t.split() for t in texts],
+        )
         return writer.commit()
 
 

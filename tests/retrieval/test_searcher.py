@@ -72,7 +72,9 @@ def test_expand_article_joins_a_split_article(tmp_path: Path, tiny_embedder, ana
     ingest([SAMPLE_STATUTES / "医师法.md"], tmp_path, tiny_embedder, analyzer, ChunkSettings(64, 0), progress=False)
     searcher = Searcher(Index(tmp_path), tiny_embedder, analyzer)
     docs = searcher.index.docs
-    split = next(c for c in docs.get(range(docs.count())).values() if c.metadata["parts"] > 1 and c.metadata["part"] == 2)
+    split = next(
+        c for c in docs.get(range(docs.count())).values() if c.metadata["parts"] > 1 and c.metadata["part"] == 2
+    )
     assert split.text.startswith(f"{split.metadata['article']}（续）")
     out = searcher.search(split.text[-30:], SearchOptions(top_k=5, mode="bm25", expand="article"))
     joined = next(h.chunk for h in out.hits if h.chunk.metadata["article"] == split.metadata["article"])

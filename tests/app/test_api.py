@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.api.deps import get_services
+from app.services import Services, build_services
+from app.settings import Settings
+
+LAW = "中华人民共和国医师法"
+
+
+@pytest.fixture(scope="module")
+def services(sample_index: Path) -> Services:
+    return build_services(Settings(index=sample_index))
+
+
+@pytest.fixture()
+def client(services: Services) -> TestClient:
+    app = create_app(Settings(index=services.index.root, api_key="secret"), load=False)
+    app.dependency_overrides[get_services] = lambda: services
+    with TestClient(app) as c:
+        yield c
+
+
+def test_health_and_ready(client: TestClient, sample_index: Path) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    app = create_app(Settings(index=sample_index), load=True)
+    with TestClient(app) as real:
+        body = real.get("/ready").json()
+        assert body["status"] == "ready" and body["model_loaded"] and body["chunks"] > 300
+    missing = create_app(Settings(index=sample_index.parent / "nope"), load=True)
+    with TestClient(missing) as broken:
+        response = broken.get("/ready")
+        assert response.status_code == 503 and "no zhrag index" in response.json()["reason"]
+        assert broken.post("/search", json={"query": "医师"}).status_code == 503
+
+
+def test_search_returns_passages_with_metadata(client: TestClient) -> None:
+    response = client.post("/search", json={"query": "医师在执业活动中履行哪些义务", "top_k": 3, "mode": "bm25"})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) >= {"results", "query", "queries", "took_ms", "mode"}
+    assert len(body["results"]) == 3
+    first = body["results"][0]
+    assert set(first) >= {"id", "doc_id", "text", "score", "title", "source", "metadata", "ranks"}
+    assert (LAW, "第二十三条") in {(r["metadata"]["law"], r["metadata"]["article"]) for r in body["results"]}
+
+
+def test_search_filters_and_hybrid(client: TestClient) -> None:
+    body = client.post("/search", json={"query": "义务", "top_k": 5, "filters": {"law": LAW}}).json()
+    assert body["results"] and {r["metadata"]["law"] for r in body["results"]} == {LAW}
+    assert body["mode"] == "hybrid"
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"query": "医师", "top_k": 0}, "top_k"),
+        ({"query": "医师", "top_k": 101}, "top_k"),
+        ({"query": ""}, "query"),
+        ({"top_k": 3}, "query"),
+        ({"query": "医师", "mode": "fuzzy"}, "mode"),
+        ({"query": "医师", "unknown": 1}, "unknown"),
+        ({"query": "医师", "filters": {"bad key!": "x"}}, "filter key"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "role"),
+    ],
+)
+def test_search_validation_errors_are_422_with_message(client: TestClient, payload: dict, fragment: str) -> None:
+    response = client.post("/search", json=payload)
+    assert response.status_code == 422
+    body = response.json()
+    text = body.get("message") or body.get("detail")
+    assert fragment in str(text)
+
+
+def test_search_rerank_without_reranker_is_400(client: TestClient) -> None:
+    response = client.post("/search", json={"query": "医师", "rerank": True})
+    assert response.status_code == 400 and "reranker" in response.json()["detail"]
+
+
+def test_embed_endpoints(client: TestClient, services: Services) -> None:
+    one = client.post("/embed", json={"text": "医师的义务"}).json()
+    assert one["dim"] == services.embedder.dim and len(one["embedding"]) == one["dim"]
+    many = client.post("/embed", json={"texts": ["医师", "假药"], "input_type": "query"}).json()
+    assert len(many["embeddings"]) == 2
+    assert np.allclose(many["embeddings"][0], services.embedder.embed_queries(["医师"])[0], atol=1e-5)
+    assert client.post("/embed", json={}).status_code == 422
+
+    oa = client.post("/v1/embeddings", json={"input": ["医师", "假药"], "model": "zhrag"}).json()
+    assert oa["object"] == "list" and [d["index"] for d in oa["data"]] == [0, 1]
+    assert np.allclose(oa["data"][0]["embedding"], services.embedder.embed_documents(["医师"])[0], atol=1e-5)
+    assert oa["usage"]["prompt_tokens"] > 0
+    small = client.post("/v1/embeddings", json={"input": "医师", "dimensions": 16, "encoding_format": "base64"}).json()
+    vec = np.frombuffer(base64.b64decode(small["data"][0]["embedding"]), dtype="<f4")
+    assert vec.shape == (16,) and np.isclose(np.linalg.norm(vec), 1.0, atol=1e-5)
+    assert client.post("/v1/embeddings", json={"input": "x", "dimensions": 100000}).status_code == 422
+    assert client.post("/v1/embeddings", json={"input": []}).status_code == 422
+
+
+def test_openapi_docs(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/embed", "/v1/embeddings", "/retrieval", "/health", "/ready"} <= set(paths)
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.cli import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, main
+from tests.conftest import SAMPLE_STATUTES
+
+
+@pytest.fixture(scope="module")
+def cli_index(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    index = tmp_path_factory.mktemp("cli") / "index"
+    assert (
+        main(["ingest", str(SAMPLE_STATUTES), "--index", str(index), "--model", str(tiny_model_dir), "--quiet"])
+        == EXIT_OK
+    )
+    return index
+
+
+def test_ingest_json_summary(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "ingest",
+            str(SAMPLE_STATUTES / "医师法.md"),
+            "--index",
+            str(tmp_path / "i"),
+            "--model",
+            str(tiny_model_dir),
+            "--json",
+        ]
+    )
+    assert code == EXIT_OK
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["documents"] == 1 and summary["chunks"] == 67 and summary["skipped"] == []
+    assert {"documents", "chunks", "seconds", "skipped", "tokens"} <= set(summary)
+
+
+def test_ingest_reports_bad_file_and_exits_nonzero(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(SAMPLE_STATUTES / "医师法.md", src)
+    (src / "scan.pdf").write_bytes(b"%PDF-1.4 not a pdf")
+    code = main(["ingest", str(src), "--index", str(tmp_path / "i"), "--model", str(tiny_model_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == EXIT_SKIPPED and "scan.pdf" in err and "indexed 1 documents" in err
+
+
+def test_search_text_and_json(cli_index: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["search", "医师在执业活动中履行哪些义务", "--index", str(cli_index), "--mode", "bm25", "--top-k", "3"])
+        == EXIT_OK
+    )
+    out = capsys.readouterr().out
+    assert "中华人民共和国医师法 第二十三条" in out
+    assert (
+        main(["search", "假药", "--index", str(cli_index), "--json", "--filter", "law=中华人民共和国药品管理法"])
+        == EXIT_OK
+    )
+    body = json.loads(capsys.readouterr().out)
+    assert body["query"] == "假药" and len(body["results"]) == 5
+    assert {r["metadata"]["law"] for r in body["results"]} == {"中华人民共和国药品管理法"}
+
+
+def test_search_json_equals_api_body(cli_index: Path, capsys) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.api import create_app
+    from app.settings import Settings
+
+    main(["search", "医疗机构泄露患者隐私", "--index", str(cli_index), "--json", "--mode", "bm25"])
+    cli_body = json.loads(capsys.readouterr().out)
+    with TestClient(create_app(Settings(index=cli_index))) as client:
+        api_body = client.post("/search", json={"query": "医疗机构泄露患者隐私", "mode": "bm25"}).json()
+    for body in (cli_body, api_body):
+        body.pop("took_ms")
+    assert cli_body == api_body
+
+
+def test_search_errors(cli_index: Path, tmp_path: Path, capsys) -> None:
+    assert main(["search", "医师", "--index", str(tmp_path / "none")]) == EXIT_USAGE
+    assert "no zhrag index" in capsys.readouterr().err
+    assert main(["search", "医师", "--index", str(cli_index), "--model", "Qwen/Qwen3-Embedding-8B"]) == EXIT_USAGE
+    assert "Qwen3-Embedding-8B" in capsys.readouterr().err
+    assert main(["search", "医师", "--index", str(cli_index), "--top-k", "0"]) == EXIT_USAGE
+    assert main(["search", "医师", "--index", str(cli_index), "--filter", "nokey"]) == EXIT_USAGE
+
+
+def test_ingest_into_index_with_other_model_fails(
+    cli_index: Path, tmp_path: Path, tiny_model_dir: Path, capsys
+) -> None:
+    code = main(
+        [
+            "ingest",
+            str(SAMPLE_STATUTES / "医师法.md"),
+            "--index",
+            str(cli_index),
+            "--model",
+            str(tiny_model_dir),
+            "--dim",
+            "32",
+        ]
+    )
+    assert code == EXIT_USAGE and "64-d" in capsys.readouterr().err
+
+
+def test_search_messages_file(cli_index: Path, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "chat.json"
+    messages = [
+        {"role": "user", "content": "我在网上药店买到了假药，吃了以后身体出了问题。"},
+        {"role": "assistant", "content": "很抱歉听到这个情况。"},
+        {"role": "user", "content": "那这种情况能要求赔偿多少？"},
+    ]
+    path.write_text(json.dumps({"messages": messages}, ensure_ascii=False), encoding="utf-8")
+    assert main(["search", "--messages", str(path), "--index", str(cli_index), "--mode", "bm25", "--json"]) == EXIT_OK
+    body = json.loads(capsys.readouterr().out)
+    assert body["query"] == "那这种情况能要求赔偿多少？" and len(body["queries"]) == 2 and "假药" in body["queries"][0]
+
+
+def test_info(cli_index: Path, capsys) -> None:
+    assert main(["info", "--index", str(cli_index)]) == EXIT_OK
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["counts"]["documents"] == 6 and manifest["chunker"]["chunk_size"] == 512

@@ -1,0 +1,128 @@
+"""Multi-turn /search, server-side sessions, and Dify's External Knowledge API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.api.deps import get_services
+from app.sessions import SessionStore
+from app.services import Services, build_services
+from app.settings import Settings
+
+DIFY_KEY = "secret"
+
+
+@pytest.fixture(scope="module")
+def services(sample_index: Path) -> Services:
+    return build_services(Settings(index=sample_index))
+
+
+@pytest.fixture()
+def client(services: Services) -> TestClient:
+    app = create_app(Settings(index=services.index.root, api_key=DIFY_KEY), load=False)
+    app.dependency_overrides[get_services] = lambda: services
+    with TestClient(app) as c:
+        yield c
+
+
+CHAT = [
+    {"role": "user", "content": "我在医院做手术，医生事先没有告诉我手术风险和替代方案。"},
+    {"role": "assistant", "content": "这种情况确实让人担心。"},
+    {"role": "user", "content": "那医院要不要承担责任？"},
+]
+
+
+def test_messages_build_a_contextual_query(client: TestClient) -> None:
+    body = client.post("/search", json={"messages": CHAT, "mode": "bm25", "top_k": 5}).json()
+    assert body["query"] == "那医院要不要承担责任？"
+    assert len(body["queries"]) == 2 and "手术" in body["queries"][0]
+    articles = {(r["metadata"]["law"], r["metadata"]["article"]) for r in body["results"]}
+    assert ("中华人民共和国民法典", "第一千二百一十九条") in articles  # 医务人员说明义务
+    last_only = client.post("/search", json={"messages": CHAT, "mode": "bm25", "dialogue_mode": "last"}).json()
+    assert last_only["queries"] == ["那医院要不要承担责任？"]
+
+
+def test_query_plus_messages_history(client: TestClient) -> None:
+    body = client.post("/search", json={"messages": CHAT[:2], "query": CHAT[2]["content"], "mode": "bm25"}).json()
+    assert body["query"] == CHAT[2]["content"] and len(body["queries"]) == 2
+
+
+def test_session_id_keeps_history(client: TestClient) -> None:
+    first = client.post("/search", json={"query": CHAT[0]["content"], "session_id": "s1", "mode": "bm25"}).json()
+    assert first["session_id"] == "s1" and len(first["queries"]) == 1
+    second = client.post("/search", json={"query": CHAT[2]["content"], "session_id": "s1", "mode": "bm25"}).json()
+    assert len(second["queries"]) == 2 and "手术" in second["queries"][0]
+    other = client.post("/search", json={"query": CHAT[2]["content"], "session_id": "s2", "mode": "bm25"}).json()
+    assert len(other["queries"]) == 1
+
+
+def test_oversize_conversation_is_422(client: TestClient) -> None:
+    many = [{"role": "user", "content": "医师"}] * 21
+    response = client.post("/search", json={"messages": many})
+    assert response.status_code == 422 and "messages" in response.json()["message"]
+    long = [{"role": "user", "content": "医" * 3999}] * 5
+    response = client.post("/search", json={"messages": long})
+    assert response.status_code == 422 and "too long" in response.json()["message"]
+    assert client.post("/search", json={"messages": [{"role": "assistant", "content": "hi"}]}).status_code == 422
+
+
+def test_session_store_bounds_and_expiry() -> None:
+    store = SessionStore(ttl_s=10, max_messages=3, max_chars=10, max_sessions=2)
+    clock = [0.0]
+    store._now = lambda: clock[0]
+    store.extend("a", [{"role": "user", "content": "一二三四五"}] * 4)
+    assert len(store.get("a")) == 2  # 3 kept by count, then 10 characters at most
+    store.extend("b", [{"role": "user", "content": "x"}])
+    store.extend("c", [{"role": "user", "content": "y"}])
+    assert store.get("a") == [] and len(store) == 2  # least recently used evicted
+    clock[0] = 11.0
+    assert store.get("b") == []
+
+
+def _dify(client: TestClient, auth: str | None = f"Bearer {DIFY_KEY}", **body):
+    payload = {
+        "knowledge_id": "sample",
+        "query": "医师在执业活动中履行哪些义务",
+        "retrieval_setting": {"top_k": 3, "score_threshold": 0.0},
+    }
+    payload.update(body)
+    headers = {"Authorization": auth} if auth else {}
+    return client.post("/retrieval", json=payload, headers=headers)
+
+
+def test_dify_retrieval_shape(client: TestClient) -> None:
+    response = _dify(client)
+    assert response.status_code == 200
+    records = response.json()["records"]
+    assert len(records) == 3
+    for record in records:
+        assert set(record) == {"content", "score", "title", "metadata"}
+        assert 0.0 <= record["score"] <= 1.0 and isinstance(record["metadata"], dict)
+    assert records[0]["score"] >= records[-1]["score"]
+
+
+def test_dify_threshold_and_metadata_condition(client: TestClient) -> None:
+    records = _dify(client, retrieval_setting={"top_k": 5, "score_threshold": 1.0}).json()["records"]
+    assert all(r["score"] >= 1.0 for r in records)
+    condition = {
+        "logical_operator": "and",
+        "conditions": [{"name": ["law"], "comparison_operator": "is", "value": "中华人民共和国药品管理法"}],
+    }
+    records = _dify(
+        client, metadata_condition=condition, retrieval_setting={"top_k": 3, "score_threshold": 0.0}
+    ).json()["records"]
+    assert records and {r["metadata"]["law"] for r in records} == {"中华人民共和国药品管理法"}
+
+
+def test_dify_errors(client: TestClient) -> None:
+    missing = _dify(client, auth=None)
+    assert missing.status_code == 403 and missing.json()["error_code"] == 1001
+    wrong = _dify(client, auth="Bearer nope")
+    assert wrong.status_code == 403 and wrong.json()["error_code"] == 1002
+    unknown = _dify(client, knowledge_id="other-kb")
+    assert unknown.status_code == 404 and unknown.json()["error_code"] == 2001
+    assert _dify(client, retrieval_setting={"top_k": 0, "score_threshold": 0.0}).status_code == 422

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ingest.document import LoadError
+from ingest.loaders import discover, load_file
+
+STATUTE = "# 中华人民共和国测试法\n\n<!-- INFO END -->\n\n## 第一章 总则\n\n第一条 为了测试，制定本法。\n"
+
+
+def _minimal_pdf(text: str) -> bytes:
+    """A one-page PDF with a text layer (Helvetica, ASCII)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, obj in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def _one(path: Path):
+    docs = list(load_file(path, path.name))
+    assert len(docs) == 1
+    return docs[0]
+
+
+def test_gb18030_text_file(tmp_path: Path) -> None:
+    path = tmp_path / "gbk.txt"
+    path.write_bytes("医疗纠纷预防和处理条例\n患者有权复制病历资料。".encode("gb18030"))
+    doc = _one(path)
+    assert doc.title == "医疗纠纷预防和处理条例" and "复制病历资料" in doc.text
+
+
+def test_utf8_bom_and_utf16(tmp_path: Path) -> None:
+    (tmp_path / "bom.txt").write_bytes("\ufeff第一条 测试".encode())
+    (tmp_path / "u16.txt").write_bytes("第一条 测试".encode("utf-16"))
+    assert _one(tmp_path / "bom.txt").text == "第一条 测试"
+    assert _one(tmp_path / "u16.txt").text == "第一条 测试"
+
+
+def test_markdown_title(tmp_path: Path) -> None:
+    path = tmp_path / "law.md"
+    path.write_text(STATUTE, encoding="utf-8")
+    doc = _one(path)
+    assert doc.title == "中华人民共和国测试法" and doc.format == "md"
+
+
+def test_html_keeps_headings_drops_scripts(tmp_path: Path) -> None:
+    path = tmp_path / "page.htm"
+    html = "<html><head><title>用药指南</title><script>var x=1;</script></head><body><h2>高血压</h2><p>控制食盐。</p></body></html>"
+    path.write_text(html, encoding="utf-8")
+    doc = _one(path)
+    assert doc.title == "用药指南" and "## 高血压" in doc.text and "var x" not in doc.text
+
+
+def test_pdf_and_broken_pdf(tmp_path: Path) -> None:
+    good = tmp_path / "good.pdf"
+    good.write_bytes(_minimal_pdf("Medical practice law"))
+    doc = _one(good)
+    assert "Medical practice law" in doc.text and doc.metadata["pages"] == 1
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4\n this is not really a pdf")
+    with pytest.raises(LoadError, match="broken.pdf"):
+        list(load_file(broken, "broken.pdf"))
+
+
+def test_docx_headings(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("医疗机构管理规定", level=1)
+    document.add_paragraph("第一条 为了加强对医疗机构的管理，制定本规定。")
+    document.save(tmp_path / "rules.docx")
+    doc = _one(tmp_path / "rules.docx")
+    assert doc.title == "医疗机构管理规定" and "# 医疗机构管理规定" in doc.text and "第一条" in doc.text
+
+
+def test_jsonl_records_and_metadata(five_docs_jsonl: Path) -> None:
+    docs = list(load_file(five_docs_jsonl, "five.jsonl"))
+    assert [d.id for d in docs] == ["d1", "d2", "d3", "d4", "d5"]
+    assert docs[1].metadata == {"law": "民法典"} and docs[1].title == "医疗损害"
+
+
+def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"id": 1, "text": "好"}) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(LoadError, match=r"bad.jsonl:2"):
+        list(load_file(path, "bad.jsonl"))
+    path.write_text(json.dumps({"text": "没有id"}) + "\n", encoding="utf-8")
+    with pytest.raises(LoadError, match=r"bad.jsonl:1.*id"):
+        list(load_file(path, "bad.jsonl"))
+
+
+def test_discover(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.md").write_text("x", encoding="utf-8")
+    (tmp_path / "a" / "y.exe").write_text("x", encoding="utf-8")
+    (tmp_path / "z.csv").write_text("x", encoding="utf-8")
+    files, skipped = discover([tmp_path / "a", tmp_path / "z.csv", tmp_path / "missing"])
+    assert [(p.name, d) for p, d in files] == [("x.md", "x.md")]
+    assert {s[0].split("/")[-1] for s in skipped} == {"z.csv", "missing"}

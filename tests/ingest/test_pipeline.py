@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ingest.pipeline import ingest
+from retrieval.index import Index, IndexMismatchError
+from tests.conftest import SAMPLE_STATUTES
+
+
+def test_ingest_summary_and_stable_ids(tmp_path: Path, tiny_embedder, analyzer) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(SAMPLE_STATUTES / "民法典", src)
+    first = ingest([src], tmp_path / "a", tiny_embedder, analyzer, progress=False)
+    assert first.documents == first.documents_indexed == 2 and first.chunks == first.total_chunks > 100
+    assert first.tokens > first.chunks and first.seconds > 0 and first.chunkers == {"statute": 2}
+    again = ingest([src], tmp_path / "b", tiny_embedder, analyzer, progress=False)
+    ids_a = sorted(c.id for c in Index(tmp_path / "a").docs.get(range(first.chunks)).values())
+    ids_b = sorted(c.id for c in Index(tmp_path / "b").docs.get(range(again.chunks)).values())
+    assert ids_a == ids_b
+
+
+def test_reingest_is_incremental(tmp_path: Path, tiny_embedder, analyzer) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(SAMPLE_STATUTES / "医师法.md", src / "医师法.md")
+    index = tmp_path / "index"
+    first = ingest([src], index, tiny_embedder, analyzer, progress=False)
+    version = first.version
+    unchanged = ingest([src], index, tiny_embedder, analyzer, progress=False)
+    assert unchanged.documents_unchanged == 1 and unchanged.chunks == 0 and unchanged.version == version
+    path = src / "医师法.md"
+    path.write_text(path.read_text(encoding="utf-8") + "\n第六十八条 本条为测试新增。\n", encoding="utf-8")
+    changed = ingest([src], index, tiny_embedder, analyzer, progress=False)
+    assert changed.documents_indexed == 1 and changed.total_chunks == first.total_chunks + 1
+    assert changed.version != version
+    articles = [c.metadata["article"] for c in Index(index).docs.document_chunks("医师法.md")]
+    assert articles.count("第六十七条") == 1 and articles[-1] == "第六十八条"
+
+
+def test_bad_files_are_skipped_not_fatal(tmp_path: Path, tiny_embedder, analyzer) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(SAMPLE_STATUTES / "医师法.md", src / "ok.md")
+    (src / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    (src / "bad.jsonl").write_text("{oops\n", encoding="utf-8")
+    (src / "empty.txt").write_text("   \n", encoding="utf-8")
+    summary = ingest([src, tmp_path / "missing.md"], tmp_path / "index", tiny_embedder, analyzer, progress=False)
+    reasons = {Path(s["path"]).name: s["reason"] for s in summary.skipped}
+    assert set(reasons) == {"broken.pdf", "bad.jsonl", "empty.txt", "missing.md"}
+    assert "line" not in reasons["missing.md"] and "bad.jsonl:1" in reasons["bad.jsonl"]
+    assert summary.documents_indexed == 1 and summary.total_chunks > 60
+
+
+def test_crash_during_embedding_keeps_serving_index(tmp_path: Path, tiny_embedder, analyzer, monkeypatch) -> None:
+    index = tmp_path / "index"
+    ingest([SAMPLE_STATUTES / "医师法.md"], index, tiny_embedder, analyzer, progress=False)
+    before = (index / "CURRENT").read_text()
+
+    def boom(texts):
+        raise RuntimeError("GPU fell off")
+
+    monkeypatch.setattr(tiny_embedder, "embed_documents", boom)
+    with pytest.raises(RuntimeError, match="GPU"):
+        ingest([SAMPLE_STATUTES / "药品管理法.md"], index, tiny_embedder, analyzer, progress=False)
+    assert (index / "CURRENT").read_text() == before
+    assert Index(index).docs.count_documents() == 1
+    assert not list(index.glob(".staging-*"))
+
+
+def test_jsonl_corpus_and_model_mismatch(
+    tmp_path: Path, five_docs_jsonl: Path, tiny_embedder, tiny_model_dir, analyzer
+) -> None:
+    from retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder
+
+    summary = ingest([five_docs_jsonl], tmp_path / "i", tiny_embedder, analyzer, progress=False)
+    assert summary.total_documents == 5 and summary.chunkers == {"generic": 5}
+    chunk = Index(tmp_path / "i").docs.document_chunks("d2")[0]
+    assert chunk.metadata["law"] == "民法典" and chunk.embed_text.startswith("医疗损害\n")
+    smaller = SentenceTransformerEmbedder(str(tiny_model_dir), dim=32, device="cpu")
+    with pytest.raises(IndexMismatchError):
+        ingest([SAMPLE_STATUTES / "医师法.md"], tmp_path / "i", smaller, analyzer, progress=False)
