@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from app.api import create_app
 from app.api.deps import get_services
-from app.sessions import SessionStore
 from app.services import Services, build_services
+from app.sessions import SessionStore
 from app.settings import Settings
 
 DIFY_KEY = "secret"

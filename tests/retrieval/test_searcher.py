@@ -6,7 +6,7 @@ import pytest
 
 from retrieval.docstore import FilterError
 from retrieval.index import Index
-from retrieval.searcher import SearchError, Searcher, SearchOptions
+from retrieval.searcher import Searcher, SearchError, SearchOptions
 from tests.conftest import SAMPLE_STATUTES
 
 
