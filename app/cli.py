@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None, help="Max tokens per chunk (default 512)")
     p.add_argument("--chunk-overlap", type=int, default=None, help="Token overlap of generic chunks (default 64)")
     p.add_argument("--chunker", choices=["auto", "statute", "section", "generic"], default="auto")
-    p.add_argument("--store", choices=["faiss", "numpy"], default="faiss", help="Vector store of a new index")
+    p.add_argument("--store", choices=["faiss", "numpy", "milvus"], default="faiss", help="Vector store of a new index")
+    p.add_argument("--milvus-uri", default=None, help="Milvus server or Milvus Lite file (with --store milvus)")
     p.add_argument("--user-dict", type=Path, action="append", default=[], help="Extra jieba dictionary for BM25")
     p.add_argument("--json", action="store_true", help="Print the summary as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="No progress bar")
@@ -210,6 +211,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for item in summary.skipped:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     return EXIT_SKIPPED if summary.skipped else EXIT_OK
+
+
+def _store_options(args: argparse.Namespace, index: Path) -> dict[str, Any]:
+    if args.store != "milvus":
+        return {"backend": args.store}
+    uri = args.milvus_uri or str((index / "milvus.db").resolve())
+    collection = "zhrag_" + "".join(ch if ch.isalnum() else "_" for ch in index.resolve().name)
+    return {"backend": "milvus", "uri": uri, "collection": collection}
 
 
 def _read_messages(path: Path) -> list[dict[str, str]]:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from app.services import Services
 from app.sessions import SessionStore
 from retrieval.dialogue import DialogueQueryBuilder
+from retrieval.rewriter import LLMQueryRewriter
 from retrieval.searcher import SearchOptions, SearchOutcome
 
 if TYPE_CHECKING:
@@ -23,7 +24,13 @@ def dialogue_builder(services: Services) -> DialogueQueryBuilder:
     """The services' query builder (created once per services object)."""
     builder = getattr(services, "_dialogue_builder", None)
     if builder is None:
-        builder = DialogueQueryBuilder(services.analyzer)
+        settings = services.settings
+        rewriter = None
+        if settings.rewrite_base_url and settings.rewrite_model:
+            rewriter = LLMQueryRewriter(
+                settings.rewrite_base_url, settings.rewrite_model, settings.rewrite_api_key, settings.rewrite_timeout
+            )
+        builder = DialogueQueryBuilder(services.analyzer, rewriter=rewriter)
         services._dialogue_builder = builder  # type: ignore[attr-defined]
     return builder
 

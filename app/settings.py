@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     weight_bm25: float = 1.0
     reranker: str | None = Field(None, description="Reranker model id or directory (enables rerank=true)")
     reranker_type: Literal["auto", "cross-encoder", "qwen3"] = "auto"
+    # Optional LLM query rewriting for conversations (OpenAI-compatible chat endpoint); off when unset
+    rewrite_base_url: str | None = None
+    rewrite_model: str | None = None
+    rewrite_api_key: str | None = None
+    rewrite_timeout: float = 3.0
     # Service
     host: str = "127.0.0.1"
     port: int = 8000

@@ -1,10 +1,12 @@
-"""History-aware retrieval queries for multi-turn conversations, with no LLM.
+"""History-aware retrieval queries for multi-turn conversations, with no LLM (and better with one).
 
-The last user turn of a chat is often elliptical ("那他欠的钱谁来还？"). The builder carries forward the
-salient subject terms (jieba TF-IDF keywords, recency-weighted) of the earlier user turns that belong to
-the current topic, and stops at a topic switch: a turn that opens with a new-topic marker (另外/还有个事…)
-or that is unrelated to the turns after it. Retrieval then runs for the contextual query *and* the last
-turn alone, fused with RRF, so a self-contained last turn never gets worse.
+The last user turn of a chat is often elliptical ("那他欠的钱谁来还？"). The builder carries the earlier
+user turns of the current topic forward into a contextual query — the most recent turns verbatim, older
+ones reduced to their jieba TF-IDF keywords (recency weighting) — and stops at a topic switch: a turn
+that opens with a new-topic marker (另外/还有个事/好的。还有…) or, when a similarity function is given,
+one unrelated to the turns after it. A self-contained last turn is also searched alone and fused with
+RRF at equal weight, so it never gets worse; an elliptical one is not (alone it lacks its subject, and
+fusing it in measurably hurt). An optional LLM rewriter adds its standalone question as another query.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from retrieval.text.analyzer import Analyzer
 
@@ -28,27 +30,35 @@ __all__ = [
 DialogueMode = Literal["auto", "last", "concat"]
 Similarity = Callable[[str, str], float]
 
-# Keywords carried from the most recent context turn; each older turn gets this times DECAY (at least 1).
-RECENT_KEYWORDS = 8
+
+class Rewriter(Protocol):
+    """Condenses a conversation into one standalone question (``None`` on failure)."""
+
+    def rewrite(self, messages: Sequence[Mapping[str, str]]) -> str | None: ...
+
+
+# The most recent context turns are carried verbatim; older ones as keywords, fewer the older they are.
+VERBATIM_TURNS = 2
+OLDER_KEYWORDS = 6
 KEYWORD_DECAY = 0.5
-MAX_CONTEXT_TURNS = 3
-# Fusion weight of the last-turn-alone query when the last turn is elliptical (it lacks the subject).
-ELLIPTICAL_LAST_WEIGHT = 0.2
-SELF_CONTAINED_LAST_WEIGHT = 1.0
+MAX_CONTEXT_TURNS = 4
+# Fusion weights: the contextual query, the last turn alone when self-contained, the LLM rewrite.
 CONTEXT_WEIGHT = 1.0
-# Turns that share fewer content words than this are unrelated when no similarity function is given.
-MIN_SHARED_WORDS = 1
+SELF_CONTAINED_LAST_WEIGHT = 1.0
+REWRITE_WEIGHT = 1.0
 # A last turn with at most this many content words is treated as elliptical even without a pronoun.
 SHORT_TURN_WORDS = 4
 MARKER_WINDOW = 16
 
 _NEW_TOPIC = re.compile(
     r"(另外|还有(一)?(个|件)(事|问题)|还有一个(事|问题)|换个(话题|问题)|再问(一下|个|一个)|另一个问题|顺便问|"
-    r"题外话|说个别的|问点别的|另一件事)"
+    r"题外话|说个别的|问点别的|另一件事|^(好的|好|行|明白了?|了解了?|知道了|谢谢|嗯)[。，,.!！ ]*还有[，,])"
 )
+# An acknowledgement opening a turn closes the previous exchange: what follows is a new topic.
+_ACKNOWLEDGEMENT = re.compile(r"^(好的|明白了?|了解了?|知道了|谢谢(你|您)?|行吧?)[。，,.!！~ ]")
 _ANAPHORA = re.compile(
-    r"^(那|这|他|她|它|其|该|此|上述|前面|刚才|这种|那种|这样|那样|这个|那个|这些|那些|如果这样|要是这样)"
-    r"|(这种情况|那种情况|这样的话|那样的话|这种|那种|这事|那事|这个事|他们|他这|她这|上述|这笔|那笔)"
+    r"^(那|这|其|该|此|上述|前面|刚才|如果这样|要是这样)"
+    r"|(他|她|它|这种|那种|这样|那样|这个|那个|这些|那些|这件|那件|这笔|那笔|这楼|这事|那事|上述|前述|对方)"
 )
 
 
@@ -58,8 +68,9 @@ def user_turns(messages: Sequence[Mapping[str, str]]) -> list[str]:
 
 
 def opens_new_topic(turn: str) -> bool:
-    """Whether a turn opens with a new-topic marker (另外, 还有个事, 换个问题, ...)."""
-    return bool(_NEW_TOPIC.search(turn[:MARKER_WINDOW]))
+    """Whether a turn opens with a new-topic marker (另外, 还有个事, 换个问题, 好的。…)."""
+    head = turn.strip()[:MARKER_WINDOW]
+    return bool(_NEW_TOPIC.search(head) or _ACKNOWLEDGEMENT.match(head))
 
 
 def is_elliptical(turn: str, analyzer: Analyzer) -> bool:
@@ -75,6 +86,7 @@ class DialogueQueries:
     weights: list[float]
     context_turns: list[str] = field(default_factory=list)
     elliptical: bool = False
+    rewritten: str | None = None
 
 
 class DialogueQueryBuilder:
@@ -84,16 +96,22 @@ class DialogueQueryBuilder:
         analyzer: The BM25 analyzer (its jieba tokenizer and stopwords drive keyword extraction).
         similarity: Optional turn similarity (e.g. embedding cosine) for topic-switch detection.
         min_similarity: Turns less similar than this to the later context start a different topic.
+        rewriter: Optional LLM rewriter (anything with ``rewrite(messages) -> str | None``).
     """
 
     def __init__(
-        self, analyzer: Analyzer, similarity: Similarity | None = None, min_similarity: float | None = None
+        self,
+        analyzer: Analyzer,
+        similarity: Similarity | None = None,
+        min_similarity: float | None = None,
+        rewriter: Rewriter | None = None,
     ) -> None:
         from jieba.analyse.tfidf import TFIDF
 
         self.analyzer = analyzer
         self.similarity = similarity
         self.min_similarity = min_similarity
+        self.rewriter = rewriter
         self._tfidf = TFIDF()
         self._tfidf.tokenizer = analyzer._tokenizer
         self._tfidf.stop_words = set(self._tfidf.stop_words) | set(analyzer.stopwords)
@@ -104,10 +122,9 @@ class DialogueQueryBuilder:
             return list(self._tfidf.extract_tags(self.analyzer.prepare(text), topK=k))
 
     def _related(self, earlier: str, later: Sequence[str]) -> bool:
-        if self.similarity is not None and self.min_similarity is not None:
-            return max(self.similarity(earlier, t) for t in later) >= self.min_similarity
-        words = set(self.analyzer.words(earlier))
-        return any(len(words & set(self.analyzer.words(t))) >= MIN_SHARED_WORDS for t in later)
+        if self.similarity is None or self.min_similarity is None:
+            return True
+        return max(self.similarity(earlier, t) for t in later) >= self.min_similarity
 
     def context(self, history: Sequence[str]) -> list[str]:
         """The earlier user turns of the current topic, oldest first (at most ``MAX_CONTEXT_TURNS``)."""
@@ -139,13 +156,19 @@ class DialogueQueryBuilder:
         if mode == "concat":
             return DialogueQueries(["\n".join(turns)], [1.0], context_turns=turns[:-1])
         context = self.context(turns[:-1])
+        verbatim = context[-VERBATIM_TURNS:]
         carried: list[str] = []
-        for age, turn in enumerate(reversed(context)):
-            k = max(1, round(RECENT_KEYWORDS * KEYWORD_DECAY**age))
-            carried.extend(w for w in self.keywords(turn, k) if w not in carried and w not in last)
+        for age, turn in enumerate(reversed(context[:-VERBATIM_TURNS])):
+            k = max(1, round(OLDER_KEYWORDS * KEYWORD_DECAY**age))
+            carried = [w for w in self.keywords(turn, k) if w not in carried] + carried
+        contextual = " ".join([*carried, *verbatim, last])
         elliptical = is_elliptical(last, self.analyzer)
-        if not carried:
-            return DialogueQueries([last], [1.0], context_turns=context, elliptical=elliptical)
-        contextual = f"{' '.join(carried)} {last}"
-        last_weight = ELLIPTICAL_LAST_WEIGHT if elliptical else SELF_CONTAINED_LAST_WEIGHT
-        return DialogueQueries([contextual, last], [CONTEXT_WEIGHT, last_weight], context, elliptical)
+        queries, weights = [contextual], [CONTEXT_WEIGHT]
+        if not elliptical:
+            queries.append(last)
+            weights.append(SELF_CONTAINED_LAST_WEIGHT)
+        rewritten = self.rewriter.rewrite(messages) if self.rewriter is not None else None
+        if rewritten:
+            queries.insert(0, rewritten)
+            weights.insert(0, REWRITE_WEIGHT)
+        return DialogueQueries(queries, weights, context, elliptical, rewritten)

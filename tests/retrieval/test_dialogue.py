@@ -22,9 +22,52 @@ def builder(analyzer) -> DialogueQueryBuilder:
 def test_elliptical_last_turn_carries_subject(builder: DialogueQueryBuilder) -> None:
     plan = builder.build(_msgs("我老公开了一家个体工商户，经营不善欠了很多钱。", "那他欠的钱谁来还？"))
     assert plan.elliptical
-    assert len(plan.queries) == 2 and plan.queries[1] == "那他欠的钱谁来还？"
-    assert "个体工商户" in plan.queries[0] and plan.queries[0].endswith("那他欠的钱谁来还？")
-    assert plan.weights[0] > plan.weights[1]
+    # Alone, the elliptical turn lacks its subject: only the contextual query is searched.
+    assert len(plan.queries) == 1 and "个体工商户" in plan.queries[0]
+    assert plan.queries[0].endswith("那他欠的钱谁来还？")
+
+
+def test_self_contained_last_turn_is_also_searched_alone(builder: DialogueQueryBuilder) -> None:
+    last = "用人单位未依法缴纳社会保险费，劳动者可以解除劳动合同并要求经济补偿吗？"
+    plan = builder.build(_msgs("我在一家装修公司干活。", last))
+    assert not plan.elliptical
+    assert plan.queries == ["我在一家装修公司干活。 " + last, last] and plan.weights == [1.0, 1.0]
+
+
+def test_older_turns_are_reduced_to_keywords(builder: DialogueQueryBuilder) -> None:
+    plan = builder.build(
+        _msgs(
+            "我们公司和物流企业签了仓储合同，存放一批货物。",
+            "货物是电子产品，价值很高。",
+            "合同约定按月付费。",
+            "那他们弄丢了怎么办？",
+        )
+    )
+    contextual = plan.queries[0]
+    assert "我们公司和物流企业签了仓储合同" not in contextual and "仓储" in contextual
+    assert "货物是电子产品，价值很高。 合同约定按月付费。 那他们弄丢了怎么办？" in contextual
+
+
+def test_acknowledgement_starts_a_new_topic(builder: DialogueQueryBuilder) -> None:
+    plan = builder.build(
+        _msgs("加班费怎么算？", "明白。我最近在看人格权方面的书，说把人关起来侵犯人身自由。", "那这种要赔偿吗？")
+    )
+    assert plan.context_turns == ["明白。我最近在看人格权方面的书，说把人关起来侵犯人身自由。"]
+
+
+def test_rewriter_adds_a_query_and_failure_falls_back(analyzer) -> None:
+    class Fake:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def rewrite(self, messages):
+            return self.answer
+
+    msgs = _msgs("我老公开了一家个体工商户。", "那他欠的钱谁来还？")
+    ok = DialogueQueryBuilder(analyzer, rewriter=Fake("个体工商户的债务由谁承担？")).build(msgs)
+    assert ok.queries[0] == "个体工商户的债务由谁承担？" and ok.rewritten and len(ok.queries) == 2
+    failed = DialogueQueryBuilder(analyzer, rewriter=Fake(None)).build(msgs)
+    assert failed.queries == DialogueQueryBuilder(analyzer).build(msgs).queries and failed.rewritten is None
 
 
 def test_topic_switch_drops_the_old_topic(builder: DialogueQueryBuilder) -> None:

@@ -10,8 +10,25 @@ import pytest
 from retrieval.embedders import normalize_rows
 from retrieval.stores import MISSING_ID, StoreError, create_store, load_store
 
-BACKENDS = ["faiss", "numpy"]
 DIM = 16
+try:
+    import milvus_lite  # noqa: F401
+    import pymilvus  # noqa: F401
+
+    HAVE_MILVUS = True
+except ImportError:
+    HAVE_MILVUS = False
+BACKENDS = [
+    "faiss",
+    "numpy",
+    pytest.param("milvus", marks=pytest.mark.skipif(not HAVE_MILVUS, reason="pip install 'zhrag[milvus]'")),
+]
+
+
+def _create(backend: str, tmp_path: Path):
+    # Milvus Lite keeps the collection in a local file; the other backends are in memory until saved.
+    options = {"uri": str(tmp_path / "milvus.db"), "collection": "contract"} if backend == "milvus" else {}
+    return create_store(backend, DIM, **options)
 
 
 @pytest.fixture()
@@ -21,7 +38,7 @@ def vectors() -> np.ndarray:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_store_contract(backend: str, vectors: np.ndarray, tmp_path: Path) -> None:
-    store = create_store(backend, DIM)
+    store = _create(backend, tmp_path)
     ids = np.arange(100, 150, dtype=np.int64)
     store.add(ids, vectors)
     assert store.count() == 50
@@ -47,23 +64,23 @@ def test_store_contract(backend: str, vectors: np.ndarray, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_store_rejects_wrong_dimension(backend: str) -> None:
-    store = create_store(backend, DIM)
+def test_store_rejects_wrong_dimension(backend: str, tmp_path: Path) -> None:
+    store = _create(backend, tmp_path)
     with pytest.raises(StoreError):
         store.add(np.arange(2), np.ones((2, DIM + 1), dtype=np.float32))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_store_search(backend: str) -> None:
-    scores, ids = create_store(backend, DIM).search(np.ones((1, DIM), dtype=np.float32), k=3)
+def test_empty_store_search(backend: str, tmp_path: Path) -> None:
+    scores, ids = _create(backend, tmp_path).search(np.ones((1, DIM), dtype=np.float32), k=3)
     assert (ids == MISSING_ID).all()
 
 
-def test_backends_agree(vectors: np.ndarray) -> None:
+def test_backends_agree(vectors: np.ndarray, tmp_path: Path) -> None:
     ids = np.arange(50, dtype=np.int64)
     results = []
-    for backend in BACKENDS:
-        store = create_store(backend, DIM)
+    for backend in ["faiss", "numpy", *(["milvus"] if HAVE_MILVUS else [])]:
+        store = _create(backend, tmp_path)
         store.add(ids, vectors)
         results.append(store.search(vectors[10:12] + 0.05, k=10)[1])
     np.testing.assert_array_equal(results[0], results[1])
@@ -72,8 +89,6 @@ def test_backends_agree(vectors: np.ndarray) -> None:
 def test_unknown_backend_and_missing_extra() -> None:
     with pytest.raises(StoreError, match="unknown vector store"):
         create_store("nope", DIM)
-    try:
-        import pymilvus  # noqa: F401
-    except ImportError:
+    if not HAVE_MILVUS:
         with pytest.raises(StoreError, match="pip install"):
             create_store("milvus", DIM)

@@ -1,0 +1,102 @@
+"""LLM query rewriting against a local fake OpenAI-compatible chat server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from retrieval.rewriter import CONDENSE_SYSTEM_PROMPT, LLMQueryRewriter
+
+CHAT = [
+    {"role": "user", "content": "我老公开了一家个体工商户，欠了供应商很多钱。"},
+    {"role": "assistant", "content": "明白，这种情况比较常见。"},
+    {"role": "user", "content": "那他欠的钱谁来还？"},
+]
+
+
+class FakeChat(BaseHTTPRequestHandler):
+    behaviour = "ok"
+    seen: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeChat.seen.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+        if FakeChat.behaviour == "slow":
+            time.sleep(1.0)
+        if FakeChat.behaviour == "error":
+            self.send_response(500)
+            self.end_headers()
+            return
+        content = {
+            "ok": "<think>\n想一想\n</think>\n个体工商户的债务应当由谁承担？",
+            "empty": "   ",
+        }.get(FakeChat.behaviour, "x")
+        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeChat)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+
+
+def test_rewrites_with_condense_prompt(server: str) -> None:
+    FakeChat.behaviour, FakeChat.seen = "ok", []
+    rewriter = LLMQueryRewriter(server, "qwen3-8b", api_key="k", timeout_s=2.0)
+    assert rewriter.rewrite(CHAT) == "个体工商户的债务应当由谁承担？"
+    request = FakeChat.seen[-1]
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer k"
+    messages = request["body"]["messages"]
+    assert messages[0]["content"] == CONDENSE_SYSTEM_PROMPT
+    assert (
+        "用户：我老公开了一家个体工商户" in messages[1]["content"]
+        and "最后的问题：那他欠的钱谁来还？" in messages[1]["content"]
+    )
+    assert request["body"]["temperature"] == 0
+
+
+@pytest.mark.parametrize("behaviour", ["error", "empty", "slow"])
+def test_failures_return_none(server: str, behaviour: str) -> None:
+    FakeChat.behaviour = behaviour
+    assert LLMQueryRewriter(server, "m", timeout_s=0.3).rewrite(CHAT) is None
+
+
+def test_unreachable_server_returns_none() -> None:
+    assert LLMQueryRewriter("http://127.0.0.1:9/v1", "m", timeout_s=0.3).rewrite(CHAT) is None
+
+
+def test_single_turn_needs_no_call() -> None:
+    assert LLMQueryRewriter("http://127.0.0.1:9/v1", "m").rewrite(CHAT[-1:]) == "那他欠的钱谁来还？"
+
+
+def test_search_api_uses_rewriter_and_falls_back(server: str, sample_index) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.api import create_app
+    from app.settings import Settings
+
+    FakeChat.behaviour = "ok"
+    settings = Settings(index=sample_index, rewrite_base_url=server, rewrite_model="m", load_model=False)
+    with TestClient(create_app(settings)) as client:
+        body = client.post("/search", json={"messages": CHAT, "mode": "bm25"}).json()
+        assert body["queries"][0] == "个体工商户的债务应当由谁承担？"
+        FakeChat.behaviour = "error"
+        client.app.state.services._dialogue_builder = None
+        fallback = client.post("/search", json={"messages": CHAT, "mode": "bm25"}).json()
+        assert "个体工商户" in fallback["queries"][0] and fallback["queries"][0].endswith("那他欠的钱谁来还？")
