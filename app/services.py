@@ -134,7 +134,15 @@ def build_services(settings: Settings, load_model: bool | None = None, model: st
     reranker = create_reranker(settings.reranker, settings.reranker_type) if settings.reranker else None
     analyzer = build_analyzer(settings, manifest)
     weights = {"dense": settings.weight_dense, "bm25": settings.weight_bm25}
-    searcher = Searcher(index, embedder, analyzer, reranker=reranker, weights=weights)
+    searcher = Searcher(
+        index,
+        embedder,
+        analyzer,
+        reranker=reranker,
+        weights=weights,
+        rrf_k=settings.rrf_k,
+        candidates=settings.candidates,
+    )
     return Services(settings, index, embedder, analyzer, searcher, reranker)
 
 

@@ -66,9 +66,9 @@ class SearchOptions:
         expand: Return the whole statute article (``article``) or +-``neighbors`` chunks around a hit.
         neighbors: Chunks on each side for ``expand="neighbors"``.
         group_by: ``doc_id`` keeps only the best hit of each document.
-        candidates: Per-leg candidate pool (``None`` = ``max(DEFAULT_CANDIDATES, top_k)``).
+        candidates: Per-leg candidate pool (``None`` = the searcher's default, at least ``top_k``).
         weights: Per-leg RRF weights, e.g. ``{"dense": 1.0, "bm25": 0.5}``.
-        rrf_k: The RRF constant.
+        rrf_k: The RRF constant (``None`` = the searcher's default, 60).
         query_weights: With several queries, a fusion weight per query (multiplies the leg weight).
     """
 
@@ -82,7 +82,7 @@ class SearchOptions:
     group_by: Literal["doc_id"] | None = None
     candidates: int | None = None
     weights: Mapping[str, float] | None = None
-    rrf_k: int = RRF_K
+    rrf_k: int | None = None
     query_weights: Sequence[float] | None = None
 
 
@@ -108,6 +108,8 @@ class Searcher:
             when present, tokenises queries (e.g. adding statutory synonyms of colloquial words).
         reranker: Optional second stage.
         weights: Default per-leg RRF weights.
+        rrf_k: Default RRF constant.
+        candidates: Default per-leg candidate pool.
     """
 
     def __init__(
@@ -117,12 +119,20 @@ class Searcher:
         analyzer: Callable[[str], list[str]],
         reranker: Reranker | None = None,
         weights: Mapping[str, float] | None = None,
+        rrf_k: int = RRF_K,
+        candidates: int = DEFAULT_CANDIDATES,
     ) -> None:
         self.index = index
+        self.rrf_k = rrf_k
+        self.candidates = candidates
         self.embedder = embedder
         self.analyzer = analyzer
         self.reranker = reranker
         self.weights = dict(weights or {})
+
+    def rrf_k_for(self, options: SearchOptions) -> int:
+        """The RRF constant a search uses."""
+        return self.rrf_k if options.rrf_k is None else options.rrf_k
 
     # -- legs ------------------------------------------------------------------------------------
     def _dense(self, queries: Sequence[str], pool: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
@@ -146,7 +156,7 @@ class Searcher:
         self, queries: Sequence[str], options: SearchOptions, allowed: np.ndarray | None
     ) -> tuple[list[tuple[int, float]], dict[str, dict[int, tuple[int, float]]]]:
         """Fused (row id, score) ranking for one or more queries, and each leg's (rank, score) per row id."""
-        pool = max(options.candidates or DEFAULT_CANDIDATES, options.top_k)
+        pool = max(options.candidates or self.candidates, options.top_k)
         legs: dict[str, list[tuple[int, float]]] = {}
         if options.mode in ("hybrid", "dense"):
             for i, ranked in enumerate(self._dense(queries, pool, allowed)):
@@ -168,7 +178,7 @@ class Searcher:
 
         leg_weights = {leg: leg_weight(leg) for leg in legs}
         rankings = {leg: [rid for rid, _ in items] for leg, items in legs.items()}
-        return reciprocal_rank_fusion(rankings, k=options.rrf_k, weights=leg_weights), detail
+        return reciprocal_rank_fusion(rankings, k=self.rrf_k_for(options), weights=leg_weights), detail
 
     # -- public ----------------------------------------------------------------------------------
     def search(self, query: str | Sequence[str], options: SearchOptions | None = None) -> SearchOutcome:

@@ -95,7 +95,7 @@ def retrieval(
     except (SearchError, FilterError) as exc:
         return _error(400, 400, str(exc))
     weights = services.searcher.weights
-    rrf_max = sum(weights.get(leg, 1.0) for leg in ("dense", "bm25")) / (options.rrf_k + 1)
+    rrf_max = sum(weights.get(leg, 1.0) for leg in ("dense", "bm25")) / (services.searcher.rrf_k_for(options) + 1)
     records: list[dict[str, Any]] = []
     for hit, score in zip(outcome.hits, relevance_scores(outcome, rrf_max), strict=True):
         chunk = hit.chunk

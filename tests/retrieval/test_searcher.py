@@ -125,3 +125,12 @@ def test_multi_query_fusion_with_query_weights(searcher: Searcher) -> None:
     top = even.hits[0]
     assert set(top.ranks) <= {"bm25", "bm25#1"}
     assert top.score == pytest.approx(sum(1 / (60 + r) for r in top.ranks.values()))
+
+
+def test_rrf_k_and_weights_from_searcher_defaults(sample_index: Path, tiny_embedder, analyzer) -> None:
+    searcher = Searcher(Index(sample_index), tiny_embedder, analyzer, rrf_k=10, weights={"bm25": 2.0})
+    top = searcher.search("假药", SearchOptions(top_k=1)).hits[0]
+    expected = sum((2.0 if leg == "bm25" else 1.0) / (10 + rank) for leg, rank in top.ranks.items())
+    assert top.score == pytest.approx(expected)
+    override = searcher.search("假药", SearchOptions(top_k=1, rrf_k=60, weights={"bm25": 1.0})).hits[0]
+    assert override.score == pytest.approx(sum(1 / (60 + r) for r in override.ranks.values()))
