@@ -17,6 +17,7 @@ __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+METRIC_KEYS = ("nDCG@10", "MRR@10", "Recall@10", "Recall@100")
 EXIT_SKIPPED = 3
 """Ingest finished and published an index, but some files were skipped (listed on stderr)."""
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-cache", type=Path)
     p.add_argument("--per-query", type=Path, help="Write per-query metrics and top-10 ids as JSONL")
     p.add_argument("--json", action="store_true", help="Print metrics as one JSON object")
+    p.add_argument("--markdown", metavar="LABEL", help="Print one Markdown table row labelled LABEL (README tables)")
 
     p = sub.add_parser("info", help="Show an index's manifest")
     p.add_argument("--index", required=True, type=Path)
@@ -324,8 +326,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
+    elif args.markdown:
+        mode = result["mode"] + (" + rerank" if result["rerank"] else "")
+        if result["dialogue_mode"]:
+            mode += f", dialogue {result['dialogue_mode']}"
+        cells = [args.markdown, mode, *(f"{result[m]:.3f}" for m in METRIC_KEYS), str(result["queries"])]
+        print("| " + " | ".join(cells) + " |")
     else:
-        print(" ".join(f"{k}={result[k]}" for k in ("nDCG@10", "MRR@10", "Recall@10", "Recall@100", "queries")))
+        print(" ".join(f"{k}={result[k]}" for k in (*METRIC_KEYS, "queries")))
     return EXIT_OK
 
 

@@ -123,3 +123,39 @@ def test_info(cli_index: Path, capsys) -> None:
     assert main(["info", "--index", str(cli_index)]) == EXIT_OK
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["counts"]["documents"] == 6 and manifest["chunker"]["chunk_size"] == 512
+
+
+def test_eval_queries_and_dialogues(cli_index: Path, tmp_path: Path, capsys) -> None:
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        json.dumps({"id": "q1", "text": "医师在执业活动中履行哪些义务"}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"id": "q2", "text": "禁止生产销售假药"}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text(
+        "query-id\tarticle\tscore\nq1\t中华人民共和国医师法 第二十三条\t1\nq2\t中华人民共和国药品管理法 第九十八条\t1\n"
+        "d1\t中华人民共和国药品管理法 第九十八条\t1\n",
+        encoding="utf-8",
+    )
+    base = ["eval", "--index", str(cli_index), "--qrels", str(qrels), "--doc-id", "{law} {article}", "--mode", "bm25"]
+    per_query = tmp_path / "pq.jsonl"
+    assert main([*base, "--queries", str(queries), "--json", "--per-query", str(per_query)]) == EXIT_OK
+    result = json.loads(capsys.readouterr().out)
+    assert {"nDCG@10", "MRR@10", "Recall@10", "Recall@100", "queries"} <= set(result)
+    assert result["queries"] == 2 and result["Recall@100"] == 1.0 and result["nDCG@10"] > 0.5
+    rows = [json.loads(line) for line in per_query.read_text(encoding="utf-8").splitlines()]
+    assert rows[0]["id"] == "q1" and rows[0]["top10"][0].startswith("中华人民共和国")
+    dialogues = tmp_path / "d.jsonl"
+    messages = [
+        {"role": "user", "content": "我在网上买到了假药。"},
+        {"role": "assistant", "content": "好的。"},
+        {"role": "user", "content": "那卖这种东西的违法吗？"},
+    ]
+    dialogues.write_text(json.dumps({"id": "d1", "messages": messages}, ensure_ascii=False) + "\n", encoding="utf-8")
+    for mode in ("last", "concat", "auto"):
+        assert main([*base, "--dialogues", str(dialogues), "--dialogue-mode", mode, "--markdown", "demo"]) == EXIT_OK
+        row = capsys.readouterr().out.strip()
+        assert row.startswith(f"| demo | bm25, dialogue {mode} |") and row.endswith("| 1 |")
