@@ -12,6 +12,8 @@ import numpy as np
 __all__ = ["BM25Index", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
 
 log = logging.getLogger(__name__)
+# bm25s sets its own logger to DEBUG ("Building index from tokens"); keep it quiet unless asked.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 BM25_DIR = "bm25"
 _RIDS_FILE = "rids.npy"
