@@ -83,6 +83,9 @@ class SearchResult(BaseModel):
     source: str
     metadata: dict[str, Any]
     ranks: dict[str, int] = Field(default_factory=dict, description="Rank in each retrieval leg (1 = best)")
+    leg_scores: dict[str, float] = Field(
+        default_factory=dict, description="Raw score in each retrieval leg (cosine for dense, BM25 for bm25)"
+    )
 
 
 class SearchResponse(BaseModel):

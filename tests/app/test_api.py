@@ -48,7 +48,8 @@ def test_search_returns_passages_with_metadata(client: TestClient) -> None:
     assert set(body) >= {"results", "query", "queries", "took_ms", "mode"}
     assert len(body["results"]) == 3
     first = body["results"][0]
-    assert set(first) >= {"id", "doc_id", "text", "score", "title", "source", "metadata", "ranks"}
+    assert set(first) >= {"id", "doc_id", "text", "score", "title", "source", "metadata", "ranks", "leg_scores"}
+    assert first["ranks"] == {"bm25": 1} and first["leg_scores"]["bm25"] == first["score"]
     assert (LAW, "第二十三条") in {(r["metadata"]["law"], r["metadata"]["article"]) for r in body["results"]}
 
 
