@@ -112,6 +112,7 @@ def to_search_response(outcome: SearchOutcome, query: str, session_id: str | Non
             source=h.chunk.source,
             metadata=h.chunk.metadata,
             ranks=h.ranks,
+            leg_scores={leg: round(value, 6) for leg, value in h.scores.items()},
         )
         for h in outcome.hits
     ]
