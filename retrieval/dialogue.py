@@ -2,7 +2,8 @@
 
 The last user turn of a chat is often elliptical ("那他欠的钱谁来还？"). The builder carries the earlier
 user turns of the current topic forward into a contextual query — the most recent turns verbatim, older
-ones reduced to their jieba TF-IDF keywords (recency weighting) — and stops at a topic switch: a turn
+ones reduced to their jieba TF-IDF keywords, and the most recent turn + last turn as a second, lighter
+query (recency weighting) — and stops at a topic switch: a turn
 that opens with a new-topic marker (另外/还有个事/好的。还有…) or, when a similarity function is given,
 one unrelated to the turns after it. A self-contained last turn is also searched alone and fused with
 RRF at equal weight, so it never gets worse; an elliptical one is not (alone it lacks its subject, and
@@ -42,8 +43,10 @@ VERBATIM_TURNS = 2
 OLDER_KEYWORDS = 6
 KEYWORD_DECAY = 0.5
 MAX_CONTEXT_TURNS = 4
-# Fusion weights: the contextual query, the last turn alone when self-contained, the LLM rewrite.
+# Fusion weights: the contextual query, the most recent turn + last turn (recency), the last turn alone
+# when self-contained, the LLM rewrite.
 CONTEXT_WEIGHT = 1.0
+RECENT_WEIGHT = 0.5
 SELF_CONTAINED_LAST_WEIGHT = 1.0
 REWRITE_WEIGHT = 1.0
 # A last turn with at most this many content words is treated as elliptical even without a pronoun.
@@ -58,7 +61,9 @@ _NEW_TOPIC = re.compile(
 _ACKNOWLEDGEMENT = re.compile(r"^(好的|明白了?|了解了?|知道了|谢谢(你|您)?|行吧?)[。，,.!！~ ]")
 _ANAPHORA = re.compile(
     r"^(那|这|其|该|此|上述|前面|刚才|如果这样|要是这样)"
-    r"|(他|她|它|这种|那种|这样|那样|这个|那个|这些|那些|这件|那件|这笔|那笔|这楼|这事|那事|上述|前述|对方)"
+    r"|(他|她|它|这样|那样|这些|那些|这事|那事|上述|前述|对方)"
+    # demonstrative (+ numeral) + classifier: 这种, 那笔, 这两种, 那一份, 这几个 ...
+    r"|[这那][一两几]?[种个件笔份次位家批条项栋楼套辆块样]"
 )
 
 
@@ -164,6 +169,9 @@ class DialogueQueryBuilder:
         contextual = " ".join([*carried, *verbatim, last])
         elliptical = is_elliptical(last, self.analyzer)
         queries, weights = [contextual], [CONTEXT_WEIGHT]
+        if len(context) > 1:
+            queries.append(f"{context[-1]} {last}")
+            weights.append(RECENT_WEIGHT)
         if not elliptical:
             queries.append(last)
             weights.append(SELF_CONTAINED_LAST_WEIGHT)
