@@ -12,8 +12,11 @@ import numpy as np
 __all__ = ["BM25Index", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
 
 log = logging.getLogger(__name__)
-# bm25s sets its own logger to DEBUG ("Building index from tokens"); keep it quiet unless asked.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+
+def _quiet_bm25s() -> None:
+    """bm25s sets its logger to DEBUG on import ("Building index from tokens"); keep it quiet."""
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 BM25_DIR = "bm25"
 _RIDS_FILE = "rids.npy"
@@ -39,6 +42,7 @@ class BM25Index:
         """Index token lists (one per chunk) for the given row ids."""
         import bm25s
 
+        _quiet_bm25s()
         retriever = bm25s.BM25(k1=k1, b=b)
         retriever.index([list(t) for t in tokens], show_progress=False)
         return cls(retriever, rids, k1, b)
@@ -74,6 +78,7 @@ class BM25Index:
         """Read an index written by :meth:`save`."""
         import bm25s
 
+        _quiet_bm25s()
         retriever = bm25s.BM25.load(str(path), show_progress=False, verbosity=0)
         params = json.loads((path / _PARAMS_FILE).read_text())
         return cls(retriever, np.load(path / _RIDS_FILE), params["k1"], params["b"])
