@@ -18,6 +18,7 @@ def _quiet_bm25s() -> None:
     """bm25s sets its logger to DEBUG on import ("Building index from tokens"); keep it quiet."""
     logging.getLogger("bm25s").setLevel(logging.WARNING)
 
+
 BM25_DIR = "bm25"
 _RIDS_FILE = "rids.npy"
 _PARAMS_FILE = "zhrag.json"

@@ -8,24 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api import create_app
-from app.api.deps import get_services
-from app.services import Services, build_services
+from app.services import Services
 from app.settings import Settings
 
 LAW = "中华人民共和国医师法"
-
-
-@pytest.fixture(scope="module")
-def services(sample_index: Path) -> Services:
-    return build_services(Settings(index=sample_index))
-
-
-@pytest.fixture()
-def client(services: Services) -> TestClient:
-    app = create_app(Settings(index=services.index.root, api_key="secret"), load=False)
-    app.dependency_overrides[get_services] = lambda: services
-    with TestClient(app) as c:
-        yield c
 
 
 def test_health_and_ready(client: TestClient, sample_index: Path) -> None:

@@ -2,32 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
-from app.api.deps import get_services
-from app.services import Services, build_services
 from app.sessions import SessionStore
-from app.settings import Settings
-
-DIFY_KEY = "secret"
-
-
-@pytest.fixture(scope="module")
-def services(sample_index: Path) -> Services:
-    return build_services(Settings(index=sample_index))
-
-
-@pytest.fixture()
-def client(services: Services) -> TestClient:
-    app = create_app(Settings(index=services.index.root, api_key=DIFY_KEY), load=False)
-    app.dependency_overrides[get_services] = lambda: services
-    with TestClient(app) as c:
-        yield c
-
+from tests.app.conftest import API_KEY as DIFY_KEY
 
 CHAT = [
     {"role": "user", "content": "我在医院做手术，医生事先没有告诉我手术风险和替代方案。"},

@@ -1,0 +1,31 @@
+"""Fixtures for the API tests: services over the sample index, and a client with them injected."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.api.deps import get_services
+from app.services import Services, build_services
+from app.settings import Settings
+
+API_KEY = "secret"
+
+
+@pytest.fixture(scope="module")
+def services(sample_index: Path) -> Services:
+    """The real composition (tiny model from the manifest) over the sample index."""
+    return build_services(Settings(index=sample_index))
+
+
+@pytest.fixture()
+def client(services: Services) -> Iterator[TestClient]:
+    """A test client whose services come from ``dependency_overrides``."""
+    app = create_app(Settings(index=services.index.root, api_key=API_KEY), load=False)
+    app.dependency_overrides[get_services] = lambda: services
+    with TestClient(app) as c:
+        yield c
