@@ -161,9 +161,10 @@ class DialogueQueryBuilder:
         if mode == "concat":
             return DialogueQueries(["\n".join(turns)], [1.0], context_turns=turns[:-1])
         context = self.context(turns[:-1])
-        verbatim = context[-VERBATIM_TURNS:]
+        split = max(0, len(context) - VERBATIM_TURNS)
+        verbatim = context[split:]
         carried: list[str] = []
-        for age, turn in enumerate(reversed(context[:-VERBATIM_TURNS])):
+        for age, turn in enumerate(reversed(context[:split])):
             k = max(1, round(OLDER_KEYWORDS * KEYWORD_DECAY**age))
             carried = [w for w in self.keywords(turn, k) if w not in carried] + carried
         contextual = " ".join([*carried, *verbatim, last])
