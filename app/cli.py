@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="Print metrics as one JSON object")
     p.add_argument("--markdown", metavar="LABEL", help="Print one Markdown table row labelled LABEL (README tables)")
 
+    p = sub.add_parser("bench", help="Query latency per mode (JSON), BM25 as the same-run baseline")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--queries", type=Path, help="BEIR queries JSONL or a text file with one question per line")
+    p.add_argument("--limit", type=int, default=200, help="At most this many queries")
+    p.add_argument("--modes", default="bm25,dense,hybrid", help="Comma-separated modes")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--embed-cache", type=Path)
+
     p = sub.add_parser("info", help="Show an index's manifest")
     p.add_argument("--index", required=True, type=Path)
 
@@ -337,6 +345,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench_queries(path: Path | None) -> list[str]:
+    from retrieval.evaluation import load_queries
+
+    if path is None:
+        path = Path(__file__).resolve().parents[1] / "data" / "questions.txt"
+    if path.suffix == ".jsonl":
+        return list(load_queries(path).values())
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``zhrag bench``."""
+    from app.bench import run_bench
+    from app.services import build_services
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    queries = _bench_queries(args.queries)[: args.limit]
+    if not queries:
+        raise CliError("no queries to benchmark")
+    settings = _settings(args, embed_cache=args.embed_cache)
+    services = build_services(settings, load_model=any(m != "bm25" for m in modes))
+    print(json.dumps(run_bench(services, queries, modes, args.top_k), ensure_ascii=False))
+    return EXIT_OK
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """``zhrag info``."""
     from retrieval.index import read_manifest
@@ -362,6 +395,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "info": cmd_info,
     "tiny-model": cmd_tiny_model,
+    "bench": cmd_bench,
 }
 
 

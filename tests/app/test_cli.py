@@ -159,3 +159,12 @@ def test_eval_queries_and_dialogues(cli_index: Path, tmp_path: Path, capsys) -> 
         assert main([*base, "--dialogues", str(dialogues), "--dialogue-mode", mode, "--markdown", "demo"]) == EXIT_OK
         row = capsys.readouterr().out.strip()
         assert row.startswith(f"| demo | bm25, dialogue {mode} |") and row.endswith("| 1 |")
+
+
+def test_bench_reports_latency_per_mode(cli_index: Path, capsys) -> None:
+    assert main(["bench", "--index", str(cli_index), "--limit", "4", "--modes", "bm25,hybrid"]) == EXIT_OK
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["modes"]) == {"bm25", "hybrid"} and result["chunks"] > 300
+    for stats in result["modes"].values():
+        assert stats["queries"] == 4 and stats["p95_ms"] >= stats["p50_ms"] > 0
+    assert result["modes"]["bm25"]["relative_to_bm25"] == 1.0
