@@ -6,33 +6,16 @@ from typing import TYPE_CHECKING
 
 from app.services import Services
 from app.sessions import SessionStore
-from retrieval.dialogue import DialogueQueryBuilder
-from retrieval.rewriter import LLMQueryRewriter
 from retrieval.searcher import SearchOptions, SearchOutcome
 
 if TYPE_CHECKING:
     from app.api.schemas import SearchRequest
 
-__all__ = ["run_search", "DialogueInputError", "dialogue_builder"]
+__all__ = ["run_search", "DialogueInputError", "options_from"]
 
 
 class DialogueInputError(ValueError):
     """The conversation cannot be searched (e.g. no user turn)."""
-
-
-def dialogue_builder(services: Services) -> DialogueQueryBuilder:
-    """The services' query builder (created once per services object)."""
-    builder = getattr(services, "_dialogue_builder", None)
-    if builder is None:
-        settings = services.settings
-        rewriter = None
-        if settings.rewrite_base_url and settings.rewrite_model:
-            rewriter = LLMQueryRewriter(
-                settings.rewrite_base_url, settings.rewrite_model, settings.rewrite_api_key, settings.rewrite_timeout
-            )
-        builder = DialogueQueryBuilder(services.analyzer, rewriter=rewriter)
-        services._dialogue_builder = builder  # type: ignore[attr-defined]
-    return builder
 
 
 def options_from(body: SearchRequest) -> SearchOptions:
@@ -72,6 +55,6 @@ def run_search(
     question = users[-1]["content"]
     if len(users) == 1:
         return services.searcher.search(question, options), question, body.session_id
-    built = dialogue_builder(services).build(conversation, body.dialogue_mode)
+    built = services.dialogue.build(conversation, body.dialogue_mode)
     options.query_weights = built.weights
     return services.searcher.search(built.queries, options), question, body.session_id

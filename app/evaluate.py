@@ -10,7 +10,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from app.dialogue_search import dialogue_builder
 from app.services import Services
 from retrieval.dialogue import DialogueMode
 from retrieval.embedders.cache import CachedEmbedder
@@ -77,7 +76,7 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     qrels = load_qrels(config.qrels)
     if config.dialogues:
         dialogues = load_dialogues(config.dialogues)
-        builder = dialogue_builder(services)
+        builder = services.dialogue
         plans = {qid: builder.build(msgs, config.dialogue_mode) for qid, msgs in dialogues.items() if qid in qrels}
         work = {qid: (p.queries, p.weights) for qid, p in plans.items()}
     elif config.queries:

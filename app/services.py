@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
-from retrieval.embedders import Embedder, EmbedderError, create_embedder
+from retrieval.dialogue import DialogueQueryBuilder
+from retrieval.embedders import Embedder, create_embedder
 from retrieval.embedders.cache import CachedEmbedder
 from retrieval.index import Index, check_embedder, read_manifest
 from retrieval.rerankers import create_reranker
+from retrieval.rewriter import LLMQueryRewriter
 from retrieval.searcher import Reranker, Searcher
 from retrieval.text import Analyzer
 
-__all__ = ["Services", "build_embedder", "embedder_for_index", "build_services", "build_analyzer"]
+__all__ = ["Services", "build_embedder", "embedder_for_index", "build_services", "build_analyzer", "build_dialogue"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class Services:
     analyzer: Analyzer
     searcher: Searcher
     reranker: Reranker | None
+    dialogue: DialogueQueryBuilder
 
 
 def build_analyzer(settings: Settings, manifest: dict[str, Any] | None = None) -> Analyzer:
@@ -143,9 +146,14 @@ def build_services(settings: Settings, load_model: bool | None = None, model: st
         rrf_k=settings.rrf_k,
         candidates=settings.candidates,
     )
-    return Services(settings, index, embedder, analyzer, searcher, reranker)
+    return Services(settings, index, embedder, analyzer, searcher, reranker, build_dialogue(settings, analyzer))
 
 
-def describe_embedder_error(exc: EmbedderError) -> str:
-    """One-line message for CLI output."""
-    return str(exc)
+def build_dialogue(settings: Settings, analyzer: Analyzer) -> DialogueQueryBuilder:
+    """The multi-turn query builder, with the LLM rewriter when ``ZHRAG_REWRITE_*`` is configured."""
+    rewriter = None
+    if settings.rewrite_base_url and settings.rewrite_model:
+        rewriter = LLMQueryRewriter(
+            settings.rewrite_base_url, settings.rewrite_model, settings.rewrite_api_key, settings.rewrite_timeout
+        )
+    return DialogueQueryBuilder(analyzer, rewriter=rewriter)

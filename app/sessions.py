@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["SessionStore", "SESSION_TTL_S", "SESSION_MAX_MESSAGES", "SESSION_MAX_CHARS", "MAX_SESSIONS"]
 
@@ -33,13 +33,13 @@ class SessionStore:
         max_messages: int = SESSION_MAX_MESSAGES,
         max_chars: int = SESSION_MAX_CHARS,
         max_sessions: int = MAX_SESSIONS,
-        clock: type[time] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl_s = ttl_s
         self.max_messages = max_messages
         self.max_chars = max_chars
         self.max_sessions = max_sessions
-        self._now = time.monotonic
+        self._now = clock
         self._data: OrderedDict[str, tuple[float, list[Message]]] = OrderedDict()
         self._lock = threading.Lock()
 

@@ -147,10 +147,6 @@ class DocStore:
         for rid, tokens in self._db.execute("SELECT rid, tokens FROM chunks ORDER BY rid"):
             yield rid, tokens.split()
 
-    def all_rids(self) -> np.ndarray:
-        """Every row id, ascending."""
-        return np.fromiter((r for (r,) in self._db.execute("SELECT rid FROM chunks ORDER BY rid")), dtype=np.int64)
-
     def filter_rids(self, filters: Mapping[str, Any]) -> np.ndarray:
         """Row ids of chunks matching every filter.
 

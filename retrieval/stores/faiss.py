@@ -74,10 +74,6 @@ class FaissStore:
         scores[ids == MISSING_ID] = -np.inf
         return scores, ids
 
-    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors for ids (used when rebuilding)."""
-        return np.stack([self._index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim))
-
     def count(self) -> int:
         """Number of vectors."""
         return int(self._index.ntotal)

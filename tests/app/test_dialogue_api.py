@@ -49,9 +49,8 @@ def test_oversize_conversation_is_422(client: TestClient) -> None:
 
 
 def test_session_store_bounds_and_expiry() -> None:
-    store = SessionStore(ttl_s=10, max_messages=3, max_chars=10, max_sessions=2)
     clock = [0.0]
-    store._now = lambda: clock[0]
+    store = SessionStore(ttl_s=10, max_messages=3, max_chars=10, max_sessions=2, clock=lambda: clock[0])
     store.extend("a", [{"role": "user", "content": "一二三四五"}] * 4)
     assert len(store.get("a")) == 2  # 3 kept by count, then 10 characters at most
     store.extend("b", [{"role": "user", "content": "x"}])
