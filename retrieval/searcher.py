@@ -34,7 +34,7 @@ SEARCH_MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
 DEFAULT_CANDIDATES = 100
 """Candidates each leg contributes before fusion (at least ``top_k``)."""
 DEFAULT_RERANK_CANDIDATES = 30
-"""How many fused candidates the reranker re-scores."""
+"""How many fused candidates the reranker re-scores (at least ``top_k``)."""
 DENSE, BM25 = "dense", "bm25"
 LEG_SEPARATOR = "#"
 
@@ -205,14 +205,13 @@ class Searcher:
         if options.rerank:
             if self.reranker is None:
                 raise SearchError("reranking was asked for but no reranker is configured (--reranker / ZHRAG_RERANKER)")
-            ranked = self._rerank(queries[0], ranked)
+            ranked = self._rerank(queries[0], ranked[: max(DEFAULT_RERANK_CANDIDATES, options.top_k)])
             reranked = True
         hits = self._materialise(ranked, detail, options)
         return SearchOutcome(hits, queries, _ms(start), options.mode, reranked)
 
-    def _rerank(self, query: str, ranked: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    def _rerank(self, query: str, head: list[tuple[int, float]]) -> list[tuple[int, float]]:
         assert self.reranker is not None
-        head = ranked[:DEFAULT_RERANK_CANDIDATES]
         chunks = self.index.docs.get(rid for rid, _ in head)
         scores = self.reranker.score(query, [chunks[rid].embed_text for rid, _ in head])
         order = np.argsort(-np.asarray(scores), kind="stable")

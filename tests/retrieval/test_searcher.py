@@ -112,6 +112,7 @@ def test_rerank_reorders_by_reranker_scores(sample_index: Path, tiny_embedder, a
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
     kept = searcher.search("医疗机构泄露患者隐私", SearchOptions(top_k=5, rerank=True, score_threshold=scores[1]))
     assert len(kept.hits) == 2
+    assert len(searcher.search("医疗机构", SearchOptions(top_k=40, rerank=True)).hits) == 40
 
 
 def test_multi_query_fusion_with_query_weights(searcher: Searcher) -> None:
