@@ -91,7 +91,7 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     for qid in tqdm(ids, desc="eval", unit="q", disable=not progress):
         queries, weights = work[qid]
         options = SearchOptions(
-            top_k=EVAL_CANDIDATES,
+            top_k=EVAL_DEPTH if config.rerank else EVAL_CANDIDATES,
             candidates=EVAL_CANDIDATES,
             mode=config.mode,
             rerank=config.rerank,  # type: ignore[arg-type]

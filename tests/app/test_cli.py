@@ -168,3 +168,48 @@ def test_bench_reports_latency_per_mode(cli_index: Path, capsys) -> None:
     for stats in result["modes"].values():
         assert stats["queries"] == 4 and stats["p95_ms"] >= stats["p50_ms"] > 0
     assert result["modes"]["bm25"]["relative_to_bm25"] == 1.0
+
+
+def test_rerank_end_to_end(cli_index: Path, tmp_path: Path, tiny_reranker_dir: Path, capsys) -> None:
+    """The rerank path through search and eval with a tiny Qwen3 reranker (scores are P("yes"))."""
+    args = [
+        "search",
+        "医疗机构泄露患者隐私",
+        "--index",
+        str(cli_index),
+        "--json",
+        "--rerank",
+        "--reranker",
+        str(tiny_reranker_dir),
+    ]
+    assert main(args) == EXIT_OK
+    body = json.loads(capsys.readouterr().out)
+    assert body["reranked"] and len(body["results"]) == 5
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        json.dumps({"id": "q1", "text": "医师在执业活动中履行哪些义务"}, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tarticle\tscore\nq1\t中华人民共和国医师法 第二十三条\t1\n", encoding="utf-8")
+    code = main(
+        [
+            "eval",
+            "--index",
+            str(cli_index),
+            "--queries",
+            str(queries),
+            "--qrels",
+            str(qrels),
+            "--doc-id",
+            "{law} {article}",
+            "--rerank",
+            "--reranker",
+            str(tiny_reranker_dir),
+            "--json",
+        ]
+    )
+    assert code == EXIT_OK
+    result = json.loads(capsys.readouterr().out)
+    assert result["rerank"] is True and result["queries"] == 1
