@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", choices=["faiss", "numpy", "milvus"], default="faiss", help="Vector store of a new index")
     p.add_argument("--milvus-uri", default=None, help="Milvus server or Milvus Lite file (with --store milvus)")
     p.add_argument("--user-dict", type=Path, action="append", default=[], help="Extra jieba dictionary for BM25")
+    p.add_argument("--prune", action="store_true", help="Remove indexed documents not found under PATH... any more")
     p.add_argument("--json", action="store_true", help="Print the summary as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="No progress bar")
     _embedder_flags(p)
@@ -207,12 +208,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         chunk,
         store={"backend": args.store},
         progress=not (args.quiet or args.json),
+        prune=args.prune,
     )
     if args.json:
         print(json.dumps(summary.to_dict(), ensure_ascii=False))
     else:
         print(
-            f"indexed {summary.documents_indexed} documents ({summary.documents_unchanged} unchanged) into "
+            f"indexed {summary.documents_indexed} documents ({summary.documents_unchanged} unchanged, "
+            f"{summary.documents_removed} removed) into "
             f"{summary.chunks} chunks, {summary.tokens} tokens, in {summary.seconds}s "
             f"({summary.chunks_per_second} chunks/s); index {summary.index} now holds {summary.total_chunks} "
             f"chunks of {summary.total_documents} documents [{summary.version}]",

@@ -39,6 +39,7 @@ class IngestSummary:
     documents: int = 0
     documents_indexed: int = 0
     documents_unchanged: int = 0
+    documents_removed: int = 0
     chunks: int = 0
     total_chunks: int = 0
     total_documents: int = 0
@@ -84,6 +85,7 @@ def ingest(
     store: dict[str, Any] | None = None,
     progress: bool = True,
     on_skip: Callable[[str, str], None] | None = None,
+    prune: bool = False,
 ) -> IngestSummary:
     """Ingest files/directories into the index at ``index_dir`` (created or updated).
 
@@ -100,6 +102,9 @@ def ingest(
         store: Vector store backend for a new index, e.g. ``{"backend": "faiss", "kind": "flat"}``.
         progress: Show a progress bar on stderr.
         on_skip: Called with (path, reason) for each skipped file.
+        prune: Remove indexed documents that this run did not see (the index mirrors ``paths``).
+            Documents of files that failed to load are kept, so a broken file never erases its
+            last good version.
 
     Returns:
         The run summary.
@@ -162,6 +167,13 @@ def ingest(
             offset += n
             summary.chunks += n
         summary.documents_indexed = len(pending)
+        if prune:
+            failed = {Path(s["path"]) for s in summary.skipped}
+            keep = seen | {doc_base for path, doc_base in files if path in failed}
+            for doc_id in writer.document_ids():
+                if doc_id not in keep:
+                    writer.delete_document(doc_id)
+                    summary.documents_removed += 1
         if pending:
             summary.tokens = int(sum(embedder.count_tokens([c.embed_text for _, _, cs in pending for c in cs])))
         if writer.changed or not writer.base_version:

@@ -107,6 +107,10 @@ class DocStore:
         row = self._db.execute("SELECT content_hash FROM documents WHERE doc_id=?", (doc_id,)).fetchone()
         return row[0] if row else None
 
+    def document_ids(self) -> list[str]:
+        """Ids of all ingested documents."""
+        return [d for (d,) in self._db.execute("SELECT doc_id FROM documents ORDER BY doc_id")]
+
     def delete_document(self, doc_id: str) -> list[int]:
         """Remove a document's chunks; returns their row ids (to delete from the other stores)."""
         rids = [r for (r,) in self._db.execute("SELECT rid FROM chunks WHERE doc_id=?", (doc_id,))]

@@ -246,6 +246,10 @@ class IndexWriter:
         """Documents in the staged index."""
         return self._counts[0] if self._counts else self.docs.count_documents()
 
+    def document_ids(self) -> list[str]:
+        """Ids of the documents in the staged index."""
+        return self.docs.document_ids()
+
     def delete_document(self, doc_id: str) -> int:
         """Remove a document's chunks from every store; returns how many chunks were removed."""
         rids = self.docs.delete_document(doc_id)

@@ -82,3 +82,21 @@ def test_jsonl_corpus_and_model_mismatch(
     smaller = SentenceTransformerEmbedder(str(tiny_model_dir), dim=32, device="cpu")
     with pytest.raises(IndexMismatchError):
         ingest([SAMPLE_STATUTES / "医师法.md"], tmp_path / "i", smaller, analyzer, progress=False)
+
+
+def test_prune_removes_vanished_documents_but_keeps_broken_ones(tmp_path: Path, tiny_embedder, analyzer) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("医师法.md", "药品管理法.md", "传染病防治法.md"):
+        shutil.copy(SAMPLE_STATUTES / name, src / name)
+    index = tmp_path / "index"
+    ingest([src], index, tiny_embedder, analyzer, progress=False)
+    (src / "药品管理法.md").unlink()
+    (src / "传染病防治法.md").write_bytes(b"\xff\xfe\x00\xd8 broken")  # now unreadable
+    kept = ingest([src], index, tiny_embedder, analyzer, progress=False)
+    assert kept.documents_removed == 0 and Index(index).docs.count_documents() == 3
+    summary = ingest([src], index, tiny_embedder, analyzer, progress=False, prune=True)
+    assert summary.documents_removed == 1
+    assert [Path(s["path"]).name for s in summary.skipped] == ["传染病防治法.md"]
+    assert Index(index).docs.document_chunks("传染病防治法.md")[0].metadata["law"] == "中华人民共和国传染病防治法"
+    assert Index(index).docs.document_ids() == ["传染病防治法.md", "医师法.md"]
