@@ -21,15 +21,15 @@ from retrieval.evaluation import (
     load_queries,
     per_query_metrics,
 )
-from retrieval.searcher import SearchOptions
+from retrieval.searcher import DEFAULT_CANDIDATES, SearchOptions
 from retrieval.text import normalize_text, to_simplified
 
 __all__ = ["EvalConfig", "run_eval", "load_dialogues", "EVAL_DEPTH", "EVAL_CANDIDATES"]
 
 EVAL_DEPTH = 100
 """Documents kept per query (Recall@100 needs 100)."""
-EVAL_CANDIDATES = 300
-"""Chunks retrieved per query before aggregating to documents."""
+EVAL_CANDIDATES = DEFAULT_CANDIDATES
+"""Chunks retrieved per query (and per leg) before aggregating to documents: the serving default."""
 
 
 @dataclass

@@ -31,7 +31,7 @@ __all__ = [
 SearchMode = Literal["hybrid", "dense", "bm25"]
 Expand = Literal["none", "article", "neighbors"]
 SEARCH_MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
-DEFAULT_CANDIDATES = 100
+DEFAULT_CANDIDATES = 300
 """Candidates each leg contributes before fusion (at least ``top_k``)."""
 DEFAULT_RERANK_CANDIDATES = 30
 """How many fused candidates the reranker re-scores (at least ``top_k``)."""
