@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -200,6 +200,10 @@ class Searcher:
         allowed = self.index.docs.filter_rids(options.filters) if options.filters else None
         if allowed is not None and len(allowed) == 0:
             return SearchOutcome([], queries, _ms(start), options.mode)
+        if options.mode == "hybrid" and self.embedder is None:
+            # Serving without a model (``zhrag serve --no-model``): hybrid degrades to its lexical leg;
+            # the outcome's ``mode`` says so. An explicit ``dense`` request still fails.
+            options = replace(options, mode="bm25")
         ranked, detail = self.rank(queries, options, allowed)
         reranked = False
         if options.rerank:

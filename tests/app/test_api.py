@@ -94,3 +94,13 @@ def test_openapi_docs(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/embed", "/v1/embeddings", "/retrieval", "/health", "/ready"} <= set(paths)
     assert client.get("/docs").status_code == 200
+
+
+def test_serving_without_model_degrades_to_bm25(sample_index: Path) -> None:
+    with TestClient(create_app(Settings(index=sample_index, load_model=False))) as client:
+        assert client.get("/ready").json()["model_loaded"] is False
+        body = client.post("/search", json={"query": "医师的义务"}).json()
+        assert body["mode"] == "bm25" and body["results"]
+        dense = client.post("/search", json={"query": "医师的义务", "mode": "dense"})
+        assert dense.status_code == 400 and "embedding model" in dense.json()["detail"]
+        assert client.post("/embed", json={"text": "医师"}).status_code == 503

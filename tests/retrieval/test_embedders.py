@@ -148,3 +148,25 @@ def test_cache_embeds_each_text_once(tmp_path: Path) -> None:
     assert np.allclose(first[::-1], second)
     cached.embed_queries(TEXTS[:1])
     assert len(server.requests) == calls + 1  # queries are cached separately from documents
+
+
+def test_modelscope_reference_downloads_then_loads(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+    import sys
+    import types
+
+    calls: list[str] = []
+    fake = types.ModuleType("modelscope")
+    fake.snapshot_download = lambda model_id: calls.append(model_id) or str(tiny_model_dir)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "modelscope", fake)
+    emb = SentenceTransformerEmbedder("modelscope:Qwen/Qwen3-Embedding-0.6B", device="cpu")
+    assert calls == ["Qwen/Qwen3-Embedding-0.6B"]
+    assert emb.name == "modelscope:Qwen/Qwen3-Embedding-0.6B" and emb.dim == 64
+    assert emb.describe()["model"] == "modelscope:Qwen/Qwen3-Embedding-0.6B"
+
+
+def test_modelscope_missing_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "modelscope", None)
+    with pytest.raises(EmbedderError, match="zhrag\\[modelscope\\]"):
+        SentenceTransformerEmbedder("modelscope:Qwen/Qwen3-Embedding-0.6B", device="cpu")

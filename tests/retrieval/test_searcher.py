@@ -100,6 +100,8 @@ def test_errors(searcher: Searcher, sample_index: Path, analyzer) -> None:
     with pytest.raises(SearchError, match="embedding model"):
         no_model.search("x", SearchOptions(mode="dense"))
     assert no_model.search("假药", SearchOptions(mode="bm25")).hits
+    degraded = no_model.search("假药")  # default hybrid without a model: the lexical leg alone
+    assert degraded.mode == "bm25" and degraded.hits
 
 
 def test_rerank_reorders_by_reranker_scores(sample_index: Path, tiny_embedder, analyzer, tiny_reranker_dir) -> None:
