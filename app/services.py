@@ -146,14 +146,31 @@ def build_services(settings: Settings, load_model: bool | None = None, model: st
         rrf_k=settings.rrf_k,
         candidates=settings.candidates,
     )
-    return Services(settings, index, embedder, analyzer, searcher, reranker, build_dialogue(settings, analyzer))
+    dialogue = build_dialogue(settings, analyzer, embedder)
+    return Services(settings, index, embedder, analyzer, searcher, reranker, dialogue)
 
 
-def build_dialogue(settings: Settings, analyzer: Analyzer) -> DialogueQueryBuilder:
-    """The multi-turn query builder, with the LLM rewriter when ``ZHRAG_REWRITE_*`` is configured."""
+def embedding_similarity(embedder: Embedder):
+    """Cosine similarity of two texts under ``embedder`` (documents side, so no instruction)."""
+
+    def similarity(a: str, b: str) -> float:
+        va, vb = embedder.embed_documents([a, b])
+        return float(va @ vb)
+
+    return similarity
+
+
+def build_dialogue(settings: Settings, analyzer: Analyzer, embedder: Embedder | None = None) -> DialogueQueryBuilder:
+    """The multi-turn query builder, with the LLM rewriter when ``ZHRAG_REWRITE_*`` is configured and
+    embedding-based topic splitting when ``ZHRAG_TOPIC_MIN_SIMILARITY`` is set and a model is loaded."""
     rewriter = None
     if settings.rewrite_base_url and settings.rewrite_model:
         rewriter = LLMQueryRewriter(
             settings.rewrite_base_url, settings.rewrite_model, settings.rewrite_api_key, settings.rewrite_timeout
         )
-    return DialogueQueryBuilder(analyzer, rewriter=rewriter)
+    similarity = None
+    if settings.topic_min_similarity is not None and embedder is not None:
+        similarity = embedding_similarity(embedder)
+    return DialogueQueryBuilder(
+        analyzer, similarity=similarity, min_similarity=settings.topic_min_similarity, rewriter=rewriter
+    )

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     rewrite_model: str | None = None
     rewrite_api_key: str | None = None
     rewrite_timeout: float = 3.0
+    topic_min_similarity: float | None = Field(
+        None, description="Also split topics where consecutive user turns embed less similar than this (cosine)"
+    )
     # Service
     host: str = "127.0.0.1"
     port: int = 8000

@@ -104,3 +104,22 @@ def test_serving_without_model_degrades_to_bm25(sample_index: Path) -> None:
         dense = client.post("/search", json={"query": "医师的义务", "mode": "dense"})
         assert dense.status_code == 400 and "embedding model" in dense.json()["detail"]
         assert client.post("/embed", json={"text": "医师"}).status_code == 503
+
+
+def test_topic_similarity_setting_wires_the_embedder(sample_index: Path) -> None:
+    from app.services import build_services
+
+    services = build_services(Settings(index=sample_index, topic_min_similarity=1.01))
+    msgs = [
+        {"role": "user", "content": "我在医院做了手术。"},
+        {"role": "assistant", "content": "好的。"},
+        {"role": "user", "content": "医生没有告诉我风险。"},
+        {"role": "assistant", "content": "明白。"},
+        {"role": "user", "content": "那要不要赔？"},
+    ]
+    # No two different turns reach cosine 1.01: only the most recent earlier turn stays in context.
+    assert services.dialogue.build(msgs).context_turns == ["医生没有告诉我风险。"]
+    assert build_services(Settings(index=sample_index)).dialogue.build(msgs).context_turns == [
+        "我在医院做了手术。",
+        "医生没有告诉我风险。",
+    ]

@@ -108,3 +108,17 @@ def test_markers(analyzer) -> None:
     assert not opens_new_topic("我们公司签了仓储合同")
     assert is_elliptical("这种情况要不要负责？", analyzer)
     assert not is_elliptical("用人单位未依法缴纳社会保险费，劳动者可以解除劳动合同并要求经济补偿吗？", analyzer)
+
+
+def test_similarity_splits_topics_without_markers(analyzer) -> None:
+    msgs = _msgs("我们签了仓储合同。", "货物是电子产品。", "那丢了怎么办？")
+    pairs = []
+
+    def similarity(a: str, b: str) -> float:
+        pairs.append((a, b))
+        return 0.2 if "仓储" in a else 0.9
+
+    plan = DialogueQueryBuilder(analyzer, similarity=similarity, min_similarity=0.5).build(msgs)
+    assert plan.context_turns == ["货物是电子产品。"] and pairs
+    kept = DialogueQueryBuilder(analyzer, similarity=similarity, min_similarity=0.1).build(msgs)
+    assert kept.context_turns == ["我们签了仓储合同。", "货物是电子产品。"]
