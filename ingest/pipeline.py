@@ -130,7 +130,7 @@ def ingest(
         "instruction": getattr(embedder, "instruction", None),
     }
     with IndexWriter(index_dir, embedder.describe(), store=store, settings=manifest_extra) as writer:
-        pending: list[tuple[Document, str, list[Chunk]]] = []
+        pending: dict[str, tuple[Document, str, list[Chunk]]] = {}
         chunkers: Counter[str] = Counter()
         seen: set[str] = set()
         for path, doc_base in files:
@@ -154,12 +154,13 @@ def ingest(
                     skip(doc.source, "no text to index")
                     continue
                 chunkers[name] += 1
-                pending = [p for p in pending if p[0].id != doc.id]
-                pending.append((doc, digest, chunks))
+                pending.pop(doc.id, None)  # a duplicate id: the later document replaces the earlier
+                pending[doc.id] = (doc, digest, chunks)
         summary.chunkers = dict(chunkers)
-        vectors, tokens = _embed_all([c for _, _, cs in pending for c in cs], embedder, analyzer, progress)
+        new_chunks = [c for _, _, cs in pending.values() for c in cs]
+        vectors, tokens = _embed_all(new_chunks, embedder, analyzer, progress)
         offset = 0
-        for doc, digest, chunks in pending:
+        for doc, digest, chunks in pending.values():
             n = len(chunks)
             writer.add_document(
                 doc.id, doc.source, digest, chunks, vectors[offset : offset + n], tokens[offset : offset + n]
@@ -174,8 +175,8 @@ def ingest(
                 if doc_id not in keep:
                     writer.delete_document(doc_id)
                     summary.documents_removed += 1
-        if pending:
-            summary.tokens = int(sum(embedder.count_tokens([c.embed_text for _, _, cs in pending for c in cs])))
+        if new_chunks:
+            summary.tokens = int(sum(embedder.count_tokens([c.embed_text for c in new_chunks])))
         if writer.changed or not writer.base_version:
             summary.version = writer.commit()
         else:  # nothing new: keep the live version rather than publishing an identical copy
