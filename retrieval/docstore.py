@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,16 @@ class DocStore:
         self.path = path
         self._db = sqlite3.connect(str(path), check_same_thread=False)
         self._db.executescript(_SCHEMA)
+        # One connection serves the API's worker threads; sqlite3 connections need serialised use.
+        self._lock = threading.RLock()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self._lock:
+            self._db.execute(sql, params)
 
     def close(self) -> None:
         """Close the connection."""
@@ -76,7 +87,7 @@ class DocStore:
 
     def next_rid(self) -> int:
         """The next free row id."""
-        (value,) = self._db.execute("SELECT COALESCE(MAX(rid), -1) + 1 FROM chunks").fetchone()
+        ((value,),) = self._query("SELECT COALESCE(MAX(rid), -1) + 1 FROM chunks")
         return int(value)
 
     def add(self, chunks: Sequence[Chunk], tokens: Sequence[Sequence[str]]) -> None:
@@ -96,26 +107,27 @@ class DocStore:
             )
             for c, t in zip(chunks, tokens, strict=True)
         ]
-        self._db.executemany(f"INSERT INTO chunks ({_COLUMNS}, tokens) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        with self._lock:
+            self._db.executemany(f"INSERT INTO chunks ({_COLUMNS}, tokens) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
 
     def set_document(self, doc_id: str, source: str, content_hash: str, chunks: int) -> None:
         """Record a document's content hash."""
-        self._db.execute("INSERT OR REPLACE INTO documents VALUES (?,?,?,?)", (doc_id, source, content_hash, chunks))
+        self._write("INSERT OR REPLACE INTO documents VALUES (?,?,?,?)", (doc_id, source, content_hash, chunks))
 
     def document_hash(self, doc_id: str) -> str | None:
         """The stored content hash of a document, if ingested."""
-        row = self._db.execute("SELECT content_hash FROM documents WHERE doc_id=?", (doc_id,)).fetchone()
-        return row[0] if row else None
+        rows = self._query("SELECT content_hash FROM documents WHERE doc_id=?", (doc_id,))
+        return rows[0][0] if rows else None
 
     def document_ids(self) -> list[str]:
         """Ids of all ingested documents."""
-        return [d for (d,) in self._db.execute("SELECT doc_id FROM documents ORDER BY doc_id")]
+        return [d for (d,) in self._query("SELECT doc_id FROM documents ORDER BY doc_id")]
 
     def delete_document(self, doc_id: str) -> list[int]:
         """Remove a document's chunks; returns their row ids (to delete from the other stores)."""
-        rids = [r for (r,) in self._db.execute("SELECT rid FROM chunks WHERE doc_id=?", (doc_id,))]
-        self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
-        self._db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
+        rids = [r for (r,) in self._query("SELECT rid FROM chunks WHERE doc_id=?", (doc_id,))]
+        self._write("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+        self._write("DELETE FROM documents WHERE doc_id=?", (doc_id,))
         return rids
 
     def commit(self) -> None:
@@ -124,11 +136,11 @@ class DocStore:
 
     def count(self) -> int:
         """Number of chunks."""
-        return int(self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+        return int(self._query("SELECT COUNT(*) FROM chunks")[0][0])
 
     def count_documents(self) -> int:
         """Number of documents."""
-        return int(self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+        return int(self._query("SELECT COUNT(*) FROM documents")[0][0])
 
     def get(self, rids: Iterable[int]) -> dict[int, Chunk]:
         """Chunks by row id."""
@@ -137,18 +149,18 @@ class DocStore:
         for i in range(0, len(rids), _SQL_BATCH):
             part = rids[i : i + _SQL_BATCH]
             marks = ",".join("?" * len(part))
-            for row in self._db.execute(f"SELECT {_COLUMNS} FROM chunks WHERE rid IN ({marks})", part):
+            for row in self._query(f"SELECT {_COLUMNS} FROM chunks WHERE rid IN ({marks})", part):
                 out[row[0]] = _row_to_chunk(row)
         return out
 
     def document_chunks(self, doc_id: str) -> list[Chunk]:
         """All chunks of a document, in order."""
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM chunks WHERE doc_id=? ORDER BY seq", (doc_id,))
+        rows = self._query(f"SELECT {_COLUMNS} FROM chunks WHERE doc_id=? ORDER BY seq", (doc_id,))
         return [_row_to_chunk(r) for r in rows]
 
     def iter_tokens(self) -> Iterator[tuple[int, list[str]]]:
         """(row id, BM25 tokens) of every chunk, by row id."""
-        for rid, tokens in self._db.execute("SELECT rid, tokens FROM chunks ORDER BY rid"):
+        for rid, tokens in self._query("SELECT rid, tokens FROM chunks ORDER BY rid"):
             yield rid, tokens.split()
 
     def filter_rids(self, filters: Mapping[str, Any]) -> np.ndarray:
@@ -174,7 +186,7 @@ class DocStore:
             clauses.append(f"{target} IN ({','.join('?' * len(values))})")
             params.extend(values)
         where = " AND ".join(clauses) or "1"
-        rows = self._db.execute(f"SELECT rid FROM chunks WHERE {where} ORDER BY rid", params)
+        rows = self._query(f"SELECT rid FROM chunks WHERE {where} ORDER BY rid", params)
         return np.fromiter((r for (r,) in rows), dtype=np.int64)
 
     def backup_to(self, path: Path) -> None:

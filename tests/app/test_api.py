@@ -123,3 +123,16 @@ def test_topic_similarity_setting_wires_the_embedder(sample_index: Path) -> None
         "我在医院做了手术。",
         "医生没有告诉我风险。",
     ]
+
+
+def test_concurrent_searches(client: TestClient) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = ["医师的义务", "假药", "患者隐私", "传染病疫情报告", "医疗损害责任"] * 8
+
+    def run(q: str) -> int:
+        response = client.post("/search", json={"query": q, "top_k": 3, "expand": "article"})
+        return response.status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert set(pool.map(run, queries)) == {200}
