@@ -35,8 +35,9 @@ ANSWER_REPEATS = 200
 _FALLBACK_TEXT = ["中华人民共和国民法典 第一条 为了保护民事主体的合法权益，调整民事关系，维护社会和经济秩序。"]
 
 
-def build_tiny_tokenizer(texts: Iterable[str], path: Path, vocab_size: int = TINY_VOCAB_SIZE):
-    """Train a byte-level BPE tokenizer whose post-processor appends ``<|endoftext|>`` like Qwen3's.
+def build_tiny_tokenizer(texts: Iterable[str], path: Path, vocab_size: int = TINY_VOCAB_SIZE, append_eos: bool = True):
+    """Train a byte-level BPE tokenizer whose post-processor appends ``<|endoftext|>`` like Qwen3's
+    (``append_eos=False`` reproduces a tokenizer that lost that post-processor).
 
     Returns:
         The ``PreTrainedTokenizerFast`` saved at ``path``.
@@ -55,9 +56,10 @@ def build_tiny_tokenizer(texts: Iterable[str], path: Path, vocab_size: int = TIN
     )
     tok.train_from_iterator(list(texts) or _FALLBACK_TEXT, trainer=trainer)
     eos_id = tok.token_to_id(EOS_TOKEN)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"$A {EOS_TOKEN}", pair=f"$A {EOS_TOKEN} $B {EOS_TOKEN}", special_tokens=[(EOS_TOKEN, eos_id)]
-    )
+    if append_eos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"$A {EOS_TOKEN}", pair=f"$A {EOS_TOKEN} $B {EOS_TOKEN}", special_tokens=[(EOS_TOKEN, eos_id)]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS_TOKEN,
@@ -88,7 +90,9 @@ def _config(vocab_size: int, eos_id: int):
     )
 
 
-def build_tiny_qwen3_embedding(path: Path | str, texts: Iterable[str] = (), seed: int = 0) -> Path:
+def build_tiny_qwen3_embedding(
+    path: Path | str, texts: Iterable[str] = (), seed: int = 0, append_eos: bool = True
+) -> Path:
     """Write a tiny random Qwen3-Embedding-shaped sentence-transformers model to ``path``.
 
     Args:
@@ -107,7 +111,7 @@ def build_tiny_qwen3_embedding(path: Path | str, texts: Iterable[str] = (), seed
 
     path = Path(path)
     hf_dir = path / "_hf"
-    tokenizer = build_tiny_tokenizer(texts, hf_dir)
+    tokenizer = build_tiny_tokenizer(texts, hf_dir, append_eos=append_eos)
     torch.manual_seed(seed)
     model = Qwen3Model(_config(len(tokenizer), tokenizer.eos_token_id))
     model.save_pretrained(str(hf_dir))

@@ -28,6 +28,7 @@ DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_MAX_SEQ_LENGTH = 1024
 DEFAULT_BATCH_SIZE = 16
 MODELSCOPE_PREFIX = "modelscope:"
+EOS_TOKEN = "<|endoftext|>"
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
@@ -67,6 +68,28 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def _check_last_token_pooling(st_model: Any, name: str) -> None:
+    """Last-token pooling must land on ``<|endoftext|>``, which Qwen3's tokenizer appends itself.
+
+    A tokenizer that lost that post-processor (e.g. rebuilt from vocab.json/merges.txt) makes the model
+    embed the last *word* instead: silently wrong vectors. Refuse to load such a model.
+    """
+    lasttoken = any(getattr(m, "pooling_mode", None) == "lasttoken" for m in st_model)
+    tokenizer = getattr(st_model, "tokenizer", None)
+    if not lasttoken or tokenizer is None:
+        return
+    # Qwen3-Embedding appends <|endoftext|> (its eos_token in the config is <|im_end|>); accept either.
+    endings = {tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.eos_token_id} - {None, tokenizer.unk_token_id}
+    if not endings:
+        return
+    ids = tokenizer("检查")["input_ids"]
+    if not ids or ids[-1] not in endings:
+        raise EmbedderError(
+            f"the tokenizer of {name!r} does not append {EOS_TOKEN}, but the model pools the last token: "
+            "embeddings would be wrong. Use the model's published tokenizer.json (its post-processor appends it)."
+        )
 
 
 def _device(device: str | None) -> str:
@@ -139,6 +162,7 @@ class SentenceTransformerEmbedder:
             raise EmbedderError(f"--dim {dim} is outside 1..{full} for model {model!r}")
         self._full_dim = full
         self._dim = dim
+        _check_last_token_pooling(self._model, model)
 
     @property
     def dim(self) -> int:

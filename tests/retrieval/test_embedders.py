@@ -13,6 +13,7 @@ from retrieval.embedders.cache import CachedEmbedder
 from retrieval.embedders.openai import OpenAIEmbedder
 from retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder
 from retrieval.prompts import INSTRUCTIONS, format_query
+from tests.conftest import needs_shared
 
 TEXTS = ["医师在执业活动中履行下列义务", "禁止生产、销售假药", "高血压患者要控制食盐摄入量"]
 
@@ -170,3 +171,60 @@ def test_modelscope_missing_gives_install_hint(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "modelscope", None)
     with pytest.raises(EmbedderError, match="zhrag\\[modelscope\\]"):
         SentenceTransformerEmbedder("modelscope:Qwen/Qwen3-Embedding-0.6B", device="cpu")
+
+
+def test_tokenizer_without_endoftext_is_refused(tmp_path: Path) -> None:
+    from retrieval.tiny_model import build_tiny_qwen3_embedding
+    from tests.conftest import sample_texts
+
+    broken = build_tiny_qwen3_embedding(tmp_path / "broken", sample_texts()[:1], append_eos=False)
+    with pytest.raises(EmbedderError, match="does not append <\\|endoftext\\|>"):
+        SentenceTransformerEmbedder(str(broken), device="cpu")
+
+
+@needs_shared
+def test_real_qwen3_tokenizer_files_without_post_processor_are_refused(tmp_path: Path) -> None:
+    """../shared's Qwen3 vocab.json/merges.txt load without the <|endoftext|> post-processor."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
+
+    from retrieval.embedders.sentence_transformers import st_modules
+    from tests.conftest import SHARED
+
+    tokenizer = AutoTokenizer.from_pretrained(str(SHARED / "qwen3-tokenizer"))
+    assert tokenizer.convert_tokens_to_ids("<|endoftext|>") == 151643
+    hf = tmp_path / "hf"
+    tokenizer.save_pretrained(str(hf))
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+    )
+    Qwen3Model(config).save_pretrained(str(hf))
+    transformer_cls, pooling_cls, normalize_cls = st_modules()
+    modules = [transformer_cls(str(hf), max_seq_length=64), pooling_cls(32, "lasttoken"), normalize_cls()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(tmp_path / "st"))
+    with pytest.raises(EmbedderError, match="endoftext"):
+        SentenceTransformerEmbedder(str(tmp_path / "st"), device="cpu")
+
+    # The published tokenizer.json appends <|endoftext|> (while the config's eos_token is <|im_end|>).
+    from tokenizers import processors
+
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 151643)]
+    )
+    fixed = tmp_path / "fixed"
+    tokenizer.save_pretrained(str(fixed))
+    Qwen3Model(config).save_pretrained(str(fixed))
+    modules = [transformer_cls(str(fixed), max_seq_length=64), pooling_cls(32, "lasttoken"), normalize_cls()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(tmp_path / "st-fixed"))
+    embedder = SentenceTransformerEmbedder(str(tmp_path / "st-fixed"), device="cpu")
+    assert embedder.tokenizer.eos_token == "<|im_end|>"
+    assert embedder.tokenizer("医师")["input_ids"][-1] == 151643
+    assert embedder.embed_documents(["医师的义务"]).shape == (1, 32)
