@@ -11,6 +11,7 @@ from typing import Any
 
 from app import __version__
 from app.settings import MAX_TOP_K, Settings
+from retrieval.dialogue import DIALOGUE_MODES
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_SKIPPED"]
 
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float)
     p.add_argument("--expand", choices=["none", "article", "neighbors"], default="none")
     p.add_argument("--group-by", choices=["doc_id"])
-    p.add_argument("--dialogue-mode", choices=["auto", "last", "concat"], default="auto")
+    p.add_argument("--dialogue-mode", choices=DIALOGUE_MODES, default="auto")
     p.add_argument("--model", help="Must match the index's model (it is read from the index)")
     p.add_argument("--embed-base-url", help="Override the embedding server URL recorded in the index")
     p.add_argument("--embed-cache", type=Path)
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--queries", type=Path, help="BEIR queries JSONL")
     src.add_argument("--dialogues", type=Path, help="Dialogues JSONL ({id, messages})")
-    p.add_argument("--dialogue-mode", choices=["auto", "last", "concat"], default="auto")
+    p.add_argument("--dialogue-mode", choices=DIALOGUE_MODES, default="auto")
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
     p.add_argument("--rerank", action="store_true")
     p.add_argument("--reranker", help="Reranker model id or directory")

@@ -21,6 +21,7 @@ from retrieval.text.analyzer import Analyzer
 
 __all__ = [
     "DialogueMode",
+    "DIALOGUE_MODES",
     "DialogueQueries",
     "DialogueQueryBuilder",
     "user_turns",
@@ -28,7 +29,8 @@ __all__ = [
     "opens_new_topic",
 ]
 
-DialogueMode = Literal["auto", "last", "concat"]
+DialogueMode = Literal["auto", "last", "concat", "concat-user"]
+DIALOGUE_MODES: tuple[str, ...] = ("auto", "last", "concat", "concat-user")
 Similarity = Callable[[str, str], float]
 
 
@@ -147,7 +149,8 @@ class DialogueQueryBuilder:
 
         Args:
             messages: OpenAI-format conversation (``role``/``content``); the last user turn is answered.
-            mode: ``auto`` (this builder), ``last`` (last user turn alone) or ``concat`` (all user turns).
+            mode: ``auto`` (this builder), ``last`` (last user turn alone), ``concat`` (all turns, user and
+                assistant, naively concatenated) or ``concat-user`` (all user turns concatenated).
 
         Raises:
             ValueError: when there is no user turn.
@@ -159,6 +162,9 @@ class DialogueQueryBuilder:
         if mode == "last" or len(turns) == 1:
             return DialogueQueries([last], [1.0])
         if mode == "concat":
+            everything = [m["content"].strip() for m in messages if m.get("role") in ("user", "assistant")]
+            return DialogueQueries(["\n".join(t for t in everything if t)], [1.0], context_turns=turns[:-1])
+        if mode == "concat-user":
             return DialogueQueries(["\n".join(turns)], [1.0], context_turns=turns[:-1])
         context = self.context(turns[:-1])
         split = max(0, len(context) - VERBATIM_TURNS)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.settings import MAX_TOP_K
+from retrieval.dialogue import DialogueMode
 from retrieval.searcher import SearchOutcome
 
 __all__ = [
@@ -61,7 +62,7 @@ class SearchRequest(BaseModel):
     expand: Literal["none", "article", "neighbors"] = "none"
     neighbors: int = Field(1, ge=0, le=5)
     group_by: Literal["doc_id"] | None = None
-    dialogue_mode: Literal["auto", "last", "concat"] = "auto"
+    dialogue_mode: DialogueMode = "auto"
 
     @model_validator(mode="after")
     def _needs_input(self) -> SearchRequest:

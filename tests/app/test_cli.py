@@ -155,7 +155,7 @@ def test_eval_queries_and_dialogues(cli_index: Path, tmp_path: Path, capsys) -> 
         {"role": "user", "content": "那卖这种东西的违法吗？"},
     ]
     dialogues.write_text(json.dumps({"id": "d1", "messages": messages}, ensure_ascii=False) + "\n", encoding="utf-8")
-    for mode in ("last", "concat", "auto"):
+    for mode in ("last", "concat", "concat-user", "auto"):
         assert main([*base, "--dialogues", str(dialogues), "--dialogue-mode", mode, "--markdown", "demo"]) == EXIT_OK
         row = capsys.readouterr().out.strip()
         assert row.startswith(f"| demo | bm25, dialogue {mode} |") and row.endswith("| 1 |")

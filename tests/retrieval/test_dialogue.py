@@ -97,7 +97,8 @@ def test_related_history_is_kept(builder: DialogueQueryBuilder) -> None:
 def test_modes(builder: DialogueQueryBuilder) -> None:
     msgs = _msgs("仓储合同的保管人有什么义务？", "那存货人呢？")
     assert builder.build(msgs, "last").queries == ["那存货人呢？"]
-    assert builder.build(msgs, "concat").queries == ["仓储合同的保管人有什么义务？\n那存货人呢？"]
+    assert builder.build(msgs, "concat").queries == ["仓储合同的保管人有什么义务？\n好的，我了解了。\n那存货人呢？"]
+    assert builder.build(msgs, "concat-user").queries == ["仓储合同的保管人有什么义务？\n那存货人呢？"]
     assert builder.build(_msgs("单独的问题：假药怎么处罚？")).queries == ["单独的问题：假药怎么处罚？"]
     with pytest.raises(ValueError):
         builder.build([{"role": "assistant", "content": "hi"}])
