@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -14,39 +12,30 @@ import pytest
 
 from app.cli import EXIT_OK, EXIT_USAGE, main
 from tests.conftest import SAMPLE_STATUTES
+from tests.fake_http import JSONHandler, serve
 
 DIM = 12
 
 
-class FakeEmbeddings(BaseHTTPRequestHandler):
+class FakeEmbeddings(JSONHandler):
     """Deterministic pseudo-embeddings keyed by (model, text); records what it was sent."""
 
     requests: list[dict] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         FakeEmbeddings.requests.append(body)
         data = []
         for i, text in enumerate(body["input"]):
             seed = int(hashlib.md5(f"{body['model']}|{text}".encode()).hexdigest()[:8], 16)
             data.append({"index": i, "embedding": np.random.default_rng(seed).normal(size=DIM).tolist()})
-        payload = json.dumps({"data": data}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json({"data": data})
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeEmbeddings)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    with serve(FakeEmbeddings) as url:
+        yield url
 
 
 def test_manifest_records_the_remote_embedder(server: str, tmp_path: Path, capsys) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from retrieval.rewriter import CONDENSE_SYSTEM_PROMPT, LLMQueryRewriter
+from tests.fake_http import JSONHandler, serve
 
 CHAT = [
     {"role": "user", "content": "我老公开了一家个体工商户，欠了供应商很多钱。"},
@@ -19,12 +17,12 @@ CHAT = [
 ]
 
 
-class FakeChat(BaseHTTPRequestHandler):
+class FakeChat(JSONHandler):
     behaviour = "ok"
     seen: list[dict] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         FakeChat.seen.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
         if FakeChat.behaviour == "slow":
             time.sleep(1.0)
@@ -36,24 +34,13 @@ class FakeChat(BaseHTTPRequestHandler):
             "ok": "<think>\n想一想\n</think>\n个体工商户的债务应当由谁承担？",
             "empty": "   ",
         }.get(FakeChat.behaviour, "x")
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json({"choices": [{"message": {"role": "assistant", "content": content}}]})
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeChat)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    with serve(FakeChat) as url:
+        yield url
 
 
 def test_rewrites_with_condense_prompt(server: str) -> None:
