@@ -160,13 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_ref(model: str | None) -> str | None:
-    """A local model directory is recorded by its absolute path; compare like with like."""
-    if model and Path(model).expanduser().is_dir():
-        return str(Path(model).expanduser().resolve())
-    return model
-
-
 def _filters(pairs: list[str]) -> dict[str, Any]:
     filters: dict[str, Any] = {}
     for pair in pairs:
@@ -253,6 +246,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from app.api.schemas import SearchRequest, to_search_response
     from app.dialogue_search import run_search
     from app.services import build_services
+    from retrieval.embedders.sentence_transformers import model_reference
 
     settings = _settings(args, reranker=args.reranker, embed_base_url=args.embed_base_url, embed_cache=args.embed_cache)
     try:
@@ -270,7 +264,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         raise CliError("; ".join(e["msg"] for e in exc.errors())) from exc
-    services = build_services(settings, load_model=args.mode != "bm25", model=_model_ref(args.model))
+    services = build_services(
+        settings, load_model=args.mode != "bm25", model=model_reference(args.model) if args.model else None
+    )
     outcome, query, _ = run_search(services, body)
     response = to_search_response(outcome, query)
     if args.json:

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_MAX_SEQ_LENGTH",
     "resolve_model_path",
+    "model_reference",
     "st_modules",
 ]
 
@@ -42,6 +43,12 @@ def st_modules() -> tuple[type, type, type]:
     return Transformer, Pooling, Normalize
 
 
+def model_reference(model: str) -> str:
+    """How a model is named in a manifest: a local directory by its absolute path, anything else as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
 def resolve_model_path(model: str, source: Literal["huggingface", "modelscope"] = "huggingface") -> str:
     """Map a model reference to what ``SentenceTransformer`` loads.
 
@@ -52,7 +59,7 @@ def resolve_model_path(model: str, source: Literal["huggingface", "modelscope"] 
         EmbedderError: when ModelScope is asked for but not installed.
     """
     if Path(model).expanduser().is_dir():
-        return str(Path(model).expanduser().resolve())
+        return model_reference(model)
     if model.startswith(MODELSCOPE_PREFIX) or source == "modelscope":
         model_id = model.removeprefix(MODELSCOPE_PREFIX)
         try:
@@ -132,8 +139,8 @@ class SentenceTransformerEmbedder:
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
+        self.name = model_reference(model)
         path = resolve_model_path(model, source)
-        self.name = path if Path(model).expanduser().is_dir() else model
         self.instruction = resolve_instruction(instruction, domain)
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
