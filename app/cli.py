@@ -273,6 +273,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(response.model_dump_json())
         return EXIT_OK
     print(f"# {query}  ({response.mode}, {response.took_ms} ms; queries: {' | '.join(response.queries)})")
+    if response.bm25_query:
+        print("# bm25 over the turns: " + " | ".join(f"{p.weight:g}×{p.text}" for p in response.bm25_query))
     for rank, result in enumerate(response.results, start=1):
         label = " ".join(x for x in (result.metadata.get("law"), result.metadata.get("article")) if x) or result.title
         print(f"\n[{rank}] {result.score:.4f}  {label}  ({result.source})")

@@ -57,4 +57,5 @@ def run_search(
         return services.searcher.search(question, options), question, body.session_id
     built = services.dialogue.build(conversation, body.dialogue_mode)
     options.query_weights = built.weights
+    options.lexical = built.lexical or None
     return services.searcher.search(built.queries, options), question, body.session_id

@@ -78,9 +78,9 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
         dialogues = load_dialogues(config.dialogues)
         builder = services.dialogue
         plans = {qid: builder.build(msgs, config.dialogue_mode) for qid, msgs in dialogues.items() if qid in qrels}
-        work = {qid: (p.queries, p.weights) for qid, p in plans.items()}
+        work = {qid: (p.queries, p.weights, p.lexical or None) for qid, p in plans.items()}
     elif config.queries:
-        work = {qid: ([text], [1.0]) for qid, text in load_queries(config.queries).items() if qid in qrels}
+        work = {qid: ([text], [1.0], None) for qid, text in load_queries(config.queries).items() if qid in qrels}
     else:
         raise ValueError("give --queries or --dialogues")
     ids = sorted(work)[: config.limit] if config.limit else sorted(work)
@@ -89,13 +89,14 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     run: dict[str, dict[str, float]] = {}
     top: dict[str, list[str]] = {}
     for qid in tqdm(ids, desc="eval", unit="q", disable=not progress):
-        queries, weights = work[qid]
+        queries, weights, lexical = work[qid]
         options = SearchOptions(
             top_k=EVAL_DEPTH if config.rerank else EVAL_CANDIDATES,
             candidates=EVAL_CANDIDATES,
             mode=config.mode,
             rerank=config.rerank,  # type: ignore[arg-type]
             query_weights=weights,
+            lexical=lexical,
             weights=config.weights or None,
         )
         outcome = services.searcher.search(queries, options)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +54,39 @@ class BM25Index:
         return len(self.rids)
 
     def search(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, row ids) for one tokenised query; only positive scores are returned."""
-        known = [t for t in tokens if t in self._vocab]
+        """Top-``k`` (scores, row ids) for one tokenised query; only positive scores are returned.
+
+        A token repeated in the query counts as often as it occurs (plain BM25 query term frequency).
+        """
+        return self.search_weighted(Counter(tokens), k, allowed)
+
+    def search_weighted(
+        self, term_weights: Mapping[str, float], k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, row ids) scoring ``sum(weight * BM25 term score)`` over the given terms.
+
+        BM25 is a sum over query terms, so this is one query whose terms carry real-valued weights (e.g. the
+        turns of a conversation, older ones weighing less). Unknown terms are ignored.
+        """
+        known = {self._vocab[t]: w for t, w in term_weights.items() if t in self._vocab and w}
         if not known or not len(self.rids):
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-        weight_mask = None
+        matrix = self._retriever.scores  # type: ignore[attr-defined]
+        data, indices, indptr = matrix["data"], matrix["indices"], matrix["indptr"]
+        scores = np.zeros(matrix["num_docs"], dtype=np.float32)
+        nonoccurrence = getattr(self._retriever, "nonoccurrence_array", None)
+        for token_id, weight in known.items():
+            start, end = indptr[token_id], indptr[token_id + 1]
+            scores[indices[start:end]] += weight * data[start:end]
+            if nonoccurrence is not None:  # BM25L/BM25+ give every document a floor score per term
+                scores += weight * nonoccurrence[token_id]
         if allowed is not None:
-            weight_mask = np.isin(self.rids, allowed).astype(np.float32)
-        scores = self._retriever.get_scores(known, weight_mask=weight_mask)  # type: ignore[attr-defined]
+            scores *= np.isin(self.rids, allowed)
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         top = top[scores[top] > 0]
-        return scores[top].astype(np.float32), self.rids[top]
+        return scores[top], self.rids[top]
 
     def save(self, path: Path) -> None:
         """Write into directory ``path``."""

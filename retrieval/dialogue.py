@@ -1,13 +1,17 @@
 """History-aware retrieval queries for multi-turn conversations, with no LLM (and better with one).
 
 The last user turn of a chat is often elliptical ("那他欠的钱谁来还？"). The builder carries the earlier
-user turns of the current topic forward into a contextual query — the most recent turns verbatim, older
-ones reduced to their jieba TF-IDF keywords, and the most recent turn + last turn as a second, lighter
-query (recency weighting) — and stops at a topic switch: a turn
-that opens with a new-topic marker (另外/还有个事/好的。还有…) or, when a similarity function is given,
-one unrelated to the turns after it. A self-contained last turn is also searched alone and fused with
-RRF at equal weight, so it never gets worse; an elliptical one is not (alone it lacks its subject, and
-fusing it in measurably hurt). An optional LLM rewriter adds its standalone question as another query.
+turns of the current topic forward and stops at a topic switch: a turn that opens with a new-topic marker
+(另外/还有个事/好的。还有…) or, when a similarity function is given, one unrelated to the turns after it.
+
+- Dense leg: a contextual query (the most recent user turns verbatim, older ones reduced to their jieba
+  TF-IDF keywords, then the last turn) and the most recent turn + last turn as a second, lighter query.
+- BM25 leg: one weighted query over the topic's turns (:func:`lexical_parts`): the last turn at full
+  weight, earlier user turns lighter the older they are, the assistant's replies lighter still. BM25 sums
+  over query terms, so recency weighting is a term weight rather than a separate fused list.
+- A self-contained last turn is also searched alone (both legs) and fused with RRF at equal weight, so
+  it never gets worse; an elliptical one is not (alone it lacks its subject, and fusing it in measurably
+  hurt). An optional LLM rewriter adds its standalone question as another query.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "user_turns",
     "is_elliptical",
     "opens_new_topic",
+    "lexical_parts",
 ]
 
 DialogueMode = Literal["auto", "last", "concat", "concat-user"]
@@ -51,6 +56,11 @@ CONTEXT_WEIGHT = 1.0
 RECENT_WEIGHT = 0.5
 SELF_CONTAINED_LAST_WEIGHT = 1.0
 REWRITE_WEIGHT = 1.0
+# The lexical (BM25) leg of the contextual query is one weighted query over the turns of the topic: the
+# last turn at 1, each earlier user turn LEXICAL_DECAY times its successor, the assistant's replies at
+# ASSISTANT_WEIGHT times the user turn they answer (they name the topic in the assistant's words).
+LEXICAL_DECAY = 0.8
+ASSISTANT_WEIGHT = 0.5
 # A last turn with at most this many content words is treated as elliptical even without a pronoun.
 SHORT_TURN_WORDS = 4
 MARKER_WINDOW = 16
@@ -74,6 +84,27 @@ def user_turns(messages: Sequence[Mapping[str, str]]) -> list[str]:
     return [m["content"].strip() for m in messages if m.get("role") == "user" and m.get("content", "").strip()]
 
 
+def lexical_parts(messages: Sequence[Mapping[str, str]], context_turns: int) -> list[tuple[str, float]]:
+    """Weighted (text, weight) parts for the BM25 leg: the last user turn and the ``context_turns`` before
+    it, recency-weighted, with the assistant's replies to those turns at ``ASSISTANT_WEIGHT`` of theirs.
+    """
+    parts: list[tuple[str, float]] = []
+    age = -1  # of the user turn most recently passed while walking backwards
+    for message in reversed(messages):
+        text = (message.get("content") or "").strip()
+        if not text:
+            continue
+        if message.get("role") == "user":
+            age += 1
+            if age > context_turns:
+                break
+            parts.append((text, LEXICAL_DECAY**age))
+        elif message.get("role") == "assistant" and 0 <= age < context_turns:
+            # a reply to the user turn before it, which is one turn older than the one just passed
+            parts.append((text, ASSISTANT_WEIGHT * LEXICAL_DECAY ** (age + 1)))
+    return parts[::-1]
+
+
 def opens_new_topic(turn: str) -> bool:
     """Whether a turn opens with a new-topic marker (另外, 还有个事, 换个问题, 好的。…)."""
     head = turn.strip()[:MARKER_WINDOW]
@@ -91,6 +122,7 @@ class DialogueQueries:
 
     queries: list[str]
     weights: list[float]
+    lexical: list[list[tuple[str, float]] | None] = field(default_factory=list)
     context_turns: list[str] = field(default_factory=list)
     elliptical: bool = False
     rewritten: str | None = None
@@ -176,14 +208,18 @@ class DialogueQueryBuilder:
         contextual = " ".join([*carried, *verbatim, last])
         elliptical = is_elliptical(last, self.analyzer)
         queries, weights = [contextual], [CONTEXT_WEIGHT]
+        lexical: list[list[tuple[str, float]] | None] = [lexical_parts(messages, len(context))]
         if len(context) > 1:
             queries.append(f"{context[-1]} {last}")
             weights.append(RECENT_WEIGHT)
+            lexical.append([])  # dense only: its BM25 leg measurably hurt; recency lives in the term weights
         if not elliptical:
             queries.append(last)
             weights.append(SELF_CONTAINED_LAST_WEIGHT)
+            lexical.append(None)
         rewritten = self.rewriter.rewrite(messages) if self.rewriter is not None else None
         if rewritten:
             queries.insert(0, rewritten)
             weights.insert(0, REWRITE_WEIGHT)
-        return DialogueQueries(queries, weights, context, elliptical, rewritten)
+            lexical.insert(0, None)
+        return DialogueQueries(queries, weights, lexical, context, elliptical, rewritten)

@@ -26,6 +26,7 @@ __all__ = [
     "SearchError",
     "DEFAULT_CANDIDATES",
     "DEFAULT_RERANK_CANDIDATES",
+    "LexicalParts",
 ]
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
@@ -37,6 +38,8 @@ DEFAULT_RERANK_CANDIDATES = 30
 """How many fused candidates the reranker re-scores (at least ``top_k``)."""
 DENSE, BM25 = "dense", "bm25"
 LEG_SEPARATOR = "#"
+LexicalParts = Sequence[tuple[str, float]]
+"""Weighted texts scored as one BM25 query (see ``SearchOptions.lexical``)."""
 
 
 class SearchError(ValueError):
@@ -70,6 +73,10 @@ class SearchOptions:
         weights: Per-leg RRF weights, e.g. ``{"dense": 1.0, "bm25": 0.5}``.
         rrf_k: The RRF constant (``None`` = the searcher's default, 60).
         query_weights: With several queries, a fusion weight per query (multiplies the leg weight).
+        lexical: Per query, how its BM25 leg is scored: ``None`` tokenises the query text; a list of
+            (text, weight) parts scores one BM25 query ``sum(weight * BM25(part))`` with each part's terms
+            counted once (e.g. a conversation's turns, older ones lighter); an empty list runs no BM25 leg
+            for that query (dense only).
     """
 
     top_k: int = 5
@@ -84,6 +91,7 @@ class SearchOptions:
     weights: Mapping[str, float] | None = None
     rrf_k: int | None = None
     query_weights: Sequence[float] | None = None
+    lexical: Sequence[LexicalParts | None] | None = None
 
 
 @dataclass
@@ -96,6 +104,8 @@ class SearchOutcome:
     mode: str
     reranked: bool = False
     debug: dict[str, Any] = field(default_factory=dict)
+    lexical: list[tuple[str, float]] | None = None
+    """The weighted texts a BM25 leg scored as one query (``SearchOptions.lexical``), if any."""
 
 
 class Searcher:
@@ -145,11 +155,20 @@ class Searcher:
             for row_s, row_i in zip(scores, ids, strict=True)
         ]
 
-    def _bm25(self, query: str, pool: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+    def _bm25(
+        self, query: str, parts: LexicalParts | None, pool: int, allowed: np.ndarray | None
+    ) -> list[tuple[int, float]]:
         if self.index.bm25 is None:
             return []
         tokenize = getattr(self.analyzer, "query_tokens", self.analyzer)
-        scores, rids = self.index.bm25.search(tokenize(query), pool, allowed)
+        if parts is None:
+            scores, rids = self.index.bm25.search(tokenize(query), pool, allowed)
+        else:
+            term_weights: dict[str, float] = {}
+            for text, weight in parts:
+                for token in set(tokenize(text)):
+                    term_weights[token] = term_weights.get(token, 0.0) + weight
+            scores, rids = self.index.bm25.search_weighted(term_weights, pool, allowed)
         return [(int(r), float(s)) for r, s in zip(rids, scores, strict=True)]
 
     def rank(
@@ -162,8 +181,11 @@ class Searcher:
             for i, ranked in enumerate(self._dense(queries, pool, allowed)):
                 legs[_leg_name(DENSE, i)] = ranked
         if options.mode in ("hybrid", "bm25"):
+            lexical = list(options.lexical or [])
             for i, query in enumerate(queries):
-                legs[_leg_name(BM25, i)] = self._bm25(query, pool, allowed)
+                parts = lexical[i] if i < len(lexical) else None
+                if parts is None or len(parts):
+                    legs[_leg_name(BM25, i)] = self._bm25(query, parts, pool, allowed)
         detail = {leg: {rid: (rank, s) for rank, (rid, s) in enumerate(items, 1)} for leg, items in legs.items()}
         if len(legs) == 1:
             return next(iter(legs.values())), detail
@@ -194,7 +216,9 @@ class Searcher:
             raise SearchError(f"unknown mode {options.mode!r}; choose one of {SEARCH_MODES}")
         queries = [query] if isinstance(query, str) else list(query)
         queries = [to_simplified(normalize_text(q)) for q in queries]
-        queries = [q for q in queries if q]
+        if not all(queries):
+            options = _drop_empty_queries(queries, options)
+            queries = [q for q in queries if q]
         if not queries:
             raise SearchError("query is empty")
         allowed = self.index.docs.filter_rids(options.filters) if options.filters else None
@@ -212,7 +236,9 @@ class Searcher:
             ranked = self._rerank(queries[0], ranked[: max(DEFAULT_RERANK_CANDIDATES, options.top_k)])
             reranked = True
         hits = self._materialise(ranked, detail, options)
-        return SearchOutcome(hits, queries, _ms(start), options.mode, reranked)
+        weighted = next((list(parts) for parts in options.lexical or [] if parts), None)
+        lexical = weighted if options.mode != "dense" else None
+        return SearchOutcome(hits, queries, _ms(start), options.mode, reranked, lexical=lexical)
 
     def _rerank(self, query: str, head: list[tuple[int, float]]) -> list[tuple[int, float]]:
         assert self.reranker is not None
@@ -276,6 +302,16 @@ class Searcher:
             seq=chunk.seq,
             rid=chunk.rid,
         )
+
+
+def _drop_empty_queries(queries: Sequence[str], options: SearchOptions) -> SearchOptions:
+    """Options whose per-query lists stay aligned once the empty queries are dropped."""
+    keep = [i for i, q in enumerate(queries) if q]
+
+    def aligned(values: Sequence[Any] | None) -> list[Any] | None:
+        return None if values is None else [values[i] for i in keep if i < len(values)]
+
+    return replace(options, query_weights=aligned(options.query_weights), lexical=aligned(options.lexical))
 
 
 def _leg_name(kind: str, query_position: int) -> str:

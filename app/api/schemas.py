@@ -20,6 +20,7 @@ __all__ = [
     "OpenAIEmbeddingRequest",
     "OpenAIEmbeddingResponse",
     "to_search_response",
+    "WeightedText",
     "MAX_MESSAGES",
     "MAX_MESSAGE_CHARS",
     "MAX_TOTAL_CHARS",
@@ -89,12 +90,24 @@ class SearchResult(BaseModel):
     )
 
 
+class WeightedText(BaseModel):
+    """One part of a weighted BM25 query."""
+
+    text: str
+    weight: float
+
+
 class SearchResponse(BaseModel):
     """``POST /search`` response."""
 
     results: list[SearchResult]
     query: str
     queries: list[str] = Field(description="The retrieval queries actually run")
+    bm25_query: list[WeightedText] | None = Field(
+        None,
+        description="In a conversation, the turns the BM25 leg scored as one query and their weights "
+        "(the last turn 1, older turns less); null when BM25 ran on the query texts",
+    )
     mode: str
     reranked: bool = False
     took_ms: float
@@ -121,6 +134,9 @@ def to_search_response(outcome: SearchOutcome, query: str, session_id: str | Non
         results=results,
         query=query,
         queries=outcome.queries,
+        bm25_query=None
+        if outcome.lexical is None
+        else [WeightedText(text=text, weight=round(weight, 4)) for text, weight in outcome.lexical],
         mode=outcome.mode,
         reranked=outcome.reranked,
         took_ms=outcome.took_ms,

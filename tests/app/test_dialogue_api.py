@@ -20,8 +20,14 @@ def test_messages_build_a_contextual_query(client: TestClient) -> None:
     assert len(body["queries"]) == 1 and "手术" in body["queries"][0]  # elliptical: contextual query only
     articles = {(r["metadata"]["law"], r["metadata"]["article"]) for r in body["results"]}
     assert ("中华人民共和国民法典", "第一千二百一十九条") in articles  # 医务人员说明义务
+    # BM25 scored the turns as one weighted query: the last turn at 1, the assistant's reply lightest.
+    assert [p["text"] for p in body["bm25_query"]] == [m["content"] for m in CHAT]
+    weights = [p["weight"] for p in body["bm25_query"]]
+    assert weights[2] == 1.0 and weights[1] < weights[0] < 1.0
     last_only = client.post("/search", json={"messages": CHAT, "mode": "bm25", "dialogue_mode": "last"}).json()
-    assert last_only["queries"] == ["那医院要不要承担责任？"]
+    assert last_only["queries"] == ["那医院要不要承担责任？"] and last_only["bm25_query"] is None
+    dense = client.post("/search", json={"messages": CHAT, "mode": "dense"}).json()
+    assert dense["bm25_query"] is None and dense["queries"] == body["queries"]
 
 
 def test_query_plus_messages_history(client: TestClient) -> None:

@@ -65,3 +65,32 @@ def test_bm25_beats_reference_by_ten_percent(lawref_index: Path, capsys) -> None
     result = json.loads(capsys.readouterr().out)
     assert result["queries"] == 1151
     assert result["nDCG@10"] >= REFERENCE_BM25_NDCG * REQUIRED_GAIN
+
+
+def test_dialogue_builder_beats_last_turn_and_concatenation(lawref_index: Path, capsys) -> None:
+    """Issue #4's bar in bm25 mode: the builder beats (a) the last turn and (b) all turns by >= 10%."""
+    scores = {}
+    for mode in ("last", "concat", "concat-user", "auto"):
+        args = [
+            "eval",
+            "--index",
+            str(lawref_index),
+            "--dialogues",
+            str(EVAL / "multiturn_legal" / "dialogues.jsonl"),
+            "--qrels",
+            str(EVAL / "multiturn_legal" / "qrels_by_article.tsv"),
+            "--doc-id",
+            "{law} {article}",
+            "--mode",
+            "bm25",
+            "--dialogue-mode",
+            mode,
+            "--json",
+        ]
+        assert main(args) == EXIT_OK
+        result = json.loads(capsys.readouterr().out)
+        assert result["queries"] == 80 and result["dialogue_mode"] == mode
+        scores[mode] = result["nDCG@10"]
+    assert scores["auto"] >= REQUIRED_GAIN * scores["last"]
+    assert scores["auto"] >= REQUIRED_GAIN * scores["concat"]
+    assert scores["auto"] > scores["concat-user"]

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.dialogue import DialogueQueryBuilder, is_elliptical, opens_new_topic
+from retrieval.dialogue import (
+    ASSISTANT_WEIGHT,
+    LEXICAL_DECAY,
+    DialogueQueryBuilder,
+    is_elliptical,
+    lexical_parts,
+    opens_new_topic,
+)
 
 
 def _msgs(*users: str) -> list[dict[str, str]]:
@@ -25,6 +32,13 @@ def test_elliptical_last_turn_carries_subject(builder: DialogueQueryBuilder) -> 
     # Alone, the elliptical turn lacks its subject: only the contextual query is searched.
     assert len(plan.queries) == 1 and "个体工商户" in plan.queries[0]
     assert plan.queries[0].endswith("那他欠的钱谁来还？")
+    assert plan.lexical == [
+        [
+            ("我老公开了一家个体工商户，经营不善欠了很多钱。", LEXICAL_DECAY),
+            ("好的，我了解了。", ASSISTANT_WEIGHT * LEXICAL_DECAY),
+            ("那他欠的钱谁来还？", 1.0),
+        ]
+    ]
 
 
 def test_self_contained_last_turn_is_also_searched_alone(builder: DialogueQueryBuilder) -> None:
@@ -32,6 +46,7 @@ def test_self_contained_last_turn_is_also_searched_alone(builder: DialogueQueryB
     plan = builder.build(_msgs("我在一家装修公司干活。", last))
     assert not plan.elliptical
     assert plan.queries == ["我在一家装修公司干活。 " + last, last] and plan.weights == [1.0, 1.0]
+    assert plan.lexical[1] is None  # the last turn alone: plain BM25 over its text
 
 
 def test_older_turns_are_reduced_to_keywords(builder: DialogueQueryBuilder) -> None:
@@ -80,6 +95,12 @@ def test_topic_switch_drops_the_old_topic(builder: DialogueQueryBuilder) -> None
     )
     assert "驾照" not in plan.queries[0] and "仓储合同" in plan.queries[0]
     assert plan.context_turns == ["好的。还有个事，我们公司跟物流企业签了仓储合同，存放一批货物。"]
+    # Neither the old topic's question nor the assistant's answer to it reaches the BM25 query.
+    assert [text for text, _ in plan.lexical[0]] == [
+        "好的。还有个事，我们公司跟物流企业签了仓储合同，存放一批货物。",
+        "好的，我了解了。",
+        "那这种合同什么时候成立？",
+    ]
 
 
 def test_related_history_is_kept(builder: DialogueQueryBuilder) -> None:
@@ -123,3 +144,21 @@ def test_similarity_splits_topics_without_markers(analyzer) -> None:
     assert plan.context_turns == ["货物是电子产品。"] and pairs
     kept = DialogueQueryBuilder(analyzer, similarity=similarity, min_similarity=0.1).build(msgs)
     assert kept.context_turns == ["我们签了仓储合同。", "货物是电子产品。"]
+
+
+def test_lexical_parts_weigh_turns_by_recency() -> None:
+    msgs = [
+        {"role": "system", "content": "你是法律助手。"},
+        {"role": "user", "content": "甲"},
+        {"role": "assistant", "content": "答甲"},
+        {"role": "user", "content": "乙"},
+        {"role": "assistant", "content": "  "},
+        {"role": "user", "content": "丙"},
+    ]
+    assert lexical_parts(msgs, 2) == [
+        ("甲", LEXICAL_DECAY**2),
+        ("答甲", ASSISTANT_WEIGHT * LEXICAL_DECAY**2),
+        ("乙", LEXICAL_DECAY),
+        ("丙", 1.0),
+    ]
+    assert lexical_parts(msgs, 0) == [("丙", 1.0)]

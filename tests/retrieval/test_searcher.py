@@ -130,6 +130,33 @@ def test_multi_query_fusion_with_query_weights(searcher: Searcher) -> None:
     assert top.score == pytest.approx(sum(1 / (60 + r) for r in top.ranks.values()))
 
 
+def test_weighted_bm25_query_over_parts(searcher: Searcher) -> None:
+    def top(parts, top_k=3, **kw):
+        options = SearchOptions(top_k=top_k, mode="bm25", lexical=[parts], **kw)
+        return searcher.search("假药 医师 义务", options).hits
+
+    drugs = [h.chunk.id for h in searcher.search("假药", SearchOptions(top_k=3, mode="bm25")).hits]
+    duties = [h.chunk.id for h in searcher.search("医师 义务", SearchOptions(top_k=3, mode="bm25")).hits]
+    assert [h.chunk.id for h in top([("假药", 1.0), ("医师 义务", 0.0)])] == drugs
+    assert [h.chunk.id for h in top([("假药", 0.0), ("医师 义务", 1.0)])] == duties
+    # One leg whose raw score is the weighted sum of the parts' BM25 scores (terms counted once per part).
+    mixed = top([("假药 假药", 0.3), ("医师 义务", 1.0)])
+    assert set(mixed[0].ranks) == {"bm25"}
+    alone = {h.chunk.id: h.score for h in top([("假药", 1.0)], top_k=50)}
+    rest = {h.chunk.id: h.score for h in top([("医师 义务", 1.0)], top_k=50)}
+    for hit in mixed:
+        assert hit.score == pytest.approx(0.3 * alone.get(hit.chunk.id, 0) + rest.get(hit.chunk.id, 0), rel=1e-4)
+
+
+def test_lexical_empty_list_runs_no_bm25_leg_and_empty_queries_keep_alignment(searcher: Searcher) -> None:
+    out = searcher.search(["假药", "医师 义务"], SearchOptions(top_k=3, mode="hybrid", lexical=[[], None]))
+    assert set().union(*(h.ranks for h in out.hits)) <= {"dense", "dense#1", "bm25#1"}
+    assert any("bm25#1" in h.ranks for h in out.hits)
+    duties = searcher.search("医师 义务", SearchOptions(top_k=3, mode="bm25"))
+    padded = searcher.search(["  ", "假药", "医师 义务"], SearchOptions(top_k=3, mode="bm25", query_weights=[5, 0, 1]))
+    assert [h.chunk.id for h in padded.hits] == [h.chunk.id for h in duties.hits]
+
+
 def test_rrf_k_and_weights_from_searcher_defaults(sample_index: Path, tiny_embedder, analyzer) -> None:
     searcher = Searcher(Index(sample_index), tiny_embedder, analyzer, rrf_k=10, weights={"bm25": 2.0})
     top = searcher.search("假药", SearchOptions(top_k=1)).hits[0]
