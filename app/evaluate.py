@@ -76,8 +76,12 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     qrels = load_qrels(config.qrels)
     if config.dialogues:
         dialogues = load_dialogues(config.dialogues)
-        builder = services.dialogue
-        plans = {qid: builder.build(msgs, config.dialogue_mode) for qid, msgs in dialogues.items() if qid in qrels}
+        builder, search_mode = services.dialogue, services.searcher.effective_mode(config.mode)
+        plans = {
+            qid: builder.build(msgs, config.dialogue_mode, search_mode)
+            for qid, msgs in dialogues.items()
+            if qid in qrels
+        }
         work = {qid: (p.queries, p.weights, p.lexical or None) for qid, p in plans.items()}
     elif config.queries:
         work = {qid: ([text], [1.0], None) for qid, text in load_queries(config.queries).items() if qid in qrels}

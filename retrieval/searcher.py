@@ -140,6 +140,10 @@ class Searcher:
         self.reranker = reranker
         self.weights = dict(weights or {})
 
+    def effective_mode(self, mode: str) -> str:
+        """The mode a search in ``mode`` runs in: ``hybrid`` without an embedder is its BM25 leg alone."""
+        return BM25 if mode == "hybrid" and self.embedder is None else mode
+
     def rrf_k_for(self, options: SearchOptions) -> int:
         """The RRF constant a search uses."""
         return self.rrf_k if options.rrf_k is None else options.rrf_k
@@ -224,10 +228,10 @@ class Searcher:
         allowed = self.index.docs.filter_rids(options.filters) if options.filters else None
         if allowed is not None and len(allowed) == 0:
             return SearchOutcome([], queries, _ms(start), options.mode)
-        if options.mode == "hybrid" and self.embedder is None:
+        if self.effective_mode(options.mode) != options.mode:
             # Serving without a model (``zhrag serve --no-model``): hybrid degrades to its lexical leg;
             # the outcome's ``mode`` says so. An explicit ``dense`` request still fails.
-            options = replace(options, mode="bm25")
+            options = replace(options, mode=BM25)
         ranked, detail = self.rank(queries, options, allowed)
         reranked = False
         if options.rerank:
