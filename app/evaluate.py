@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from retrieval.evaluation import (
     load_queries,
     per_query_metrics,
 )
-from retrieval.searcher import DEFAULT_CANDIDATES, SearchOptions
+from retrieval.searcher import DEFAULT_CANDIDATES, Searcher, SearchOptions
 from retrieval.text import normalize_text, to_simplified
 
 __all__ = ["EvalConfig", "run_eval", "load_dialogues", "EVAL_DEPTH", "EVAL_CANDIDATES"]
@@ -60,14 +61,20 @@ def load_dialogues(path: Path) -> dict[str, list[dict[str, str]]]:
     return dialogues
 
 
-def _prewarm(services: Services, texts: list[str]) -> None:
-    """Embed all queries in one batch so per-query searches hit the cache."""
-    if services.embedder is None:
-        return
-    if not isinstance(services.embedder, CachedEmbedder):
-        services.embedder = CachedEmbedder(services.embedder, ":memory:")
-        services.searcher.embedder = services.embedder
-    services.embedder.embed_queries([to_simplified(normalize_text(t)) for t in texts])
+def _eval_searcher(services: Services, texts: list[str]) -> Searcher:
+    """The services' searcher, with every query embedded in one batch up front.
+
+    A non-cached embedder is wrapped in an in-memory cache on a copy of the searcher, so the shared
+    services object is left as it was.
+    """
+    searcher = services.searcher
+    if searcher.embedder is None:
+        return searcher
+    if not isinstance(searcher.embedder, CachedEmbedder):
+        searcher = copy.copy(searcher)
+        searcher.embedder = CachedEmbedder(services.searcher.embedder, ":memory:")
+    searcher.embedder.embed_queries([to_simplified(normalize_text(t)) for t in texts])
+    return searcher
 
 
 def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> dict[str, Any]:
@@ -88,8 +95,9 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     else:
         raise ValueError("give --queries or --dialogues")
     ids = sorted(work)[: config.limit] if config.limit else sorted(work)
+    searcher = services.searcher
     if config.mode != "bm25":
-        _prewarm(services, [q for qid in ids for q in work[qid][0]])
+        searcher = _eval_searcher(services, [q for qid in ids for q in work[qid][0]])
     run: dict[str, dict[str, float]] = {}
     top: dict[str, list[str]] = {}
     for qid in tqdm(ids, desc="eval", unit="q", disable=not progress):
@@ -103,7 +111,7 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
             lexical=lexical,
             weights=config.weights or None,
         )
-        outcome = services.searcher.search(queries, options)
+        outcome = searcher.search(queries, options)
         keyed = (
             (doc_key(config.doc_id, h.chunk.doc_id, h.chunk.title, h.chunk.metadata), h.score) for h in outcome.hits
         )
