@@ -69,7 +69,8 @@ MARKER_WINDOW = 16
 
 _NEW_TOPIC = re.compile(
     r"(另外|还有(一)?(个|件)(事|问题)|还有一个(事|问题)|换个(话题|问题)|再问(一下|个|一个)|另一个问题|顺便问|"
-    r"题外话|说个别的|问点别的|另一件事|^(好的|好|行|明白了?|了解了?|知道了|谢谢|嗯)[。，,.!！ ]*还有[，,])"
+    r"题外话|说个别的|问点别的|另一件事|我还想问|顺带问|^对了[，,。.!！ ]|"
+    r"^(好的|好|行|明白了?|了解了?|知道了|谢谢|嗯)[。，,.!！ ]*(还有|对了)[，,])"
 )
 # An acknowledgement opening a turn closes the previous exchange: what follows is a new topic.
 _ACKNOWLEDGEMENT = re.compile(r"^(好的|明白了?|了解了?|知道了|谢谢(你|您)?|行吧?)[。，,.!！~ ]")

@@ -132,7 +132,8 @@ def test_modes(builder: DialogueQueryBuilder) -> None:
 
 def test_markers(analyzer) -> None:
     assert opens_new_topic("明白了。另外，邻居骂我怎么办")
-    assert not opens_new_topic("我们公司签了仓储合同")
+    assert opens_new_topic("对了，我邻居家的狗咬了我") and opens_new_topic("好的，对了，我还想问个问题")
+    assert not opens_new_topic("我们公司签了仓储合同") and not opens_new_topic("你说对了，他就是这样")
     assert is_elliptical("这种情况要不要负责？", analyzer)
     assert not is_elliptical("用人单位未依法缴纳社会保险费，劳动者可以解除劳动合同并要求经济补偿吗？", analyzer)
 
