@@ -6,9 +6,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,14 +194,33 @@ def ingest(
 def _embed_all(
     chunks: Sequence[Chunk], embedder: Embedder, analyzer: Analyzer, progress: bool
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """Embed chunks longest-first in batches (less padding), returning vectors in the input order."""
+    """Embed chunks longest-first in batches (less padding), returning vectors in the input order.
+
+    BM25 tokenisation (jieba, pure Python) runs in a background thread meanwhile: the model releases the
+    GIL while it computes, so the two overlap instead of adding up.
+    """
     texts = [c.embed_text for c in chunks]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     vectors = np.zeros((len(texts), embedder.dim), dtype=np.float32)
-    with _progress(len(texts), progress) as bar:
-        for i in range(0, len(order), EMBED_BATCH):
-            idx = order[i : i + EMBED_BATCH]
-            vectors[idx] = embedder.embed_documents([texts[j] for j in idx])
-            bar.update(len(idx))
-    tokens = [analyzer(t) for t in texts]
-    return vectors, tokens
+    stop = threading.Event()
+
+    def tokenize() -> list[list[str]]:
+        out = []
+        for text in texts:
+            if stop.is_set():  # embedding failed: don't keep the caller waiting for the rest
+                break
+            out.append(analyzer(text))
+        return out
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhrag-bm25") as pool:
+        tokens = pool.submit(tokenize)
+        try:
+            with _progress(len(texts), progress) as bar:
+                for i in range(0, len(order), EMBED_BATCH):
+                    idx = order[i : i + EMBED_BATCH]
+                    vectors[idx] = embedder.embed_documents([texts[j] for j in idx])
+                    bar.update(len(idx))
+        except BaseException:
+            stop.set()
+            raise
+        return vectors, tokens.result()
