@@ -5,7 +5,8 @@ turns of the current topic forward and stops at a topic switch: a turn that open
 (另外/还有个事/好的。还有…) or, when a similarity function is given, one unrelated to the turns after it.
 
 - Dense leg: a contextual query (the most recent user turns verbatim, older ones reduced to their jieba
-  TF-IDF keywords, then the last turn) and the most recent turn + last turn as a second, lighter query.
+  TF-IDF keywords, then the last turn). With a dense leg, the most recent turn + last turn also run as a
+  second, lighter query in both legs (left out in pure BM25 mode, where it hurt).
 - BM25 leg: one weighted query over the topic's turns (:func:`lexical_parts`): the last turn at full
   weight, earlier user turns lighter the older they are, the assistant's replies lighter still. BM25 sums
   over query terms, so recency weighting is a term weight rather than a separate fused list.
