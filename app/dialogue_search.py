@@ -56,6 +56,4 @@ def run_search(
     if len(users) == 1:
         return services.searcher.search(question, options), question, body.session_id
     built = services.dialogue.build(conversation, body.dialogue_mode, services.searcher.effective_mode(body.mode))
-    options.query_weights = built.weights
-    options.lexical = built.lexical or None
-    return services.searcher.search(built.queries, options), question, body.session_id
+    return services.searcher.search(built.queries, built.search_options(options)), question, body.session_id

@@ -12,7 +12,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from app.services import Services
-from retrieval.dialogue import DialogueMode
+from retrieval.dialogue import DialogueMode, DialogueQueries
 from retrieval.embedders.cache import CachedEmbedder
 from retrieval.evaluation import (
     aggregate_hits,
@@ -22,8 +22,7 @@ from retrieval.evaluation import (
     load_queries,
     per_query_metrics,
 )
-from retrieval.searcher import DEFAULT_CANDIDATES, Searcher, SearchOptions
-from retrieval.text import normalize_text, to_simplified
+from retrieval.searcher import DEFAULT_CANDIDATES, Searcher, SearchOptions, normalize_query
 
 __all__ = ["EvalConfig", "run_eval", "load_dialogues", "EVAL_DEPTH", "EVAL_CANDIDATES"]
 
@@ -73,7 +72,8 @@ def _eval_searcher(services: Services, texts: list[str]) -> Searcher:
     if not isinstance(searcher.embedder, CachedEmbedder):
         searcher = copy.copy(searcher)
         searcher.embedder = CachedEmbedder(services.searcher.embedder, ":memory:")
-    searcher.embedder.embed_queries([to_simplified(normalize_text(t)) for t in texts])
+    # normalised as the searcher will, so each search finds its vector in the cache
+    searcher.embedder.embed_queries([normalize_query(t) for t in texts])
     return searcher
 
 
@@ -84,34 +84,32 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     if config.dialogues:
         dialogues = load_dialogues(config.dialogues)
         builder, search_mode = services.dialogue, services.searcher.effective_mode(config.mode)
-        plans = {
+        work = {
             qid: builder.build(msgs, config.dialogue_mode, search_mode)
             for qid, msgs in dialogues.items()
             if qid in qrels
         }
-        work = {qid: (p.queries, p.weights, p.lexical or None) for qid, p in plans.items()}
     elif config.queries:
-        work = {qid: ([text], [1.0], None) for qid, text in load_queries(config.queries).items() if qid in qrels}
+        work = {
+            qid: DialogueQueries([text], [1.0]) for qid, text in load_queries(config.queries).items() if qid in qrels
+        }
     else:
         raise ValueError("give --queries or --dialogues")
     ids = sorted(work)[: config.limit] if config.limit else sorted(work)
     searcher = services.searcher
     if config.mode != "bm25":
-        searcher = _eval_searcher(services, [q for qid in ids for q in work[qid][0]])
+        searcher = _eval_searcher(services, [q for qid in ids for q in work[qid].queries])
     run: dict[str, dict[str, float]] = {}
     top: dict[str, list[str]] = {}
+    base = SearchOptions(
+        top_k=EVAL_DEPTH if config.rerank else EVAL_CANDIDATES,
+        candidates=EVAL_CANDIDATES,
+        mode=config.mode,
+        rerank=config.rerank,  # type: ignore[arg-type]
+        weights=config.weights or None,
+    )
     for qid in tqdm(ids, desc="eval", unit="q", disable=not progress):
-        queries, weights, lexical = work[qid]
-        options = SearchOptions(
-            top_k=EVAL_DEPTH if config.rerank else EVAL_CANDIDATES,
-            candidates=EVAL_CANDIDATES,
-            mode=config.mode,
-            rerank=config.rerank,  # type: ignore[arg-type]
-            query_weights=weights,
-            lexical=lexical,
-            weights=config.weights or None,
-        )
-        outcome = searcher.search(queries, options)
+        outcome = searcher.search(work[qid].queries, work[qid].search_options(base))
         keyed = (
             (doc_key(config.doc_id, h.chunk.doc_id, h.chunk.title, h.chunk.metadata), h.score) for h in outcome.hits
         )

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+from retrieval.searcher import SearchOptions
 from retrieval.text.analyzer import Analyzer
 
 __all__ = [
@@ -130,6 +131,10 @@ class DialogueQueries:
     context_turns: list[str] = field(default_factory=list)
     elliptical: bool = False
     rewritten: str | None = None
+
+    def search_options(self, base: SearchOptions) -> SearchOptions:
+        """``base`` with these queries' fusion weights and BM25 parts (search ``self.queries`` with it)."""
+        return replace(base, query_weights=self.weights, lexical=self.lexical or None)
 
 
 class DialogueQueryBuilder:

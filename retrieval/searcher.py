@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "DEFAULT_RERANK_CANDIDATES",
     "LexicalParts",
+    "normalize_query",
 ]
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
@@ -40,6 +41,11 @@ DENSE, BM25 = "dense", "bm25"
 LEG_SEPARATOR = "#"
 LexicalParts = Sequence[tuple[str, float]]
 """Weighted texts scored as one BM25 query (see ``SearchOptions.lexical``)."""
+
+
+def normalize_query(text: str) -> str:
+    """A query as the searcher sees it (normalised, Simplified): what its legs embed and tokenise."""
+    return to_simplified(normalize_text(text))
 
 
 class SearchError(ValueError):
@@ -219,7 +225,7 @@ class Searcher:
         if options.mode not in SEARCH_MODES:
             raise SearchError(f"unknown mode {options.mode!r}; choose one of {SEARCH_MODES}")
         queries = [query] if isinstance(query, str) else list(query)
-        queries = [to_simplified(normalize_text(q)) for q in queries]
+        queries = [normalize_query(q) for q in queries]
         if not all(queries):
             options = _drop_empty_queries(queries, options)
             queries = [q for q in queries if q]
