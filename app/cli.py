@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path)
     p.add_argument("--train-text", type=Path, action="append", default=[], help="Text files for its tokenizer")
     p.add_argument("--reranker", action="store_true", help="Write a tiny Qwen3-Reranker-shaped model instead")
+    p.add_argument(
+        "--shape", choices=["tiny", "0.6b"], default="tiny", help="Architecture (0.6b: Qwen3-Embedding-0.6B's)"
+    )
+    p.add_argument("--layers", type=int, help="Override the shape's layer count")
+    p.add_argument(
+        "--tokenizer", type=Path, help="Tokenizer dir (e.g. Qwen3's vocab.json + merges.txt) instead of training one"
+    )
     return parser
 
 
@@ -382,11 +389,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """``zhrag tiny-model``."""
-    from retrieval.tiny_model import build_tiny_qwen3_embedding, build_tiny_qwen3_reranker
+    from retrieval.tiny_model import SHAPES, build_tiny_qwen3_embedding, build_tiny_qwen3_reranker
 
     texts = [p.read_text(encoding="utf-8") for p in args.train_text]
-    build = build_tiny_qwen3_reranker if args.reranker else build_tiny_qwen3_embedding
-    print(build(args.output, texts))
+    if args.reranker:
+        print(build_tiny_qwen3_reranker(args.output, texts))
+        return EXIT_OK
+    shape = SHAPES[args.shape]
+    print(build_tiny_qwen3_embedding(args.output, texts, shape=shape, tokenizer=args.tokenizer, layers=args.layers))
     return EXIT_OK
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Document", "LoadError"]
+__all__ = ["Document", "LoadError", "BadRecord"]
 
 
 class LoadError(Exception):
@@ -31,3 +31,16 @@ class Document:
     source: str = ""
     format: str = "txt"
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """One unusable record of a multi-record file (a JSONL line); the rest of the file is still read.
+
+    Attributes:
+        path: The file.
+        reason: What is wrong, naming the file and line (``corpus.jsonl:12: invalid JSON: ...``).
+    """
+
+    path: str
+    reason: str

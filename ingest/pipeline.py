@@ -1,36 +1,57 @@
-"""The ingestion pipeline: discover -> load -> normalise -> chunk -> embed -> index (atomically)."""
+"""The ingestion pipeline: discover -> [load -> normalise -> chunk -> tokenise] x workers -> embed -> index.
+
+The CPU stages run in worker processes (:mod:`ingest.stages`) and stream, in file order, into shards of
+chunks. Each shard is embedded on the device threads (:mod:`ingest.embedding`) while the next shard is
+being prepared and the previous one is written, so the model is never waiting on one CPU thread and
+vectors never pile up until the end. Nothing is published unless the whole run succeeds.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ingest.chunkers import ChunkSettings, LengthFn, chunk_document
-from ingest.document import Document, LoadError
-from ingest.loaders import discover, load_file
+from ingest.chunkers import ChunkSettings
+from ingest.embedding import EmbedStage, TokenEmbedder
+from ingest.loaders import discover, file_parts
+from ingest.stages import FileTask, PreparedDoc, StageContext, prepared_in_order
 from retrieval.embedders import Embedder
 from retrieval.index import IndexWriter
-from retrieval.text import Analyzer, normalize_text
-from retrieval.types import Chunk
+from retrieval.text import Analyzer
 
-__all__ = ["IngestSummary", "ingest", "length_function", "EMBED_BATCH"]
+__all__ = ["IngestSummary", "IngestOptions", "ingest", "SHARD_CHUNKS"]
 
 log = logging.getLogger(__name__)
 
-EMBED_BATCH = 64
-"""Chunks per embedding call (the progress bar advances per call)."""
+SHARD_CHUNKS = 8192
+"""Chunks embedded and written together: bounds memory, and is the window batches are length-sorted in."""
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How an ingest run uses the machine (none of it changes the index it writes).
+
+    Attributes:
+        workers: Processes for the CPU stages; 1 runs them in this process.
+        devices: One model replica per device (e.g. ``["cuda:0", "cuda:1"]``); ``None`` = the embedder's.
+        max_batch_tokens: Padded positions per embedding batch (default by device kind).
+        shard_chunks: Chunks per shard.
+    """
+
+    workers: int = 1
+    devices: Sequence[str] | None = None
+    max_batch_tokens: int | None = None
+    shard_chunks: int = SHARD_CHUNKS
 
 
 @dataclass
@@ -48,6 +69,17 @@ class IngestSummary:
     tokens: int = 0
     seconds: float = 0.0
     chunks_per_second: float = 0.0
+    tokens_per_second: float = 0.0
+    """Tokens of the new chunks over the whole run's wall time."""
+    embed_seconds: float = 0.0
+    """Time the (busiest) device spent in forward passes."""
+    embed_tokens_per_second: float = 0.0
+    padding_ratio: float = 0.0
+    """Share of the positions the model computed that were padding."""
+    batches: int = 0
+    max_batch_tokens: int = 0
+    workers: int = 1
+    devices: list[str] = field(default_factory=list)
     files: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
     chunkers: dict[str, int] = field(default_factory=dict)
@@ -59,23 +91,25 @@ class IngestSummary:
         return dataclasses.asdict(self)
 
 
-def length_function(embedder: Embedder) -> LengthFn:
-    """Token length in the embedder's tokenizer (no special tokens); a char count for remote models."""
-    tokenizer = getattr(embedder, "tokenizer", None)
-    if tokenizer is not None:
-        return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return lambda text: embedder.count_tokens([text])[0]
+@dataclass
+class _Shard:
+    docs: list[PreparedDoc] = field(default_factory=list)
+    chunks: int = 0
+    files: int = 0
 
+    def texts(self) -> list[str]:
+        return [c.embed_text for d in self.docs for c in d.chunks]
 
-def _content_hash(doc: Document, settings: ChunkSettings) -> str:
-    payload = json.dumps([doc.text, doc.title, doc.metadata, settings.to_dict()], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha1(payload.encode()).hexdigest()
+    def input_ids(self) -> list[np.ndarray] | None:
+        if any(d.input_ids is None for d in self.docs):
+            return None
+        return [ids for d in self.docs for ids in d.input_ids or []]
 
 
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="chunk", desc="embedding", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, unit="file", desc="ingest", disable=not enabled, dynamic_ncols=True)
 
 
 def ingest(
@@ -88,12 +122,14 @@ def ingest(
     progress: bool = True,
     on_skip: Callable[[str, str], None] | None = None,
     prune: bool = False,
+    options: IngestOptions | None = None,
 ) -> IngestSummary:
     """Ingest files/directories into the index at ``index_dir`` (created or updated).
 
     Unchanged documents (same id and content) are skipped; changed ones replace their old chunks.
-    Unreadable files are reported in ``skipped`` and never abort the run. Nothing is published
-    unless the whole run succeeds: on any exception the previous index version keeps serving.
+    Unreadable files and bad JSONL records are reported in ``skipped`` and never abort the run. Nothing
+    is published unless the whole run succeeds: on any exception the previous index version keeps
+    serving. The index written does not depend on ``options`` (workers, devices, batch budget).
 
     Args:
         paths: Files or directories (recursive).
@@ -103,19 +139,22 @@ def ingest(
         settings: Chunk sizes and chunker choice.
         store: Vector store backend for a new index, e.g. ``{"backend": "faiss", "kind": "flat"}``.
         progress: Show a progress bar on stderr.
-        on_skip: Called with (path, reason) for each skipped file.
+        on_skip: Called with (path, reason) for each skipped file or record.
         prune: Remove indexed documents that this run did not see (the index mirrors ``paths``).
             Documents of files that failed to load are kept, so a broken file never erases its
             last good version.
+        options: Workers, devices and batching.
 
     Returns:
         The run summary.
     """
     start = time.perf_counter()
     settings = settings or ChunkSettings()
-    summary = IngestSummary(index=str(index_dir), model=embedder.name)
+    options = options or IngestOptions()
+    summary = IngestSummary(index=str(index_dir), model=embedder.name, workers=max(1, options.workers))
     files, skipped = discover(paths)
     summary.files = len(files)
+    tasks = [FileTask(path, base, part) for path, base in files for part in file_parts(path)]
 
     def skip(path: str, reason: str) -> None:
         summary.skipped.append({"path": path, "reason": reason})
@@ -125,60 +164,83 @@ def ingest(
 
     for path, reason in skipped:
         skip(path, reason)
-    length = length_function(embedder)
+    spec = embedder.token_spec if isinstance(embedder, TokenEmbedder) else None
     manifest_extra = {
         "chunker": settings.to_dict(),
         "analyzer": analyzer.config(),
         "instruction": getattr(embedder, "instruction", None),
     }
-    with IndexWriter(index_dir, embedder.describe(), store=store, settings=manifest_extra) as writer:
-        pending: dict[str, tuple[Document, str, list[Chunk]]] = {}
+    replicas = _replicas(embedder, options.devices)
+    summary.devices = [str(getattr(r, "device", "remote")) for r in replicas]
+    with (
+        IndexWriter(index_dir, embedder.describe(), store=store, settings=manifest_extra) as writer,
+        _progress(len(tasks), progress) as bar,
+        EmbedStage(embedder, replicas, options.max_batch_tokens) as stage,
+    ):
+        context = StageContext(settings, analyzer, spec, writer.document_hashes())
         chunkers: Counter[str] = Counter()
         seen: set[str] = set()
-        for path, doc_base in files:
-            try:
-                documents = list(load_file(path, doc_base))
-            except LoadError as exc:
-                skip(str(path), str(exc).removeprefix(f"{path}: "))
-                continue
-            for doc in documents:
-                summary.documents += 1
-                doc = dataclasses.replace(doc, text=normalize_text(doc.text), title=normalize_text(doc.title))
-                if doc.id in seen:
-                    skip(doc.source, f"duplicate document id {doc.id!r}; the later one replaces the earlier")
-                seen.add(doc.id)
-                digest = _content_hash(doc, settings)
-                if writer.document_hash(doc.id) == digest:
-                    summary.documents_unchanged += 1
+        indexed: set[str] = set()
+        failed: set[Path] = set()
+        shard = _Shard()
+        inflight: tuple[_Shard, Future[np.ndarray]] | None = None
+
+        def write(done: tuple[_Shard, Future[np.ndarray]] | None) -> None:
+            if done is None:
+                return
+            written, future = done
+            vectors = future.result()
+            offset = 0
+            for d in written.docs:
+                n = len(d.chunks)
+                writer.add_document(d.doc.id, d.doc.source, d.digest, d.chunks, vectors[offset : offset + n], d.terms)
+                indexed.add(d.doc.id)
+                offset += n
+            summary.chunks += written.chunks
+
+        def rotate(full: _Shard | None) -> None:
+            nonlocal inflight
+            submitted = (full, stage.submit(full.input_ids(), full.texts())) if full and full.docs else None
+            write(inflight)  # the device works on the new shard while the previous one is written
+            inflight = submitted
+
+        with contextlib.closing(prepared_in_order(tasks, context, summary.workers)) as results:
+            for result in results:
+                bar.update(1)
+                if result.error is not None:
+                    skip(str(result.task.path), result.error)
+                    failed.add(result.task.path)
                     continue
-                name, chunks = chunk_document(doc, settings, length)
-                if not chunks:
-                    skip(doc.source, "no text to index")
-                    continue
-                chunkers[name] += 1
-                pending.pop(doc.id, None)  # a duplicate id: the later document replaces the earlier
-                pending[doc.id] = (doc, digest, chunks)
+                for bad in result.bad_records:
+                    skip(bad.path, bad.reason)
+                for d in result.docs:
+                    summary.documents += 1
+                    if d.doc.id in seen:
+                        skip(d.doc.source, f"duplicate document id {d.doc.id!r}; the later one replaces the earlier")
+                    seen.add(d.doc.id)
+                    if d.unchanged:
+                        summary.documents_unchanged += 1
+                    elif not d.chunks:
+                        skip(d.doc.source, "no text to index")
+                    else:
+                        chunkers[d.chunker] += 1
+                        shard.docs.append(d)
+                        shard.chunks += len(d.chunks)
+                        summary.tokens += _count_tokens(d, embedder)
+                if shard.chunks >= options.shard_chunks:
+                    rotate(shard)
+                    shard = _Shard()
+                    bar.set_postfix(chunks=summary.chunks, refresh=False)
+        rotate(shard)
+        rotate(None)
         summary.chunkers = dict(chunkers)
-        new_chunks = [c for _, _, cs in pending.values() for c in cs]
-        vectors, tokens = _embed_all(new_chunks, embedder, analyzer, progress)
-        offset = 0
-        for doc, digest, chunks in pending.values():
-            n = len(chunks)
-            writer.add_document(
-                doc.id, doc.source, digest, chunks, vectors[offset : offset + n], tokens[offset : offset + n]
-            )
-            offset += n
-            summary.chunks += n
-        summary.documents_indexed = len(pending)
+        summary.documents_indexed = len(indexed)
         if prune:
-            failed = {Path(s["path"]) for s in summary.skipped}
             keep = seen | {doc_base for path, doc_base in files if path in failed}
             for doc_id in writer.document_ids():
                 if doc_id not in keep:
                     writer.delete_document(doc_id)
                     summary.documents_removed += 1
-        if new_chunks:
-            summary.tokens = int(sum(embedder.count_tokens([c.embed_text for c in new_chunks])))
         if writer.changed or not writer.base_version:
             summary.version = writer.commit()
         else:  # nothing new: keep the live version rather than publishing an identical copy
@@ -186,41 +248,36 @@ def ingest(
             writer.abort()
         summary.total_chunks = writer.docs_count()
         summary.total_documents = writer.documents_count()
+        _record_throughput(summary, stage, spec is not None)
     summary.seconds = round(time.perf_counter() - start, 2)
     summary.chunks_per_second = round(summary.chunks / summary.seconds, 1) if summary.seconds else 0.0
+    summary.tokens_per_second = round(summary.tokens / summary.seconds, 1) if summary.seconds else 0.0
     return summary
 
 
-def _embed_all(
-    chunks: Sequence[Chunk], embedder: Embedder, analyzer: Analyzer, progress: bool
-) -> tuple[np.ndarray, list[list[str]]]:
-    """Embed chunks longest-first in batches (less padding), returning vectors in the input order.
+def _count_tokens(doc: PreparedDoc, embedder: Embedder) -> int:
+    """Tokens the model reads for a document's chunks: its input ids, or the embedder's own count."""
+    if doc.input_ids is not None:
+        return sum(map(len, doc.input_ids))
+    return int(sum(embedder.count_tokens([c.embed_text for c in doc.chunks])))
 
-    BM25 tokenisation (jieba, pure Python) runs in a background thread meanwhile: the model releases the
-    GIL while it computes, so the two overlap instead of adding up.
-    """
-    texts = [c.embed_text for c in chunks]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    vectors = np.zeros((len(texts), embedder.dim), dtype=np.float32)
-    stop = threading.Event()
 
-    def tokenize() -> list[list[str]]:
-        out = []
-        for text in texts:
-            if stop.is_set():  # embedding failed: don't keep the caller waiting for the rest
-                break
-            out.append(analyzer(text))
-        return out
+def _replicas(embedder: Embedder, devices: Sequence[str] | None) -> list[Embedder]:
+    """One embedder per device; a remote or wrapped embedder serves as it is."""
+    if not devices:
+        return [embedder]
+    on_device = getattr(embedder, "on_device", None)
+    if on_device is None:
+        raise ValueError(f"--devices needs a local model; {embedder.name!r} cannot be placed on a device")
+    return [on_device(d) for d in devices]
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhrag-bm25") as pool:
-        tokens = pool.submit(tokenize)
-        try:
-            with _progress(len(texts), progress) as bar:
-                for i in range(0, len(order), EMBED_BATCH):
-                    idx = order[i : i + EMBED_BATCH]
-                    vectors[idx] = embedder.embed_documents([texts[j] for j in idx])
-                    bar.update(len(idx))
-        except BaseException:
-            stop.set()
-            raise
-        return vectors, tokens.result()
+
+def _record_throughput(summary: IngestSummary, stage: EmbedStage, tokenised: bool) -> None:
+    stats = stage.stats
+    summary.embed_seconds = round(stats.seconds, 2)
+    summary.batches = stats.batches
+    if tokenised:
+        summary.padding_ratio = round(stats.padding_ratio, 4)
+        summary.max_batch_tokens = stage.max_batch_tokens
+    if stats.seconds:
+        summary.embed_tokens_per_second = round(summary.tokens / stats.seconds, 1)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BM25Index", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
+__all__ = ["BM25Index", "BM25Builder", "ChunkTerms", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +106,91 @@ class BM25Index:
         retriever = bm25s.BM25.load(str(path), show_progress=False, verbosity=0)
         params = json.loads((path / _PARAMS_FILE).read_text())
         return cls(retriever, np.load(path / _RIDS_FILE), params["k1"], params["b"])
+
+
+@dataclass
+class ChunkTerms:
+    """The BM25 terms of a run of chunks, counted once (cheap to pickle from an ingest worker).
+
+    Attributes:
+        vocab: The distinct terms of all these chunks, in first-seen order.
+        ids: Per chunk, the positions in ``vocab`` of its distinct terms.
+        tfs: Per chunk, how often each of those terms occurs.
+        lengths: Per chunk, its number of terms.
+        joined: Per chunk, its terms space-joined (how the docstore keeps them).
+    """
+
+    vocab: list[str]
+    ids: list[np.ndarray]
+    tfs: list[np.ndarray]
+    lengths: list[int]
+    joined: list[str]
+
+    @classmethod
+    def count(cls, tokens: Sequence[Sequence[str]]) -> ChunkTerms:
+        """Count each chunk's tokens against one shared vocabulary."""
+        vocab: dict[str, int] = {}
+        ids, tfs = [], []
+        for toks in tokens:
+            counts = Counter(toks)
+            ids.append(np.fromiter((vocab.setdefault(t, len(vocab)) for t in counts), np.int32, len(counts)))
+            tfs.append(np.fromiter(counts.values(), np.float32, len(counts)))
+        return cls(list(vocab), ids, tfs, [len(t) for t in tokens], [" ".join(t) for t in tokens])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class BM25Builder:
+    """Build a :class:`BM25Index` chunk by chunk while ingest streams, instead of all at the end.
+
+    Each added chunk is kept as (term ids, term frequencies), so the final build is a few vectorised
+    passes. Scores are bm25s' Lucene variant, computed the same way to the last bit (idf per term in
+    double precision, the term-frequency part in double, stored as float32).
+    """
+
+    def __init__(self, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> None:
+        self.k1, self.b = k1, b
+        self.vocab: dict[str, int] = {}
+        self._chunks: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def add(self, rids: Sequence[int], terms: ChunkTerms) -> None:
+        """Add (or replace) chunks under their row ids."""
+        vocab = self.vocab
+        local = np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms.vocab), np.int32, len(terms.vocab))
+        for rid, ids, tfs, length in zip(rids, terms.ids, terms.tfs, terms.lengths, strict=True):
+            self._chunks[int(rid)] = (length, local[ids], tfs)
+
+    def discard(self, rids: Sequence[int]) -> None:
+        """Forget chunks (deleted from the index)."""
+        for rid in rids:
+            self._chunks.pop(int(rid), None)
+
+    def build(self) -> BM25Index:
+        """The index over every chunk added, positions ordered by row id."""
+        import bm25s
+
+        _quiet_bm25s()
+        rids = np.fromiter(sorted(self._chunks), dtype=np.int64, count=len(self._chunks))
+        entries = [self._chunks[int(r)] for r in rids]
+        n_docs, n_vocab = len(entries), len(self.vocab)
+        doc_len = np.fromiter((e[0] for e in entries), dtype=np.int64, count=n_docs)
+        ids = np.concatenate([e[1] for e in entries]) if entries else np.zeros(0, np.int32)
+        tfs = np.concatenate([e[2] for e in entries]) if entries else np.zeros(0, np.float32)
+        doc = np.repeat(np.arange(n_docs, dtype=np.int32), [len(e[1]) for e in entries])
+        df = np.bincount(ids, minlength=n_vocab)
+        idf = np.array([math.log(1 + (n_docs - f + 0.5) / (f + 0.5)) for f in df.tolist()], dtype=np.float32)
+        avg = doc_len.mean() if n_docs else 1.0
+        tfc = tfs / (self.k1 * ((1 - self.b) + self.b * doc_len[doc] / avg) + tfs)
+        scores = (idf[ids] * tfc).astype(np.float32)
+        order = np.lexsort((doc, ids))  # column (term) major, rows ascending: CSC
+        indptr = np.zeros(n_vocab + 1, dtype=np.int64)
+        np.cumsum(df, out=indptr[1:])
+        retriever = bm25s.BM25(k1=self.k1, b=self.b)
+        retriever.scores = {"data": scores[order], "indices": doc[order], "indptr": indptr, "num_docs": n_docs}
+        retriever.vocab_dict = dict(self.vocab)
+        retriever.nonoccurrence_array = None  # Lucene BM25 has no per-term floor
+        return BM25Index(retriever, rids, self.k1, self.b)

@@ -20,6 +20,7 @@ DOCSTORE_FILE = "chunks.sqlite"
 COLUMN_FILTERS = ("doc_id", "source", "title")
 _FILTER_KEY = re.compile(r"^[\w\u4e00-\u9fff.-]{1,64}$")
 _SQL_BATCH = 500
+_TOKEN_BATCH = 4096
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
     rid INTEGER PRIMARY KEY,
@@ -90,8 +91,8 @@ class DocStore:
         ((value,),) = self._query("SELECT COALESCE(MAX(rid), -1) + 1 FROM chunks")
         return int(value)
 
-    def add(self, chunks: Sequence[Chunk], tokens: Sequence[Sequence[str]]) -> None:
-        """Insert chunks (their ``rid`` must be set) with their BM25 tokens."""
+    def add(self, chunks: Sequence[Chunk], tokens: Sequence[str]) -> None:
+        """Insert chunks (their ``rid`` must be set) with their BM25 tokens (space-joined)."""
         rows = [
             (
                 c.rid,
@@ -103,7 +104,7 @@ class DocStore:
                 c.title,
                 c.source,
                 json.dumps(c.metadata, ensure_ascii=False),
-                " ".join(t),
+                t,
             )
             for c, t in zip(chunks, tokens, strict=True)
         ]
@@ -118,6 +119,10 @@ class DocStore:
         """The stored content hash of a document, if ingested."""
         rows = self._query("SELECT content_hash FROM documents WHERE doc_id=?", (doc_id,))
         return rows[0][0] if rows else None
+
+    def document_hashes(self) -> dict[str, str]:
+        """Content hash of every ingested document, by id."""
+        return dict(self._query("SELECT doc_id, content_hash FROM documents"))
 
     def document_ids(self) -> list[str]:
         """Ids of all ingested documents."""
@@ -158,10 +163,17 @@ class DocStore:
         rows = self._query(f"SELECT {_COLUMNS} FROM chunks WHERE doc_id=? ORDER BY seq", (doc_id,))
         return [_row_to_chunk(r) for r in rows]
 
-    def iter_tokens(self) -> Iterator[tuple[int, list[str]]]:
-        """(row id, BM25 tokens) of every chunk, by row id."""
-        for rid, tokens in self._query("SELECT rid, tokens FROM chunks ORDER BY rid"):
-            yield rid, tokens.split()
+    def iter_tokens(self, below: int | None = None) -> Iterator[tuple[list[int], list[list[str]]]]:
+        """(row ids, BM25 tokens) of every chunk (with row id < ``below``), by row id, in batches."""
+        sql = "SELECT rid, tokens FROM chunks" + (" WHERE rid < ?" if below is not None else "") + " ORDER BY rid"
+        with self._lock:
+            cursor = self._db.execute(sql, () if below is None else (below,))
+        while True:
+            with self._lock:
+                part = cursor.fetchmany(_TOKEN_BATCH)
+            if not part:
+                return
+            yield [r for r, _ in part], [t.split() for _, t in part]
 
     def filter_rids(self, filters: Mapping[str, Any]) -> np.ndarray:
         """Row ids of chunks matching every filter.

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Index
+from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Builder, BM25Index, ChunkTerms
 from retrieval.docstore import DOCSTORE_FILE, DocStore
 from retrieval.stores import VectorStore, create_store, load_store
 from retrieval.types import Chunk
@@ -213,7 +213,10 @@ class IndexWriter:
         except BaseException:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise
-        self._next_rid = self.docs.next_rid()
+        self._next_rid = self._first_new_rid = self.docs.next_rid()
+        # BM25 terms of the chunks added by this writer are counted as they arrive; the unchanged
+        # chunks of the previous version are read back from the docstore at commit.
+        self._bm25 = BM25Builder(**self.manifest["bm25"])
         self._changed = False
         self._counts: tuple[int, int] | None = None
 
@@ -238,6 +241,10 @@ class IndexWriter:
         """Stored content hash of a document (``None`` if new)."""
         return self.docs.document_hash(doc_id)
 
+    def document_hashes(self) -> dict[str, str]:
+        """Content hash of every document in the staged index, by id."""
+        return self.docs.document_hashes()
+
     def docs_count(self) -> int:
         """Chunks in the staged index."""
         return self._counts[1] if self._counts else self.docs.count()
@@ -255,6 +262,7 @@ class IndexWriter:
         rids = self.docs.delete_document(doc_id)
         if rids:
             self.store.delete(np.asarray(rids, dtype=np.int64))
+            self._bm25.discard(rids)
             self._changed = True
         return len(rids)
 
@@ -265,16 +273,18 @@ class IndexWriter:
         content_hash: str,
         chunks: Sequence[Chunk],
         vectors: np.ndarray,
-        tokens: Sequence[Sequence[str]],
+        tokens: ChunkTerms | Sequence[Sequence[str]],
     ) -> None:
         """Add one document's chunks with their vectors and BM25 tokens (replacing an older version)."""
+        terms = tokens if isinstance(tokens, ChunkTerms) else ChunkTerms.count(tokens)
         self.delete_document(doc_id)
         rids = np.arange(self._next_rid, self._next_rid + len(chunks), dtype=np.int64)
         self._next_rid += len(chunks)
         for chunk, rid in zip(chunks, rids, strict=True):
             chunk.rid = int(rid)
-        self.docs.add(chunks, tokens)
+        self.docs.add(chunks, terms.joined)
         self.store.add(rids, vectors)
+        self._bm25.add(rids, terms)
         self.docs.set_document(doc_id, source, content_hash, len(chunks))
         self._changed = True
 
@@ -285,13 +295,10 @@ class IndexWriter:
         directory into place and swaps ``CURRENT``. Older versions beyond the last two are removed.
         """
         self.docs.commit()
-        rids, tokens = [], []
-        for rid, toks in self.docs.iter_tokens():
-            rids.append(rid)
-            tokens.append(toks)
-        params = self.manifest["bm25"]
-        if rids:
-            BM25Index.build(tokens, np.asarray(rids, dtype=np.int64), **params).save(self.staging / BM25_DIR)
+        for rids, tokens in self.docs.iter_tokens(below=self._first_new_rid):
+            self._bm25.add(rids, ChunkTerms.count(tokens))
+        if len(self._bm25):
+            self._bm25.build().save(self.staging / BM25_DIR)
         self.store.save(self.staging)
         self.manifest.update(extra or {})
         self.manifest["updated_at"] = _now()

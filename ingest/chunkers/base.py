@@ -15,6 +15,7 @@ __all__ = [
     "ChunkerName",
     "chunk_id",
     "make_chunk",
+    "embed_text",
     "text_splitter",
     "CHINESE_SEPARATORS",
     "cn_to_int",
@@ -55,16 +56,20 @@ def chunk_id(doc_id: str, seq: int, text: str) -> str:
     return hashlib.sha1(f"{doc_id}\x1f{seq}\x1f{text}".encode()).hexdigest()[:CHUNK_ID_LENGTH]
 
 
+def embed_text(context: str, text: str) -> str:
+    """What a chunk embeds: its context (law title, headings) on a line above its text."""
+    return f"{context}\n{text}" if context else text
+
+
 def make_chunk(
     doc_id: str, seq: int, text: str, context: str, title: str, source: str, metadata: dict[str, Any]
 ) -> Chunk:
     """A chunk whose embedded text is ``context`` + newline + ``text`` (just ``text`` without context)."""
-    embed_text = f"{context}\n{text}" if context else text
     return Chunk(
         id=chunk_id(doc_id, seq, text),
         doc_id=doc_id,
         text=text,
-        embed_text=embed_text,
+        embed_text=embed_text(context, text),
         title=title,
         source=source,
         metadata=metadata,

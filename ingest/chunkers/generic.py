@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.chunkers.base import ChunkSettings, LengthFn, make_chunk, text_splitter
+from ingest.chunkers.base import ChunkSettings, LengthFn, embed_text, make_chunk, text_splitter
 from ingest.document import Document
 from retrieval.types import Chunk
 
@@ -16,7 +16,7 @@ def chunk_generic(doc: Document, settings: ChunkSettings, length: LengthFn) -> l
         return []
     parts = (
         [text]
-        if length(text) <= settings.chunk_size
+        if length(embed_text(doc.title, text)) <= settings.chunk_size
         else text_splitter(settings.chunk_size, settings.chunk_overlap, length).split_text(text)
     )
     meta = {**doc.metadata, "source": doc.source}

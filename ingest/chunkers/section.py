@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ingest.chunkers.base import ChunkSettings, LengthFn, make_chunk, text_splitter
+from ingest.chunkers.base import ChunkSettings, LengthFn, embed_text, make_chunk, text_splitter
 from ingest.document import Document
 from retrieval.types import Chunk
 
@@ -51,7 +51,8 @@ def chunk_sections(doc: Document, settings: ChunkSettings, length: LengthFn) -> 
         # The document title is usually the top heading; do not repeat it in the context.
         path = [h for h in headings if h != doc.title]
         context = " ".join([doc.title, *path]).strip()
-        for part in splitter.split_text(body):
+        fits = length(embed_text(context, body)) <= settings.chunk_size
+        for part in [body] if fits else splitter.split_text(body):
             meta = {**doc.metadata, "headings": headings, "source": doc.source}
             chunks.append(make_chunk(doc.id, len(chunks), part, context, doc.title, doc.source, meta))
     return chunks

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ingest.chunkers.base import ChunkSettings, LengthFn, cn_to_int, make_chunk, text_splitter
+from ingest.chunkers.base import ChunkSettings, LengthFn, cn_to_int, embed_text, make_chunk, text_splitter
 from ingest.document import Document
 from retrieval.types import CONTINUED, Chunk
 
@@ -103,10 +103,13 @@ def parse_articles(text: str, title: str) -> tuple[str, list[str], list[Article]
     return law or title, preamble, articles
 
 
-def _split_article(article: Article, size: int, length: LengthFn) -> list[str]:
-    """Pack paragraphs into parts of at most ``size`` tokens; an over-long paragraph is sentence-split."""
+def _split_article(article: Article, context: str, size: int, length: LengthFn) -> list[str]:
+    """Pack paragraphs into parts of at most ``size`` tokens; an over-long paragraph is sentence-split.
+
+    An article that fits is measured with its context, exactly as it is embedded.
+    """
     whole = "\n".join(article.paragraphs)
-    if length(whole) <= size:
+    if length(embed_text(context, whole)) <= size:
         return [whole]
     prefix = f"{article.label}{CONTINUED}"
     budget = size - length(prefix)
@@ -133,13 +136,18 @@ def chunk_statute(doc: Document, settings: ChunkSettings, length: LengthFn) -> l
     chunks: list[Chunk] = []
     base = {**doc.metadata, "law": law, "source": doc.source}
     if preamble:
-        splitter = text_splitter(settings.chunk_size, settings.chunk_overlap, length)
-        for part in splitter.split_text("\n".join(preamble)):
+        text = "\n".join(preamble)
+        parts = (
+            [text]
+            if length(embed_text(law, text)) <= settings.chunk_size
+            else text_splitter(settings.chunk_size, settings.chunk_overlap, length).split_text(text)
+        )
+        for part in parts:
             meta = {**base, "article": "", "headings": []}
             chunks.append(make_chunk(doc.id, len(chunks), part, law, law, doc.source, meta))
     for article in articles:
         context = " ".join([law, *article.headings])
-        parts = _split_article(article, settings.chunk_size, length)
+        parts = _split_article(article, context, settings.chunk_size, length)
         for i, part in enumerate(parts):
             meta = {
                 **base,

@@ -5,16 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ingest.document import Document, LoadError
+from ingest.document import BadRecord, Document, LoadError
 from ingest.loaders.docx import load_docx
 from ingest.loaders.html import load_html
-from ingest.loaders.jsonl import load_jsonl
+from ingest.loaders.jsonl import FilePart, jsonl_parts, load_jsonl
 from ingest.loaders.pdf import load_pdf
 from ingest.loaders.text import load_markdown, load_text, read_text
 
-__all__ = ["LOADERS", "SUPPORTED_SUFFIXES", "load_file", "discover", "read_text", "LoadError"]
+__all__ = [
+    "LOADERS",
+    "SUPPORTED_SUFFIXES",
+    "load_file",
+    "discover",
+    "read_text",
+    "LoadError",
+    "FilePart",
+    "file_parts",
+]
 
-Loader = Callable[[Path, str], Iterable[Document]]
+Loader = Callable[[Path, str], Iterable[Document | BadRecord]]
 LOADERS: dict[str, Loader] = {
     ".txt": load_text,
     ".md": load_markdown,
@@ -53,8 +62,15 @@ def discover(paths: Iterable[Path | str]) -> tuple[list[tuple[Path, str]], list[
     return files, skipped
 
 
-def load_file(path: Path, doc_id: str) -> Iterator[Document]:
-    """Load one file by extension.
+def file_parts(path: Path) -> list[FilePart | None]:
+    """Units of work for one file: byte ranges of a large JSONL file, else ``[None]`` (the whole file)."""
+    return jsonl_parts(path) if path.suffix.lower() == ".jsonl" else [None]
+
+
+def load_file(path: Path, doc_id: str, part: FilePart | None = None) -> Iterator[Document | BadRecord]:
+    """Load one file (or one part of a JSONL file, see :func:`file_parts`) by extension.
+
+    Multi-record formats yield a :class:`BadRecord` for each unusable record and go on.
 
     Raises:
         LoadError: naming the file, for unreadable or malformed input.
@@ -63,7 +79,7 @@ def load_file(path: Path, doc_id: str) -> Iterator[Document]:
     if loader is None:
         raise LoadError(f"{path}: unsupported file type {path.suffix}")
     try:
-        yield from loader(path, doc_id)
+        yield from (load_jsonl(path, doc_id, part) if part is not None else loader(path, doc_id))
     except LoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - third-party parsers raise anything; name the file

@@ -1,41 +1,90 @@
-"""JSON Lines: one document per line with ``id``, ``text``, optional ``title``; other fields -> metadata."""
+"""JSON Lines: one document per line with ``id``, ``text``, optional ``title``; other fields -> metadata.
+
+A large file is read in byte ranges (:func:`jsonl_parts`) so that ingest's workers can share it; a bad
+line is reported as a :class:`BadRecord` and the rest of the file is still ingested.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.document import Document, LoadError
+from ingest.document import BadRecord, Document
 from ingest.loaders.text import decode_bytes
 
-__all__ = ["load_jsonl"]
+__all__ = ["load_jsonl", "jsonl_parts", "FilePart", "JSONL_PART_BYTES"]
 
 _RESERVED = ("id", "_id", "text", "title")
+JSONL_PART_BYTES = 4 << 20
+"""Target size of one part of a large JSONL file (one unit of work for an ingest worker)."""
 
 
-def load_jsonl(path: Path, doc_id: str) -> Iterator[Document]:
-    """Each non-empty line is a document; a malformed line fails the file, naming the line."""
-    text = decode_bytes(path.read_bytes(), str(path))
-    for lineno, line in enumerate(text.splitlines(), start=1):
+@dataclass(frozen=True)
+class FilePart:
+    """Bytes ``[start, end)`` of a file, whose first line is line number ``first_line``."""
+
+    start: int
+    end: int
+    first_line: int
+
+
+def jsonl_parts(path: Path, target_bytes: int = JSONL_PART_BYTES) -> list[FilePart | None]:
+    """Split a JSONL file at line boundaries into parts of about ``target_bytes`` (``[None]``: read it whole)."""
+    size = path.stat().st_size
+    if size <= target_bytes:
+        return [None]
+    parts: list[FilePart | None] = []
+    start, line = 0, 1
+    with open(path, "rb") as fh:
+        while start < size:
+            if start + target_bytes >= size:
+                end = size
+            else:
+                fh.seek(start + target_bytes)
+                fh.readline()
+                end = fh.tell()
+            fh.seek(start)
+            newlines = fh.read(end - start).count(b"\n")
+            parts.append(FilePart(start, end, line))
+            line += newlines
+            start = end
+    return parts
+
+
+def _read(path: Path, part: FilePart | None) -> tuple[str, int]:
+    if part is None:
+        return decode_bytes(path.read_bytes(), str(path)), 1
+    with open(path, "rb") as fh:
+        fh.seek(part.start)
+        data = fh.read(part.end - part.start)
+    return decode_bytes(data, str(path)), part.first_line
+
+
+def load_jsonl(path: Path, doc_id: str, part: FilePart | None = None) -> Iterator[Document | BadRecord]:
+    """Each non-empty line is a document; a malformed line yields a :class:`BadRecord` naming the line."""
+    text, first = _read(path, part)
+    for lineno, line in enumerate(text.split("\n"), start=first):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise LoadError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+            yield BadRecord(str(path), f"{path}:{lineno}: invalid JSON: {exc.msg}")
+            continue
+        rid = record.get("id", record.get("_id")) if isinstance(record, dict) else None
+        body = record.get("text") if isinstance(record, dict) else None
         if not isinstance(record, dict):
-            raise LoadError(f"{path}:{lineno}: expected a JSON object")
-        rid = record.get("id", record.get("_id"))
-        body = record.get("text")
-        if rid is None or not isinstance(body, str):
-            raise LoadError(f'{path}:{lineno}: needs an "id" and a string "text"')
-        metadata = {k: v for k, v in record.items() if k not in _RESERVED}
-        yield Document(
-            id=str(rid),
-            text=body,
-            title=str(record.get("title") or ""),
-            source=f"{path}#{lineno}",
-            format="jsonl",
-            metadata=metadata,
-        )
+            yield BadRecord(str(path), f"{path}:{lineno}: expected a JSON object")
+        elif rid is None or not isinstance(body, str):
+            yield BadRecord(str(path), f'{path}:{lineno}: needs an "id" and a string "text"')
+        else:
+            yield Document(
+                id=str(rid),
+                text=body,
+                title=str(record.get("title") or ""),
+                source=f"{path}#{lineno}",
+                format="jsonl",
+                metadata={k: v for k, v in record.items() if k not in _RESERVED},
+            )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -11,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from retrieval.embedders.base import EmbedderError, truncate_dim
+from retrieval.embedders.tokens import TokenSpec
 from retrieval.prompts import query_prompt, resolve_instruction
 
 __all__ = [
@@ -31,6 +34,7 @@ DEFAULT_BATCH_SIZE = 16
 MODELSCOPE_PREFIX = "modelscope:"
 EOS_TOKEN = "<|endoftext|>"
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Unpadded = Literal["auto", "on", "off"]
 
 
 def st_modules() -> tuple[type, type, type]:
@@ -99,6 +103,11 @@ def _check_last_token_pooling(st_model: Any, name: str) -> None:
         )
 
 
+def flash_attn_available() -> bool:
+    """Whether the ``flash-attn`` package (varlen kernels for unpadded batches) is installed."""
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 def _device(device: str | None) -> str:
     if device:
         return device
@@ -122,6 +131,10 @@ class SentenceTransformerEmbedder:
         precision: ``auto`` uses fp16 on CUDA and fp32 on CPU.
         batch_size: Encode batch size.
         source: ``huggingface`` or ``modelscope`` for hub ids.
+        unpadded: Run pre-tokenised batches packed into one sequence without padding (varlen
+            attention). ``auto`` does so on CUDA when ``flash-attn`` is installed (the model is then
+            loaded with FlashAttention-2); ``on`` forces it (on other attention kernels it is correct
+            but not faster), ``off`` pads.
     """
 
     def __init__(
@@ -136,6 +149,7 @@ class SentenceTransformerEmbedder:
         precision: Precision = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
         source: Literal["huggingface", "modelscope"] = "huggingface",
+        unpadded: Unpadded = "auto",
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
@@ -147,8 +161,17 @@ class SentenceTransformerEmbedder:
         self._device = _device(device)
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         _quiet_transformers()
+        flash = self._device.startswith("cuda") and flash_attn_available() and unpadded != "off"
+        self.unpadded = unpadded == "on" or (unpadded == "auto" and flash)
+        model_kwargs = {"attn_implementation": "flash_attention_2"} if flash else {}
+        if flash and precision in ("auto", "fp16"):
+            import torch
+
+            model_kwargs["dtype"] = torch.float16  # FlashAttention-2 needs half precision at load
         try:
-            self._model = SentenceTransformer(path, device=self._device, local_files_only=offline)
+            self._model = SentenceTransformer(
+                path, device=self._device, local_files_only=offline, model_kwargs=model_kwargs or None
+            )
         except Exception as exc:  # noqa: BLE001 - any load failure gets the same actionable message
             raise EmbedderError(
                 f"could not load embedding model {model!r}: {exc}. If Hugging Face is unreachable, set "
@@ -170,6 +193,40 @@ class SentenceTransformerEmbedder:
         self._full_dim = full
         self._dim = dim
         _check_last_token_pooling(self._model, model)
+        self._spec: TokenSpec | None = None
+
+    @property
+    def device(self) -> str:
+        """The device the model runs on."""
+        return self._device
+
+    def on_device(self, device: str) -> SentenceTransformerEmbedder:
+        """A replica of this embedder on another device (one per GPU for multi-device ingest)."""
+        if device == self._device:
+            return self
+        replica = copy.copy(self)
+        replica._model = copy.deepcopy(self._model).to(device)
+        replica._device = device
+        return replica
+
+    @property
+    def token_spec(self) -> TokenSpec:
+        """How this model tokenises (picklable, for ingest's worker processes)."""
+        if self._spec is None:
+            self._spec = TokenSpec.from_hf(self.tokenizer, self.max_seq_length)
+        return self._spec
+
+    def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed pre-tokenised documents (ids from :attr:`token_spec` ``.model_input``) in one forward pass."""
+        import torch
+
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        features = _packed(batch) if self.unpadded else _padded(batch, self.token_spec)
+        features = {k: v.to(self._device, non_blocking=True) if torch.is_tensor(v) else v for k, v in features.items()}
+        with torch.inference_mode():
+            out = self._model(features)["sentence_embedding"]
+        return truncate_dim(out.float().cpu().numpy(), self._dim)
 
     @property
     def dim(self) -> int:
@@ -184,14 +241,17 @@ class SentenceTransformerEmbedder:
     def _encode(self, texts: Sequence[str], prompt: str) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts),
-            prompt=prompt,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        import torch
+
+        with torch.inference_mode():
+            vectors = self._model.encode(
+                list(texts),
+                prompt=prompt,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return truncate_dim(np.asarray(vectors, dtype=np.float32), self._dim)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
@@ -218,3 +278,41 @@ class SentenceTransformerEmbedder:
             "max_seq_length": self.max_seq_length,
             "truncate_dim": self._dim,
         }
+
+
+def _padded(batch: Sequence[Sequence[int]], spec: TokenSpec) -> dict[str, Any]:
+    """``input_ids``/``attention_mask`` padded on the tokenizer's side (Qwen3: left)."""
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = np.full((len(batch), width), spec.pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, ids in enumerate(batch):
+        span = slice(width - len(ids), width) if spec.pad_left else slice(0, len(ids))
+        input_ids[row, span] = ids
+        mask[row, span] = 1
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+
+
+def _packed(batch: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The batch as one unpadded sequence with per-sequence positions and boundaries (varlen attention).
+
+    Transformers' attention reads the boundaries from ``position_ids`` (restarting at 0) or the
+    ``cu_seq_lens_*`` arguments; sentence-transformers' pooling reads ``cu_seq_lens_q``.
+    """
+    import torch
+
+    lengths = np.fromiter((len(ids) for ids in batch), dtype=np.int64, count=len(batch))
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    input_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in batch])
+    positions = np.arange(bounds[-1], dtype=np.int64) - np.repeat(bounds[:-1], lengths)
+    cu = torch.from_numpy(bounds.astype(np.int32))
+    longest = int(lengths.max())
+    return {
+        "input_ids": torch.from_numpy(input_ids)[None],
+        "position_ids": torch.from_numpy(positions)[None],
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }

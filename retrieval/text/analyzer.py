@@ -73,6 +73,8 @@ class Analyzer:
     ) -> None:
         import jieba
 
+        stopwords = None if stopwords is None else frozenset(stopwords)
+        self._args = (stopwords, tuple(user_dicts), bundled_dicts, search_mode, bigrams, synonyms)
         jieba.setLogLevel(logging.WARNING)
         self._tokenizer = jieba.Tokenizer()
         self._lock = threading.Lock()
@@ -82,11 +84,19 @@ class Analyzer:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"user dictionary not found: {path}")
             self._tokenizer.load_userdict(str(path))
-        self.stopwords = load_stopwords() if stopwords is None else frozenset(stopwords)
+        self.stopwords = load_stopwords() if stopwords is None else stopwords
         self.search_mode = search_mode
         self.bigrams = bigrams
         self.synonyms = load_synonyms() if synonyms is None else synonyms
         self.user_dicts = [str(p) for p in user_dicts]
+
+    def __reduce__(self) -> tuple[type[Analyzer], tuple[object, ...]]:
+        """Pickled as its arguments: a worker process rebuilds the same analyzer (jieba state is not shared)."""
+        return (Analyzer, self._args)
+
+    def warm_up(self) -> None:
+        """Load jieba's dictionaries now (before forking workers, so they inherit them)."""
+        self("预热")
 
     def prepare(self, text: str) -> str:
         """Normalise and convert to Simplified: what is tokenised."""

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.document import LoadError
+from ingest.document import BadRecord, Document, LoadError
 from ingest.loaders import discover, load_file
+from ingest.loaders.jsonl import jsonl_parts
 
 STATUTE = "# 中华人民共和国测试法\n\n<!-- INFO END -->\n\n## 第一章 总则\n\n第一条 为了测试，制定本法。\n"
 
@@ -96,14 +97,27 @@ def test_jsonl_records_and_metadata(five_docs_jsonl: Path) -> None:
     assert docs[1].metadata == {"law": "民法典"} and docs[1].title == "医疗损害"
 
 
-def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
+def test_jsonl_bad_records_are_named_and_the_rest_is_read(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"id": 1, "text": "好"}) + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(LoadError, match=r"bad.jsonl:2"):
-        list(load_file(path, "bad.jsonl"))
-    path.write_text(json.dumps({"text": "没有id"}) + "\n", encoding="utf-8")
-    with pytest.raises(LoadError, match=r"bad.jsonl:1.*id"):
-        list(load_file(path, "bad.jsonl"))
+    lines = [{"id": 1, "text": "好"}, "{not json", {"text": "没有id"}, [1, 2], {"id": "x", "text": "医师的义务"}]
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in lines) + "\n")
+    items = list(load_file(path, "bad.jsonl"))
+    assert [d.id for d in items if isinstance(d, Document)] == ["1", "x"]
+    reasons = [b.reason for b in items if isinstance(b, BadRecord)]
+    assert len(reasons) == 3 and "bad.jsonl:2: invalid JSON" in reasons[0]
+    assert "bad.jsonl:3" in reasons[1] and '"id"' in reasons[1] and "bad.jsonl:4: expected a JSON object" in reasons[2]
+
+
+def test_jsonl_parts_cover_every_line_once(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    records = [{"id": f"r{i}", "text": "患者在诊疗活动中受到损害" * (i % 7 + 1)} for i in range(500)]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    parts = jsonl_parts(path, target_bytes=3000)
+    assert len(parts) > 10 and parts[0].start == 0 and parts[-1].end == path.stat().st_size
+    docs = [d for part in parts for d in load_file(path, "big.jsonl", part)]
+    assert [d.id for d in docs] == [r["id"] for r in records]
+    assert [d.source for d in docs] == [f"{path}#{i}" for i in range(1, 501)]
+    assert jsonl_parts(path, target_bytes=10**9) == [None]
 
 
 def test_discover(tmp_path: Path) -> None:

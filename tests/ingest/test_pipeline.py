@@ -59,10 +59,10 @@ def test_crash_during_embedding_keeps_serving_index(tmp_path: Path, tiny_embedde
     ingest([SAMPLE_STATUTES / "医师法.md"], index, tiny_embedder, analyzer, progress=False)
     before = (index / "CURRENT").read_text()
 
-    def boom(texts):
+    def boom(batch):
         raise RuntimeError("GPU fell off")
 
-    monkeypatch.setattr(tiny_embedder, "embed_documents", boom)
+    monkeypatch.setattr(tiny_embedder, "embed_token_ids", boom)
     with pytest.raises(RuntimeError, match="GPU"):
         ingest([SAMPLE_STATUTES / "药品管理法.md"], index, tiny_embedder, analyzer, progress=False)
     assert (index / "CURRENT").read_text() == before

@@ -1,0 +1,218 @@
+"""The CPU stages of ingest, per file: load -> normalise -> hash -> chunk -> tokenise (model ids and BM25 terms).
+
+:func:`prepare` is a pure function of its task and a :class:`StageContext`, so it runs the same in the
+main process (``--workers 1``) or in worker processes; :func:`prepared_in_order` runs it over many files
+with a bounded look-ahead and yields the results in input order, which keeps indexes byte-identical
+whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ingest.chunkers import ChunkSettings, chunk_document
+from ingest.document import BadRecord, Document, LoadError
+from ingest.loaders import FilePart, load_file
+from retrieval.bm25 import ChunkTerms
+from retrieval.embedders.tokens import TokenSpec
+from retrieval.text import Analyzer, normalize_text
+from retrieval.types import Chunk
+
+__all__ = [
+    "StageContext",
+    "FileTask",
+    "PreparedDoc",
+    "PreparedFile",
+    "prepare",
+    "prepared_in_order",
+    "default_workers",
+    "content_hash",
+]
+
+LOOKAHEAD_PER_WORKER = 8
+"""Files (or JSONL parts) each worker may run ahead of the consumer: bounds memory, keeps workers busy."""
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What every file's preparation needs (pickled once per worker).
+
+    Attributes:
+        settings: Chunker settings.
+        analyzer: BM25 analyzer (pickles as its arguments; a worker rebuilds it).
+        spec: The model's tokenizer: chunk sizes are measured in its ids, and those ids are fed to the
+            model. ``None`` for remote embedders (sizes in characters, the server tokenises).
+        known: Content hash per document id of the live index (unchanged documents are not chunked).
+        count: Length function when there is no ``spec`` (e.g. characters).
+    """
+
+    settings: ChunkSettings
+    analyzer: Analyzer
+    spec: TokenSpec | None
+    known: Mapping[str, str] = field(default_factory=dict)
+    count: Callable[[str], int] = len
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One unit of work: a file (or a part of a large JSONL file) and its document id base."""
+
+    path: Path
+    doc_base: str
+    part: FilePart | None = None
+
+
+@dataclass
+class PreparedDoc:
+    """One document after the CPU stages.
+
+    Attributes:
+        doc: The normalised document (its text is dropped once chunked, to keep results small).
+        digest: Content hash (text, title, metadata, chunk settings).
+        unchanged: The live index holds the same content: nothing else was computed.
+        chunker: Which chunker ran.
+        chunks: The chunks.
+        input_ids: Per chunk, the model's input ids (``None`` without a local tokenizer).
+        terms: The chunks' BM25 terms, counted.
+    """
+
+    doc: Document
+    digest: str
+    unchanged: bool = False
+    chunker: str = ""
+    chunks: list[Chunk] = field(default_factory=list)
+    input_ids: list[np.ndarray] | None = None
+    terms: ChunkTerms | None = None
+
+
+@dataclass
+class PreparedFile:
+    """A task's result: its documents, the records it had to skip, or the reason it could not be read."""
+
+    task: FileTask
+    docs: list[PreparedDoc] = field(default_factory=list)
+    bad_records: list[BadRecord] = field(default_factory=list)
+    error: str | None = None
+
+
+def content_hash(doc: Document, settings: ChunkSettings) -> str:
+    """Hash of what determines a document's chunks: re-ingesting the same content is a no-op."""
+    payload = json.dumps([doc.text, doc.title, doc.metadata, settings.to_dict()], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
+class _TokenMemo:
+    """Chunk-size measurement that remembers the ids, so each final chunk text is tokenised once."""
+
+    def __init__(self, spec: TokenSpec) -> None:
+        self.spec = spec
+        self.memo: dict[str, list[int]] = {}
+
+    def __call__(self, text: str) -> int:
+        return len(self.ids(text))
+
+    def ids(self, text: str) -> list[int]:
+        ids = self.memo.get(text)
+        if ids is None:
+            ids = self.memo[text] = self.spec.encode(text)
+        return ids
+
+
+def _prepare_doc(doc: Document, context: StageContext) -> PreparedDoc:
+    doc = dataclasses.replace(doc, text=normalize_text(doc.text), title=normalize_text(doc.title))
+    digest = content_hash(doc, context.settings)
+    if context.known.get(doc.id) == digest:
+        return PreparedDoc(dataclasses.replace(doc, text=""), digest, unchanged=True)
+    memo = _TokenMemo(context.spec) if context.spec is not None else None
+    name, chunks = chunk_document(doc, context.settings, memo or context.count)
+    input_ids = None
+    if memo is not None:
+        spec = memo.spec
+        input_ids = [np.asarray(spec.model_input(memo.ids(c.embed_text)), dtype=np.int32) for c in chunks]
+    terms = ChunkTerms.count([context.analyzer(c.embed_text) for c in chunks])
+    return PreparedDoc(dataclasses.replace(doc, text=""), digest, False, name, chunks, input_ids, terms)
+
+
+def prepare(task: FileTask, context: StageContext) -> PreparedFile:
+    """Load, normalise, hash, chunk and tokenise one file (or JSONL part); never raises for bad input."""
+    result = PreparedFile(task)
+    try:
+        for item in load_file(task.path, task.doc_base, task.part):
+            if isinstance(item, BadRecord):
+                result.bad_records.append(item)
+            else:
+                result.docs.append(_prepare_doc(item, context))
+    except LoadError as exc:
+        result.docs, result.error = [], str(exc).removeprefix(f"{task.path}: ")
+    return result
+
+
+_CONTEXT: StageContext | None = None
+
+
+def _init_worker(context: StageContext) -> None:
+    global _CONTEXT
+    _CONTEXT = context
+
+
+def _prepare_in_worker(task: FileTask) -> PreparedFile:
+    assert _CONTEXT is not None, "worker not initialised"
+    return prepare(task, _CONTEXT)
+
+
+def _start_method() -> str:
+    # fork starts in milliseconds and inherits jieba's loaded dictionaries; workers never touch torch.
+    # Elsewhere (macOS, Windows) spawn is the safe choice.
+    return "fork" if sys.platform == "linux" else "spawn"
+
+
+def prepared_in_order(tasks: Iterable[FileTask], context: StageContext, workers: int = 1) -> Iterator[PreparedFile]:
+    """:func:`prepare` over ``tasks``, yielded in input order.
+
+    ``workers <= 1`` runs in this process. More workers run as processes with a bounded look-ahead
+    (``LOOKAHEAD_PER_WORKER`` tasks each), so a slow consumer (the model) holds back the producers
+    instead of letting results pile up in memory.
+    """
+    if workers <= 1:
+        for task in tasks:
+            yield prepare(task, context)
+        return
+    context.analyzer.warm_up()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked children: no Rust thread pools
+    mp = multiprocessing.get_context(_start_method())
+    pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker, initargs=(context,))
+    pending: deque[Future[PreparedFile]] = deque()
+    todo = iter(tasks)
+    try:
+        for task in todo:
+            pending.append(pool.submit(_prepare_in_worker, task))
+            if len(pending) >= workers * LOOKAHEAD_PER_WORKER:
+                break
+        while pending:
+            result = pending.popleft().result()
+            task = next(todo, None)
+            if task is not None:
+                pending.append(pool.submit(_prepare_in_worker, task))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
