@@ -12,6 +12,7 @@ from typing import Any
 from app import __version__
 from app.settings import MAX_TOP_K, Settings
 from retrieval.dialogue import DIALOGUE_MODES
+from retrieval.stores.faiss import FAISS_INDEX_TYPES
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_SKIPPED"]
 
@@ -89,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-overlap", type=int, default=None, help="Token overlap of generic chunks (default 64)")
     p.add_argument("--chunker", choices=["auto", "statute", "section", "generic"], default="auto")
     p.add_argument("--store", choices=["faiss", "numpy", "milvus"], default="faiss", help="Vector store of a new index")
+    p.add_argument(
+        "--index-type",
+        choices=list(FAISS_INDEX_TYPES),
+        default=None,
+        help="FAISS layout of a new index (auto: exact below 200k chunks, HNSW above)",
+    )
+    p.add_argument("--workers", type=int, help="Processes for loading, chunking and tokenising (default: the cores)")
+    p.add_argument("--devices", help="One model replica per device, e.g. cuda:0,cuda:1")
+    p.add_argument("--max-batch-tokens", type=int, help="Padded tokens per embedding batch (default by device)")
     p.add_argument("--milvus-uri", default=None, help="Milvus server or Milvus Lite file (with --store milvus)")
     p.add_argument("--user-dict", type=Path, action="append", default=[], help="Extra jieba dictionary for BM25")
     p.add_argument("--prune", action="store_true", help="Remove indexed documents not found under PATH... any more")
@@ -181,10 +191,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """``zhrag ingest``."""
     from app.services import build_analyzer, build_embedder
     from ingest.chunkers import ChunkSettings
-    from ingest.pipeline import ingest
+    from ingest.pipeline import IngestOptions, ingest
+    from ingest.stages import default_workers
     from retrieval.index import read_manifest
 
-    settings = _settings(args, **_embedder_settings(args), user_dicts=args.user_dict or None)
+    settings = _settings(
+        args,
+        **_embedder_settings(args),
+        user_dicts=args.user_dict or None,
+        workers=args.workers,
+        devices=args.devices,
+        max_batch_tokens=args.max_batch_tokens,
+    )
     try:
         manifest = read_manifest(settings.index)
     except Exception:  # noqa: BLE001 - a new index
@@ -207,9 +225,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         embedder,
         analyzer,
         chunk,
-        store={"backend": args.store},
+        store=_store_options(args, settings.index),
         progress=not (args.quiet or args.json),
         prune=args.prune,
+        options=IngestOptions(
+            workers=settings.workers or default_workers(),
+            devices=settings.devices or None,
+            max_batch_tokens=settings.max_batch_tokens,
+        ),
     )
     if args.json:
         print(json.dumps(summary.to_dict(), ensure_ascii=False))
@@ -218,7 +241,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             f"indexed {summary.documents_indexed} documents ({summary.documents_unchanged} unchanged, "
             f"{summary.documents_removed} removed) into "
             f"{summary.chunks} chunks, {summary.tokens} tokens, in {summary.seconds}s "
-            f"({summary.chunks_per_second} chunks/s); index {summary.index} now holds {summary.total_chunks} "
+            f"({summary.chunks_per_second} chunks/s, {summary.tokens_per_second:.0f} tokens/s; embedding "
+            f"{summary.embed_tokens_per_second:.0f} tokens/s, {summary.padding_ratio:.1%} padding; "
+            f"{summary.workers} workers); index {summary.index} now holds {summary.total_chunks} "
             f"chunks of {summary.total_documents} documents [{summary.version}]",
             file=sys.stderr,
         )
@@ -228,6 +253,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _store_options(args: argparse.Namespace, index: Path) -> dict[str, Any]:
+    if args.store == "faiss":
+        return {"backend": "faiss", "kind": args.index_type or "auto"}
+    if args.index_type:
+        raise CliError(f"--index-type applies to the faiss store, not {args.store}")
     if args.store != "milvus":
         return {"backend": args.store}
     uri = args.milvus_uri or str((index / "milvus.db").resolve())

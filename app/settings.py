@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retrieval.embedders.sentence_transformers import (
     DEFAULT_BATCH_SIZE,
@@ -48,6 +49,18 @@ class Settings(BaseSettings):
     embed_timeout: float = 60.0
     embed_retries: int = 3
     embed_cache: Path | None = Field(None, description="SQLite embedding cache shared across runs")
+    # Ingest throughput (none of these change the index written)
+    workers: int | None = Field(None, description="Processes for ingest's CPU stages (default: the cores)")
+    devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="One model replica per device: cuda:0,cuda:1 or a JSON list"
+    )
+    max_batch_tokens: int | None = Field(None, description="Padded tokens per embedding batch (default by device)")
+    # Serving throughput
+    microbatch: bool = Field(True, description="Embed concurrent requests' queries together in one forward pass")
+    microbatch_wait_ms: float = Field(2.0, description="Longest a query waits for others to join its batch")
+    microbatch_size: int = Field(64, description="Most texts in one micro-batch")
+    query_cache_size: int = Field(4096, description="Query vectors kept in an LRU cache (0: off)")
+    torch_threads: int | None = Field(None, description="CPU threads for the model (default: the cores)")
     # Lexical leg
     user_dicts: list[Path] = Field(default_factory=list, description="Extra jieba user dictionaries")
     # Search
@@ -75,3 +88,12 @@ class Settings(BaseSettings):
         description="Extra Dify knowledge_id values accepted (the index dir name always is)",
     )
     load_model: bool = Field(True, description="Load the embedding model at start-up (False: bm25 only)")
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _split_devices(cls, value: Any) -> Any:
+        """``cuda:0,cuda:1`` or ``["cuda:0", "cuda:1"]``."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [d.strip() for d in text.split(",") if d.strip()]
+        return value

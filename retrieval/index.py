@@ -300,6 +300,9 @@ class IndexWriter:
         if len(self._bm25):
             self._bm25.build().save(self.staging / BM25_DIR)
         self.store.save(self.staging)
+        describe = getattr(self.store, "describe", None)
+        if describe is not None:  # e.g. the FAISS layout ``auto`` resolved to
+            self.manifest["store"] = describe()
         self.manifest.update(extra or {})
         self.manifest["updated_at"] = _now()
         self._counts = (self.docs.count_documents(), self.docs.count())

@@ -92,3 +92,35 @@ def test_unknown_backend_and_missing_extra() -> None:
     if not HAVE_MILVUS:
         with pytest.raises(StoreError, match="pip install"):
             create_store("milvus", DIM)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_faiss_layouts_search_filter_and_survive_updates(kind: str, tmp_path: Path) -> None:
+    """Every FAISS layout finds each vector itself, filters inside the search, and can be changed after loading."""
+    rng = np.random.default_rng(1)
+    vectors = normalize_rows(rng.normal(size=(600, DIM)))
+    ids = np.arange(1000, 1600, dtype=np.int64)
+    store = create_store("faiss", DIM, kind=kind, nlist=8, pq_m=4, nprobe=8, refine=8)
+    store.add(ids, vectors)
+    store.save(tmp_path / "v1")
+    assert store.describe()["layout"] == kind
+    loaded = load_store("faiss", tmp_path / "v1", DIM, **{k: v for k, v in store.describe().items() if k != "backend"})
+    scores, found = loaded.search(vectors[:20], k=3)
+    assert (found[:, 0] == ids[:20]).mean() >= 0.9
+    allowed = ids[300:310]
+    _, found = loaded.search(vectors[:5], k=3, allowed=allowed)
+    assert np.isin(found[found != MISSING_ID], allowed).all() and (found != MISSING_ID).any()
+    assert loaded.delete(ids[:100]) == 100
+    loaded.add(np.arange(5000, 5010, dtype=np.int64), vectors[:10])
+    loaded.save(tmp_path / "v2")
+    again = load_store("faiss", tmp_path / "v2", DIM, **{k: v for k, v in loaded.describe().items() if k != "backend"})
+    assert again.count() == 510 and again.describe()["layout"] == kind
+    _, found = again.search(vectors[:10], k=1)
+    assert (found[:, 0] == np.arange(5000, 5010)).mean() >= 0.9
+
+
+def test_faiss_auto_is_exact_below_the_threshold(tmp_path: Path, vectors: np.ndarray) -> None:
+    store = create_store("faiss", DIM)
+    store.add(np.arange(50, dtype=np.int64), vectors)
+    store.save(tmp_path)
+    assert store.describe()["kind"] == "auto" and store.describe()["layout"] == "flat"
