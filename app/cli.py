@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reranker", help="Reranker model id or directory")
     p.add_argument("--api-key", help="Bearer key for /retrieval (Dify)")
     p.add_argument("--no-model", action="store_true", help="Serve BM25 only, without loading the model")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
     p = sub.add_parser("eval", help="Score an index on queries or dialogues with qrels")
     p.add_argument("--index", required=True, type=Path)
@@ -152,13 +153,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="Print metrics as one JSON object")
     p.add_argument("--markdown", metavar="LABEL", help="Print one Markdown table row labelled LABEL (README tables)")
 
-    p = sub.add_parser("bench", help="Query latency per mode (JSON), BM25 as the same-run baseline")
-    p.add_argument("--index", required=True, type=Path)
+    p = sub.add_parser(
+        "bench",
+        help="Performance suite (JSON): query latency per mode, --ingest throughput, --http load, --ann layouts",
+    )
+    p.add_argument("--index", type=Path, help="Index to time searches on (default run and --http)")
     p.add_argument("--queries", type=Path, help="BEIR queries JSONL or a text file with one question per line")
     p.add_argument("--limit", type=int, default=200, help="At most this many queries")
     p.add_argument("--modes", default="bm25,dense,hybrid", help="Comma-separated modes")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--embed-cache", type=Path)
+    g = p.add_argument_group("ingest throughput (--ingest PATH...)")
+    g.add_argument("--ingest", type=Path, nargs="+", metavar="PATH", help="Ingest these into throwaway indexes")
+    g.add_argument("--model", help="Embedding model of the ingest runs (default Qwen/Qwen3-Embedding-0.6B)")
+    g.add_argument("--workers", type=int, help="Workers of the floor and model runs (default: the cores)")
+    g.add_argument("--devices", help="Devices of the model run, e.g. cuda:0,cuda:1")
+    g.add_argument("--max-batch-tokens", type=int, help="Batch budget of the model run")
+    g.add_argument("--floor-only", action="store_true", help="Only the zero-cost-embedder runs (no model time)")
+    g.add_argument(
+        "--encode-baseline", help="Also time plain SentenceTransformer.encode at these batch sizes, e.g. 32,256"
+    )
+    g = p.add_argument_group("HTTP load (--http)")
+    g.add_argument("--http", action="store_true", help="Serve --index and load /search, micro-batching on and off")
+    g.add_argument("--concurrency", default="1,8,32,64", help="Requests in flight per level")
+    g.add_argument("--requests", type=int, default=256, help="Requests per level (at least 4 x concurrency)")
+    g.add_argument("--http-mode", choices=["hybrid", "dense", "bm25"], default="hybrid", help="/search mode")
+    g.add_argument("--microbatch", choices=["both", "on", "off"], default="both", help="Which server variants")
+    g = p.add_argument_group("vector index layouts (--ann N)")
+    g.add_argument("--ann", type=int, metavar="N", help="Compare FAISS flat, HNSW and IVF-PQ on N synthetic vectors")
+    g.add_argument("--dim", type=int, default=1024, help="Their dimension")
+    g.add_argument("--ann-data", choices=["mixture", "lowrank"], default="mixture", help="Synthetic distribution")
+    g.add_argument("--ann-queries", type=int, default=500)
+    g.add_argument("--ef-search", type=int, help="HNSW search beam (default 128)")
+    g.add_argument("--nprobe", type=int, help="IVF lists per query (default 32)")
 
     p = sub.add_parser("info", help="Show an index's manifest")
     p.add_argument("--index", required=True, type=Path)
@@ -336,7 +363,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_model=False if args.no_model else None,
     )
     read_manifest(settings.index)  # fail fast with a clear message
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=args.log_level in ("debug", "info"),
+    )
     return EXIT_OK
 
 
@@ -393,19 +426,83 @@ def _bench_queries(path: Path | None) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise CliError(f"{flag} expects comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise CliError(f"{flag} expects positive integers, got {text!r}")
+    return values
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """``zhrag bench``."""
+    if args.ann:
+        result = _bench_ann(args)
+    elif args.ingest:
+        result = _bench_ingest(args)
+    else:
+        if args.index is None:
+            raise CliError("bench needs --index (or --ingest PATH... / --ann N)")
+        queries = _bench_queries(args.queries)[: args.limit]
+        if not queries:
+            raise CliError("no queries to benchmark")
+        result = _bench_http(args, queries) if args.http else _bench_search(args, queries)
+    print(json.dumps(result, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _bench_search(args: argparse.Namespace, queries: list[str]) -> dict[str, Any]:
     from app.bench import run_bench
     from app.services import build_services
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    queries = _bench_queries(args.queries)[: args.limit]
-    if not queries:
-        raise CliError("no queries to benchmark")
     settings = _settings(args, embed_cache=args.embed_cache)
     services = build_services(settings, load_model=any(m != "bm25" for m in modes))
-    print(json.dumps(run_bench(services, queries, modes, args.top_k), ensure_ascii=False))
-    return EXIT_OK
+    return run_bench(services, queries, modes, args.top_k)
+
+
+def _bench_http(args: argparse.Namespace, queries: list[str]) -> dict[str, Any]:
+    from app.bench.http import run_http_bench
+    from retrieval.index import read_manifest
+
+    read_manifest(args.index)  # fail fast with a clear message
+    variants = {"both": (True, False), "on": (True,), "off": (False,)}[args.microbatch]
+    levels = _ints(args.concurrency, "--concurrency")
+    return run_http_bench(args.index, queries, levels, args.requests, args.http_mode, args.top_k, variants)
+
+
+def _bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    from app.bench.ingest import run_ingest_bench
+    from app.services import build_analyzer, build_embedder
+    from ingest.stages import default_workers
+
+    settings = _settings(args, model=args.model, devices=args.devices, max_batch_tokens=args.max_batch_tokens)
+    missing = [str(p) for p in args.ingest if not p.exists()]
+    if missing:
+        raise CliError(f"no such file or directory: {', '.join(missing)}")
+    return run_ingest_bench(
+        args.ingest,
+        build_embedder(settings),
+        build_analyzer(settings),
+        workers=args.workers or settings.workers or default_workers(),
+        devices=settings.devices or None,
+        max_batch_tokens=settings.max_batch_tokens,
+        with_model=not args.floor_only,
+        encode_batches=_ints(args.encode_baseline, "--encode-baseline") if args.encode_baseline else (),
+    )
+
+
+def _bench_ann(args: argparse.Namespace) -> dict[str, Any]:
+    import dataclasses
+
+    from app.bench.ann import run_ann_bench
+    from retrieval.stores.faiss import AnnParams
+
+    overrides = {k: v for k, v in (("ef_search", args.ef_search), ("nprobe", args.nprobe)) if v is not None}
+    params = dataclasses.replace(AnnParams(), **overrides)
+    return run_ann_bench(args.ann, args.dim, args.ann_queries, params=params, data=args.ann_data)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -11,13 +11,22 @@ from app.settings import Settings
 from retrieval.dialogue import DialogueQueryBuilder
 from retrieval.embedders import Embedder, create_embedder
 from retrieval.embedders.cache import CachedEmbedder
+from retrieval.embedders.microbatch import MicroBatcher, QueryCache
 from retrieval.index import Index, check_embedder, read_manifest
 from retrieval.rerankers import create_reranker
 from retrieval.rewriter import LLMQueryRewriter
-from retrieval.searcher import Reranker, Searcher
+from retrieval.searcher import Reranker, Searcher, SearchOptions
 from retrieval.text import Analyzer
 
-__all__ = ["Services", "build_embedder", "embedder_for_index", "build_services", "build_analyzer", "build_dialogue"]
+__all__ = [
+    "Services",
+    "build_embedder",
+    "embedder_for_index",
+    "build_services",
+    "build_analyzer",
+    "build_dialogue",
+    "serving_embedder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,19 @@ class Services:
     searcher: Searcher
     reranker: Reranker | None
     dialogue: DialogueQueryBuilder
+
+    def warm_up(self) -> None:
+        """Run one query through each leg so the first request does not pay for lazy initialisation."""
+        self.searcher.search("预热", SearchOptions(top_k=1, mode="bm25"))
+        if self.embedder is not None:
+            self.embedder.embed_queries(["预热"])
+
+    def close(self) -> None:
+        """Stop the embedding worker and release the index."""
+        close = getattr(self.embedder, "close", None) if self.embedder is not None else None
+        if close is not None:
+            close()
+        self.index.close()
 
 
 def build_analyzer(settings: Settings, manifest: dict[str, Any] | None = None) -> Analyzer:
@@ -122,18 +144,39 @@ def embedder_for_index(manifest: dict[str, Any], settings: Settings, model: str 
     return _wrap_cache(embedder, settings)
 
 
-def build_services(settings: Settings, load_model: bool | None = None, model: str | None = None) -> Services:
+def serving_embedder(embedder: Embedder, settings: Settings) -> Embedder:
+    """The embedder as a server uses it: concurrent queries micro-batched on one model worker
+    (``ZHRAG_MICROBATCH``), recent query vectors cached (``ZHRAG_QUERY_CACHE_SIZE``)."""
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    if settings.microbatch:
+        if hasattr(embedder, "batch_size"):  # one forward pass per micro-batch
+            embedder.batch_size = max(embedder.batch_size, settings.microbatch_size)  # type: ignore[attr-defined]
+        embedder = MicroBatcher(embedder, settings.microbatch_wait_ms, settings.microbatch_size)
+    if settings.query_cache_size > 0:
+        embedder = QueryCache(embedder, settings.query_cache_size)
+    return embedder
+
+
+def build_services(
+    settings: Settings, load_model: bool | None = None, model: str | None = None, serving: bool = False
+) -> Services:
     """Open the index and load what searching it needs.
 
     Args:
         settings: Settings (``settings.index`` is the index directory).
         load_model: Load the embedding model (``False`` serves BM25 only); default from settings.
         model: Explicit model asked for by the user (checked against the manifest).
+        serving: Concurrent use (the API): micro-batch and cache query embeddings.
     """
     manifest = read_manifest(settings.index)
     index = Index(settings.index)
     load = settings.load_model if load_model is None else load_model
     embedder = embedder_for_index(manifest, settings, model) if load else None
+    if embedder is not None and serving:
+        embedder = serving_embedder(embedder, settings)
     reranker = create_reranker(settings.reranker, settings.reranker_type) if settings.reranker else None
     analyzer = build_analyzer(settings, manifest)
     weights = {"dense": settings.weight_dense, "bm25": settings.weight_bm25}

@@ -39,7 +39,10 @@ SHARD_CHUNKS = 8192
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """How an ingest run uses the machine (none of it changes the index it writes).
+    """How an ingest run uses the machine.
+
+    Workers and devices never change the index written (byte for byte). The batch budget and the
+    shard size decide which chunks share a forward pass, which can move vectors by float rounding.
 
     Attributes:
         workers: Processes for the CPU stages; 1 runs them in this process.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from retrieval.embedders import Embedder
+from retrieval.embedders.microbatch import submit_queries
 from retrieval.fusion import RRF_K, reciprocal_rank_fusion
 from retrieval.index import Index
 from retrieval.stores import MISSING_ID
@@ -155,10 +157,13 @@ class Searcher:
         return self.rrf_k if options.rrf_k is None else options.rrf_k
 
     # -- legs ------------------------------------------------------------------------------------
-    def _dense(self, queries: Sequence[str], pool: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
+    def _embed_queries(self, queries: Sequence[str]) -> Future[np.ndarray]:
+        """Start embedding the queries (a batching embedder queues them; the BM25 leg runs meanwhile)."""
         if self.embedder is None:
             raise SearchError("dense retrieval needs an embedding model; use mode 'bm25' or load the model")
-        vectors = self.embedder.embed_queries(list(queries))
+        return submit_queries(self.embedder, list(queries))
+
+    def _dense(self, vectors: np.ndarray, pool: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
         scores, ids = self.index.store.search(vectors, pool, allowed)
         return [
             [(int(i), float(s)) for s, i in zip(row_s, row_i, strict=True) if i != MISSING_ID]
@@ -186,16 +191,19 @@ class Searcher:
     ) -> tuple[list[tuple[int, float]], dict[str, dict[int, tuple[int, float]]]]:
         """Fused (row id, score) ranking for one or more queries, and each leg's (rank, score) per row id."""
         pool = max(options.candidates or self.candidates, options.top_k)
-        legs: dict[str, list[tuple[int, float]]] = {}
-        if options.mode in ("hybrid", "dense"):
-            for i, ranked in enumerate(self._dense(queries, pool, allowed)):
-                legs[_leg_name(DENSE, i)] = ranked
+        vectors = self._embed_queries(queries) if options.mode in ("hybrid", "dense") else None
+        lexical_legs: dict[str, list[tuple[int, float]]] = {}
         if options.mode in ("hybrid", "bm25"):
             lexical = list(options.lexical or [])
             for i, query in enumerate(queries):
                 parts = lexical[i] if i < len(lexical) else None
                 if parts is None or len(parts):
-                    legs[_leg_name(BM25, i)] = self._bm25(query, parts, pool, allowed)
+                    lexical_legs[_leg_name(BM25, i)] = self._bm25(query, parts, pool, allowed)
+        legs: dict[str, list[tuple[int, float]]] = {}
+        if vectors is not None:
+            for i, ranked in enumerate(self._dense(vectors.result(), pool, allowed)):
+                legs[_leg_name(DENSE, i)] = ranked
+        legs.update(lexical_legs)
         detail = {leg: {rid: (rank, s) for rank, (rid, s) in enumerate(items, 1)} for leg, items in legs.items()}
         if len(legs) == 1:
             return next(iter(legs.values())), detail

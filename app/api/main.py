@@ -49,14 +49,16 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         app.state.load_error = None
         if load:
             try:
-                app.state.services = build_services(settings)
+                services = build_services(settings, serving=True)
+                services.warm_up()
+                app.state.services = services
                 log.info("serving index %s", settings.index)
             except Exception as exc:  # noqa: BLE001 - reported by /ready instead of crashing the server
                 app.state.load_error = f"{type(exc).__name__}: {exc}"
                 log.error("could not load the index %s: %s", settings.index, exc)
         yield
         if app.state.services is not None:
-            app.state.services.index.close()
+            app.state.services.close()
 
     app = FastAPI(
         title="zhrag",

@@ -30,8 +30,10 @@ class FilePart:
     first_line: int
 
 
-def jsonl_parts(path: Path, target_bytes: int = JSONL_PART_BYTES) -> list[FilePart | None]:
-    """Split a JSONL file at line boundaries into parts of about ``target_bytes`` (``[None]``: read it whole)."""
+def jsonl_parts(path: Path, target_bytes: int | None = None) -> list[FilePart | None]:
+    """Split a JSONL file at line boundaries into parts of about ``target_bytes`` (default
+    ``JSONL_PART_BYTES``); ``[None]`` means: read it whole."""
+    target_bytes = target_bytes or JSONL_PART_BYTES
     size = path.stat().st_size
     if size <= target_bytes:
         return [None]

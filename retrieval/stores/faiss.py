@@ -46,7 +46,7 @@ class AnnParams:
     nlist: int = 0
     pq_m: int = 0
     nprobe: int = 32
-    refine: int = 4
+    refine: int = 16
 
 
 class FaissStore:

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from app.api import create_app
 from app.services import Services
 from app.settings import Settings
+from retrieval.searcher import SearchOptions
 
 LAW = "中华人民共和国医师法"
 
@@ -136,3 +137,31 @@ def test_concurrent_searches(client: TestClient) -> None:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert set(pool.map(run, queries)) == {200}
+
+
+def test_served_app_microbatches_concurrent_searches(sample_index: Path) -> None:
+    """The real lifespan (micro-batcher + query cache, warm-up) answers concurrent requests exactly as a
+    plain searcher does, and its embedding worker really batched them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.services import build_services
+    from retrieval.embedders.microbatch import MicroBatcher, QueryCache
+
+    queries = ["医师的义务", "假药", "患者隐私", "传染病疫情报告", "医疗损害责任", "药品广告", "执业注册"] * 6
+    plain = build_services(Settings(index=sample_index))
+    expected = {q: [h.chunk.id for h in plain.searcher.search(q, SearchOptions(top_k=5)).hits] for q in set(queries)}
+    with TestClient(create_app(Settings(index=sample_index, microbatch_wait_ms=5))) as served:
+        services = served.app.state.services
+        assert isinstance(services.embedder, QueryCache) and isinstance(services.embedder.inner, MicroBatcher)
+
+        def ids(q: str) -> list[str]:
+            response = served.post("/search", json={"query": q, "top_k": 5, "mode": "hybrid"})
+            assert response.status_code == 200
+            return [r["id"] for r in response.json()["results"]]
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            got = list(pool.map(ids, queries))
+        batches = services.embedder.inner.batch_sizes
+    assert got == [expected[q] for q in queries]
+    assert max(batches) > 1  # concurrent queries shared forward passes
+    assert not services.embedder.inner._thread.is_alive()  # the lifespan stopped the worker

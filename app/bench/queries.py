@@ -1,13 +1,13 @@
-"""``zhrag bench``: query latency per retrieval mode on one index, with BM25 as the same-run baseline."""
+"""``zhrag bench --index``: query latency per retrieval mode on one index, with BM25 as the same-run baseline."""
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from app.bench.machine import machine_info, peak_rss_mb, percentile
 from app.services import Services
 from retrieval.searcher import SearchOptions
 
@@ -15,13 +15,7 @@ __all__ = ["run_bench", "WARMUP_QUERIES", "BASELINE_MODE"]
 
 WARMUP_QUERIES = 3
 BASELINE_MODE = "bm25"
-_PERCENT = 100
 _P95 = 0.95
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run_bench(services: Services, queries: Sequence[str], modes: Sequence[str], top_k: int = 10) -> dict[str, Any]:
@@ -44,8 +38,8 @@ def run_bench(services: Services, queries: Sequence[str], modes: Sequence[str], 
         results[mode] = {
             "queries": len(latencies),
             "mean_ms": round(mean, 2),
-            "p50_ms": round(_percentile(latencies, 0.5), 2),
-            "p95_ms": round(_percentile(latencies, _P95), 2),
+            "p50_ms": round(percentile(latencies, 0.5), 2),
+            "p95_ms": round(percentile(latencies, _P95), 2),
             "qps": round(1000 / mean, 1) if mean else None,
         }
     if BASELINE_MODE in results:
@@ -59,5 +53,6 @@ def run_bench(services: Services, queries: Sequence[str], modes: Sequence[str], 
         "chunks": manifest.get("counts", {}).get("chunks", 0),
         "top_k": top_k,
         "modes": results,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
+        "machine": machine_info(),
     }

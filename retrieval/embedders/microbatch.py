@@ -1,0 +1,278 @@
+"""Serving-side embedding: a micro-batcher that owns the model, and an LRU cache of query vectors.
+
+Concurrent requests each want one or two short query vectors. Run one by one (or all at once on a
+thread pool) they leave the accelerator idle or fight over the CPU; :class:`MicroBatcher` queues them,
+waits at most a few milliseconds for company, and embeds them in one forward pass on its single worker
+thread. Callers that have other work (the BM25 leg) take a future with :meth:`MicroBatcher.submit_queries`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from retrieval.embedders.base import Embedder, EmbedderError
+
+__all__ = ["MicroBatcher", "QueryCache", "Side", "DEFAULT_MAX_WAIT_MS", "DEFAULT_MAX_BATCH", "submit_queries"]
+
+log = logging.getLogger(__name__)
+
+Side = Literal["query", "document"]
+DEFAULT_MAX_WAIT_MS = 2.0
+DEFAULT_MAX_BATCH = 64
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    side: Side
+    future: Future[np.ndarray] = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+    """Embed texts from many threads in shared forward passes on one worker thread.
+
+    Requests that queue while a forward pass runs form the next batch. Under concurrent load (the last
+    batch served several requests) the worker also waits up to ``max_wait_ms`` for more; a lone
+    caller never waits.
+
+    Args:
+        inner: The embedder (the worker thread is its only caller).
+        max_wait_ms: Longest the first request of a batch waits for others to join.
+        max_batch: Most texts in one forward pass (a larger request still runs whole, alone).
+    """
+
+    def __init__(
+        self, inner: Embedder, max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.max_wait_s = max(0.0, max_wait_ms / 1000)
+        self.max_batch = max(1, max_batch)
+        self.batch_sizes: list[int] = []
+        """Texts per forward pass, most recent last (bounded; for metrics and tests)."""
+        self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._under_load = False
+        self._thread = threading.Thread(target=self._loop, name="zhrag-microbatch", daemon=True)
+        self._thread.start()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def dim(self) -> int:
+        """The inner embedder's dimension."""
+        return self.inner.dim
+
+    def describe(self) -> dict[str, Any]:
+        """The inner embedder's manifest entry."""
+        return self.inner.describe()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Delegated (tokenising needs no model)."""
+        return self.inner.count_tokens(texts)
+
+    # -- submitting ------------------------------------------------------------------------------
+    def submit(self, texts: Sequence[str], side: Side) -> Future[np.ndarray]:
+        """Queue texts; the future holds their vectors (or the error embedding them raised)."""
+        request = _Request(list(texts), side)
+        if not request.texts:
+            request.future.set_result(np.zeros((0, self.dim), dtype=np.float32))
+            return request.future
+        if self._closed.is_set():
+            raise EmbedderError("the embedding worker has stopped")
+        self._queue.put(request)
+        return request.future
+
+    def submit_queries(self, texts: Sequence[str]) -> Future[np.ndarray]:
+        """Queue queries (with the query instruction)."""
+        return self.submit(texts, "query")
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors, computed in a shared batch."""
+        return self.submit(texts, "query").result()
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Document vectors, computed in a shared batch."""
+        return self.submit(texts, "document").result()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Finish what is queued, then stop the worker; later submissions raise."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    # -- the worker ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch: list[_Request] = [first]  # type: ignore[list-item]
+            size = len(batch[0].texts)
+            deadline = time.monotonic() + (self.max_wait_s if self._under_load else 0.0)
+            while size < self.max_batch:
+                try:
+                    wait = deadline - time.monotonic()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+                size += len(item.texts)  # type: ignore[union-attr]
+            self._under_load = len(batch) > 1
+            self._run(batch)
+        self._fail_leftovers()
+
+    def _run(self, batch: list[_Request]) -> None:
+        for side in ("query", "document"):
+            requests = [r for r in batch if r.side == side and r.future.set_running_or_notify_cancel()]
+            if not requests:
+                continue
+            texts = list(dict.fromkeys(t for r in requests for t in r.texts))  # a repeated text runs once
+            try:
+                vectors = self._embed(texts, side)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - retried alone so one bad request fails only itself
+                for r in requests:
+                    self._run_alone(r)
+                continue
+            self._record(len(texts))
+            row = {t: i for i, t in enumerate(texts)}
+            for r in requests:
+                r.future.set_result(vectors[[row[t] for t in r.texts]])
+
+    def _run_alone(self, request: _Request) -> None:
+        try:
+            vectors = self._embed(request.texts, request.side)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            request.future.set_exception(exc)
+        else:
+            self._record(len(request.texts))
+            request.future.set_result(vectors)
+
+    def _embed(self, texts: list[str], side: Side) -> np.ndarray:
+        return self.inner.embed_queries(texts) if side == "query" else self.inner.embed_documents(texts)
+
+    def _record(self, size: int) -> None:
+        self.batch_sizes.append(size)
+        if len(self.batch_sizes) > 4096:
+            del self.batch_sizes[:2048]
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Request) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(EmbedderError("the embedding worker has stopped"))
+
+
+class QueryCache:
+    """An LRU cache of query vectors in front of an embedder (chatbots repeat questions).
+
+    Args:
+        inner: The embedder (or a :class:`MicroBatcher`).
+        size: Most vectors kept.
+    """
+
+    def __init__(self, inner: Embedder, size: int) -> None:
+        from cachetools import LRUCache
+
+        self.inner = inner
+        self.name = inner.name
+        self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(1, size))
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def dim(self) -> int:
+        """The inner embedder's dimension."""
+        return self.inner.dim
+
+    def describe(self) -> dict[str, Any]:
+        """The inner embedder's manifest entry."""
+        return self.inner.describe()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Delegated."""
+        return self.inner.count_tokens(texts)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Not cached (documents are embedded once, at ingest)."""
+        return self.inner.embed_documents(texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Cached query vectors."""
+        return self.submit_queries(texts).result()
+
+    def submit_queries(self, texts: Sequence[str]) -> Future[np.ndarray]:
+        """Cached vectors at once; the others from the inner embedder (batched if it batches)."""
+        texts = list(texts)
+        with self._lock:
+            found = {t: v for t in texts if (v := self._cache.get(t)) is not None}
+            self.hits += sum(t in found for t in texts)
+            self.misses += sum(t not in found for t in texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        done: Future[np.ndarray] = Future()
+
+        def finish(vectors: np.ndarray | None) -> None:
+            if vectors is not None:
+                with self._lock:
+                    for text, vector in zip(missing, vectors, strict=True):
+                        self._cache[text] = vector
+                        found[text] = vector
+            rows = [found[t] for t in texts]
+            done.set_result(np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32))
+
+        if not missing:
+            finish(None)
+            return done
+        pending = submit_queries(self.inner, missing)
+
+        def resolved(f: Future[np.ndarray]) -> None:
+            if f.exception() is not None:
+                done.set_exception(f.exception())  # type: ignore[arg-type]
+            else:
+                finish(f.result())
+
+        pending.add_done_callback(resolved)
+        return done
+
+
+def submit_queries(embedder: Embedder, texts: Sequence[str]) -> Future[np.ndarray]:
+    """A future of query vectors: queued on a batching embedder, computed now on any other."""
+    submit = getattr(embedder, "submit_queries", None)
+    if submit is not None:
+        return submit(texts)
+    future: Future[np.ndarray] = Future()
+    try:
+        future.set_result(embedder.embed_queries(texts))
+    except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
+        future.set_exception(exc)
+    return future
