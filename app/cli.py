@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--encode-baseline", help="Also time plain SentenceTransformer.encode at these batch sizes, e.g. 32,256"
     )
+    g.add_argument("--store", choices=["faiss", "numpy"], default="faiss", help="Vector store of the ingest runs")
+    g.add_argument("--keep-index", type=Path, help="Keep the model run's index here (e.g. to bench searching it)")
     g = p.add_argument_group("HTTP load (--http)")
     g.add_argument("--http", action="store_true", help="Serve --index and load /search, micro-batching on and off")
     g.add_argument("--concurrency", default="1,8,32,64", help="Requests in flight per level")
@@ -491,6 +493,8 @@ def _bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         max_batch_tokens=settings.max_batch_tokens,
         with_model=not args.floor_only,
         encode_batches=_ints(args.encode_baseline, "--encode-baseline") if args.encode_baseline else (),
+        store={"backend": args.store},
+        keep_index=args.keep_index,
     )
 
 

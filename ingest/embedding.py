@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from retrieval.embedders import Embedder
-from retrieval.embedders.tokens import TokenSpec, plan_batches
+from retrieval.embedders.tokens import TokenSpec, default_max_batch_tokens, plan_batches
 
 __all__ = [
     "EmbedStage",
@@ -33,15 +33,6 @@ MAX_BATCH_SIZE = 1024
 """Most sequences in one batch, whatever the token budget."""
 TEXT_BATCH = 64
 """Texts per call for embedders that take text (remote servers, cached embedders)."""
-# Padded positions per forward pass. CPU: measured on 2 cores with a hidden-1024 model (throughput
-# flat from 2k to 16k; 4k keeps latency per batch low). CUDA: 0.6B at fp16 saturates an H100/H200 from
-# about 32k; larger budgets only add memory (activations ~ 30 KB per position per layer in flight).
-MAX_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
-
-
-def default_max_batch_tokens(device: str) -> int:
-    """The token budget per batch for a device kind."""
-    return MAX_BATCH_TOKENS["cuda" if device.startswith("cuda") else "cpu"]
 
 
 @runtime_checkable

@@ -128,6 +128,8 @@ def run_ingest_bench(
     max_batch_tokens: int | None = None,
     with_model: bool = True,
     encode_batches: Sequence[int] = (),
+    store: dict[str, Any] | None = None,
+    keep_index: Path | None = None,
 ) -> dict[str, Any]:
     """Ingest ``paths`` into throwaway indexes: the floor with ``workers`` and with 1, then the real run.
 
@@ -141,6 +143,8 @@ def run_ingest_bench(
         max_batch_tokens: Batch budget of the real run.
         with_model: Also run the real pipeline (the floors alone need no model time).
         encode_batches: Batch sizes of a plain ``encode`` baseline over the same chunks, in the same run.
+        store: Vector store of the indexes (e.g. ``{"backend": "numpy"}`` where FAISS is not installed).
+        keep_index: Write the real run's index here (to benchmark searching it next) instead of discarding it.
     """
     zero = ZeroCostEmbedder(embedder)
     result: dict[str, Any] = {"paths": [str(p) for p in paths], "model": embedder.name, "workers": workers}
@@ -148,7 +152,9 @@ def run_ingest_bench(
         runs = {}
         for name, count in (("floor", workers), ("floor_workers_1", 1)):
             options = IngestOptions(workers=count)
-            runs[name] = ingest(paths, Path(tmp) / name, zero, analyzer, settings, progress=False, options=options)
+            runs[name] = ingest(
+                paths, Path(tmp) / name, zero, analyzer, settings, store, progress=False, options=options
+            )
         floor, single = runs["floor"], runs["floor_workers_1"]
         result.update(
             chunks=floor.chunks,
@@ -160,8 +166,11 @@ def run_ingest_bench(
         )
         if with_model:
             options = IngestOptions(workers=workers, devices=devices, max_batch_tokens=max_batch_tokens)
-            real = ingest(paths, Path(tmp) / "model", embedder, analyzer, settings, progress=False, options=options)
+            target = keep_index or Path(tmp) / "model"
+            real = ingest(paths, target, embedder, analyzer, settings, store, progress=False, options=options)
             result["pipeline"] = _summary(real)
+            if keep_index:
+                result["index"] = str(keep_index)
         if encode_batches:
             index = Index(Path(tmp) / "floor")
             texts = [c.embed_text for c in index.docs.get(range(index.docs.next_rid())).values()]

@@ -13,7 +13,8 @@ from typing import Any, Literal
 import numpy as np
 
 from retrieval.embedders.base import EmbedderError, truncate_dim
-from retrieval.embedders.tokens import TokenSpec
+from retrieval.embedders.prefix import PrefixCache
+from retrieval.embedders.tokens import TokenSpec, default_max_batch_tokens, plan_batches
 from retrieval.prompts import query_prompt, resolve_instruction
 
 __all__ = [
@@ -135,6 +136,9 @@ class SentenceTransformerEmbedder:
             attention). ``auto`` does so on CUDA when ``flash-attn`` is installed (the model is then
             loaded with FlashAttention-2); ``on`` forces it (on other attention kernels it is correct
             but not faster), ``off`` pads.
+        prefix_cache: Compute the query instruction's keys and values once and reuse them for every
+            query (checked against the full forward pass on first use; off if they disagree).
+        max_batch_tokens: Padded tokens per forward pass (default by device).
     """
 
     def __init__(
@@ -150,6 +154,8 @@ class SentenceTransformerEmbedder:
         batch_size: int = DEFAULT_BATCH_SIZE,
         source: Literal["huggingface", "modelscope"] = "huggingface",
         unpadded: Unpadded = "auto",
+        prefix_cache: bool = True,
+        max_batch_tokens: int | None = None,
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
@@ -194,6 +200,8 @@ class SentenceTransformerEmbedder:
         self._dim = dim
         _check_last_token_pooling(self._model, model)
         self._spec: TokenSpec | None = None
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(self._device)
+        self._prefixes: dict[str, PrefixCache | None] = {} if prefix_cache and _prefix_cacheable(self._model) else None
 
     @property
     def device(self) -> str:
@@ -239,23 +247,64 @@ class SentenceTransformerEmbedder:
         return self._model.tokenizer
 
     def _encode(self, texts: Sequence[str], prompt: str) -> np.ndarray:
+        """Tokenise ``prompt + text`` exactly as the model was trained (plain text, ``<|endoftext|>`` appended
+        by the tokenizer) and embed in token-budget batches.
+
+        sentence-transformers' own ``encode`` is not used: from version 6 it renders inputs through the
+        tokenizer's chat template when there is one (Qwen3's has), which is not Qwen3-Embedding's format.
+        """
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        import torch
+        spec = self.token_spec
+        ids = [spec.model_input(x) for x in spec.encode_batch([prompt + t for t in texts])]
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        prefix = self._prefix(prompt) if prompt else None
+        suffixes = [prefix.split(i) for i in ids] if prefix else [None] * len(ids)
+        short = [i for i, sfx in enumerate(suffixes) if sfx is not None]
+        whole = [i for i, sfx in enumerate(suffixes) if sfx is None]
+        if short:
+            assert prefix is not None
+            plan = plan_batches([len(suffixes[i]) for i in short], self.max_batch_tokens, self.batch_size)  # type: ignore[arg-type]
+            for batch in plan.batches:
+                rows = [short[j] for j in batch]
+                hidden = prefix.last_hidden([suffixes[r] for r in rows], spec.pad_id)  # type: ignore[misc]
+                out[rows] = truncate_dim(hidden.float().cpu().numpy(), self._dim)
+        if whole:
+            plan = plan_batches([len(ids[i]) for i in whole], self.max_batch_tokens, self.batch_size)
+            for batch in plan.batches:
+                rows = [whole[j] for j in batch]
+                out[rows] = self.embed_token_ids([ids[r] for r in rows])
+        return out
 
-        with torch.inference_mode():
-            vectors = self._model.encode(
-                list(texts),
-                prompt=prompt,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return truncate_dim(np.asarray(vectors, dtype=np.float32), self._dim)
+    def _prefix(self, prompt: str) -> PrefixCache | None:
+        """The cached keys and values of ``prompt`` (built and checked on first use), if enabled."""
+        if self._prefixes is None:
+            return None
+        if prompt not in self._prefixes:
+            self._prefixes[prompt] = self._build_prefix(prompt)
+        return self._prefixes[prompt]
+
+    def _build_prefix(self, prompt: str) -> PrefixCache | None:
+        spec = self.token_spec
+        probe = spec.model_input(spec.encode(prompt + "检查医师的执业义务"))
+        try:
+            cache = PrefixCache(self._model[0].auto_model, spec.encode(prompt), self._device)
+            suffix = cache.split(probe)
+            if suffix is None:
+                return None
+            reused = truncate_dim(cache.last_hidden([suffix], spec.pad_id).float().cpu().numpy(), self._dim)
+        except Exception as exc:  # noqa: BLE001 - an unsupported model or transformers version: embed whole
+            log.warning("query prefix caching is off for %s: %s", self.name, exc)
+            return None
+        full = self.embed_token_ids([probe])
+        tolerance = 1e-4 if next(self._model.parameters()).dtype == _float32() else 2e-2
+        if not np.allclose(reused, full, atol=tolerance):
+            log.warning("query prefix caching is off for %s: it disagrees with the full forward pass", self.name)
+            return None
+        return cache
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed passages with no instruction (sentence-transformers sorts each batch by length)."""
+        """Embed passages with no instruction."""
         return self._encode(texts, "")
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -278,6 +327,24 @@ class SentenceTransformerEmbedder:
             "max_seq_length": self.max_seq_length,
             "truncate_dim": self._dim,
         }
+
+
+def _float32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+def _prefix_cacheable(model: Any) -> bool:
+    """Prefix reuse needs the plain pipeline: a causal transformer, last-token pooling, optional Normalize."""
+    names = [type(m).__name__ for m in model]
+    pooling = model[1] if len(model) > 1 else None
+    return (
+        names[:2] == ["Transformer", "Pooling"]
+        and getattr(pooling, "pooling_mode", None) == "lasttoken"
+        and all(n == "Normalize" for n in names[2:])
+        and hasattr(getattr(model[0], "auto_model", None), "config")
+    )
 
 
 def _padded(batch: Sequence[Sequence[int]], spec: TokenSpec) -> dict[str, Any]:

@@ -221,8 +221,9 @@ def build_ann(layout: str, vectors: np.ndarray, params: AnnParams, ids: np.ndarr
             raise StoreError(f"IVF-PQ needs at least {max(nlist, 256)} vectors to train; use flat or hnsw")
         base = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
         sample = vectors
-        if n > _TRAIN_SAMPLE:
-            sample = vectors[np.sort(np.random.default_rng(0).choice(n, size=_TRAIN_SAMPLE, replace=False))]
+        size = max(_TRAIN_SAMPLE, 40 * nlist)  # k-means wants ~39 points per list
+        if n > size:
+            sample = vectors[np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))]
         base.train(sample)
         base.nprobe = params.nprobe
         index = faiss.IndexRefineFlat(base)

@@ -228,3 +228,31 @@ def test_real_qwen3_tokenizer_files_without_post_processor_are_refused(tmp_path:
     assert embedder.tokenizer.eos_token == "<|im_end|>"
     assert embedder.tokenizer("医师")["input_ids"][-1] == 151643
     assert embedder.embed_documents(["医师的义务"]).shape == (1, 32)
+
+
+@needs_shared
+def test_real_qwen3_tokenizer_queries_are_plain_text_with_endoftext(tmp_path: Path) -> None:
+    """With Qwen3's real tokenizer (which carries a chat template) queries are embedded as
+    ``Instruct: …\\nQuery:{q}<|endoftext|>``: the last hidden state of exactly those ids, normalised
+    (the reused instruction prefix changes nothing)."""
+    from retrieval.prompts import query_prompt
+    from retrieval.tiny_model import build_tiny_qwen3_embedding
+    from tests.conftest import SHARED
+
+    path = build_tiny_qwen3_embedding(tmp_path / "m", tokenizer=SHARED / "qwen3-tokenizer")
+    embedder = SentenceTransformerEmbedder(str(path), device="cpu")
+    tok = embedder.tokenizer
+    assert tok.chat_template  # the hazard: sentence-transformers 6 would render inputs through it
+    question = "个体工商户的债务如何承担？"
+    ids = tok(query_prompt(embedder.instruction) + question)["input_ids"]
+    assert ids[-1] == 151643 and tok.convert_ids_to_tokens(151645) not in tok.convert_ids_to_tokens(ids)
+    with torch.no_grad():
+        hidden = embedder._model[0].auto_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].numpy()
+    expected = hidden / np.linalg.norm(hidden)
+    assert np.allclose(embedder.embed_queries([question])[0], expected, atol=1e-5)
+    assert embedder._prefixes  # the instruction's keys and values were reused
+    doc = tok("第五十六条 个体工商户的债务，个人经营的，以个人财产承担。")["input_ids"]
+    with torch.no_grad():
+        hidden = embedder._model[0].auto_model(input_ids=torch.tensor([doc])).last_hidden_state[0, -1].numpy()
+    got = embedder.embed_documents(["第五十六条 个体工商户的债务，个人经营的，以个人财产承担。"])[0]
+    assert np.allclose(got, hidden / np.linalg.norm(hidden), atol=1e-5)
