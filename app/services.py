@@ -173,6 +173,10 @@ def build_services(
     """
     manifest = read_manifest(settings.index)
     index = Index(settings.index)
+    if manifest["store"].get("backend") == "faiss":
+        from retrieval.stores.faiss import set_search_threads
+
+        set_search_threads(settings.faiss_threads)
     load = settings.load_model if load_model is None else load_model
     embedder = embedder_for_index(manifest, settings, model) if load else None
     if embedder is not None and serving:

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     microbatch_size: int = Field(64, description="Most texts in one micro-batch")
     query_cache_size: int = Field(4096, description="Query vectors kept in an LRU cache (0: off)")
     torch_threads: int | None = Field(None, description="CPU threads for the model (default: the cores)")
+    faiss_threads: int = Field(1, description="FAISS threads when searching (one query at a time: 1 avoids spinning)")
     # Lexical leg
     user_dicts: list[Path] = Field(default_factory=list, description="Extra jieba user dictionaries")
     # Search

@@ -16,7 +16,15 @@ import numpy as np
 
 from retrieval.stores.base import MISSING_ID, StoreError, check_vectors
 
-__all__ = ["FaissStore", "FAISS_FILE", "FAISS_INDEX_TYPES", "IndexType", "AnnParams", "AUTO_EXACT_BELOW"]
+__all__ = [
+    "FaissStore",
+    "FAISS_FILE",
+    "FAISS_INDEX_TYPES",
+    "IndexType",
+    "AnnParams",
+    "AUTO_EXACT_BELOW",
+    "set_search_threads",
+]
 
 FAISS_FILE = "vectors.faiss"
 IndexType = Literal["flat", "hnsw", "ivfpq", "auto"]
@@ -24,6 +32,18 @@ FAISS_INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "hnsw", "ivfpq")
 AUTO_EXACT_BELOW = 200_000
 """``auto`` keeps exact search below this many vectors (a flat scan is a few ms there) and uses HNSW above."""
 _TRAIN_SAMPLE = 64 * 1024
+
+
+def set_search_threads(threads: int) -> None:
+    """FAISS's OpenMP threads for this process.
+
+    A server searches one query at a time, which FAISS runs on one thread anyway; its idle OpenMP
+    workers then spin for a while and take the cores from the model's next forward pass (measured on
+    2 cores: dense search 22.6 ms with 2 FAISS threads, 16.1 ms with 1, the model alone 14.3 ms).
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, threads))
 
 
 @dataclass(frozen=True)
