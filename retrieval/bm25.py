@@ -186,7 +186,7 @@ class BM25Builder:
         avg = doc_len.mean() if n_docs else 1.0
         tfc = tfs / (self.k1 * ((1 - self.b) + self.b * doc_len[doc] / avg) + tfs)
         scores = (idf[ids] * tfc).astype(np.float32)
-        order = np.lexsort((doc, ids))  # column (term) major, rows ascending: CSC
+        order = np.argsort(ids, kind="stable")  # term-major; stable keeps rows ascending within a term: CSC
         indptr = np.zeros(n_vocab + 1, dtype=np.int64)
         np.cumsum(df, out=indptr[1:])
         retriever = bm25s.BM25(k1=self.k1, b=self.b)

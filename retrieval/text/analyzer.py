@@ -24,6 +24,8 @@ _SYNONYMS_FILE = "query_synonyms.txt"
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 # A token must contain a CJK character, a letter or a digit to be indexed.
 _CONTENT = re.compile(r"[\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
+BLOCK_CACHE_SIZE = 1 << 17
+"""Segmented clauses remembered per analyzer (statutes repeat clauses and every chunk repeats its law title)."""
 
 
 def _resource(name: str) -> Path:
@@ -85,6 +87,8 @@ class Analyzer:
                 raise FileNotFoundError(f"user dictionary not found: {path}")
             self._tokenizer.load_userdict(str(path))
         self.stopwords = load_stopwords() if stopwords is None else stopwords
+        self._blocks = jieba.re_han_default  # how jieba itself splits text into independently cut blocks
+        self._cut_block = lru_cache(maxsize=BLOCK_CACHE_SIZE)(self._cut_block_uncached)
         self.search_mode = search_mode
         self.bigrams = bigrams
         self.synonyms = load_synonyms() if synonyms is None else synonyms
@@ -108,11 +112,23 @@ class Analyzer:
             tokens = self._tokenizer.lcut(self.prepare(text))
         return [t for t in tokens if _CONTENT.search(t) and t not in self.stopwords]
 
+    def _cut_block_uncached(self, block: str) -> tuple[str, ...]:
+        cut = self._tokenizer.lcut_for_search if self.search_mode else self._tokenizer.lcut
+        return tuple(cut(block))
+
+    def _segment(self, prepared: str) -> list[str]:
+        """jieba's words of ``prepared``, block by block as jieba cuts it, each block's words cached."""
+        tokens: list[str] = []
+        for block in self._blocks.split(prepared):
+            if block:
+                tokens.extend(self._cut_block(block))
+        return tokens
+
     def __call__(self, text: str) -> list[str]:
         """Tokens of ``text`` for BM25 (documents and queries alike)."""
         prepared = self.prepare(text)
         with self._lock:  # jieba's lazy initialisation is not thread-safe
-            tokens = self._tokenizer.lcut_for_search(prepared) if self.search_mode else self._tokenizer.lcut(prepared)
+            tokens = self._segment(prepared)
         words = [t for t in tokens if _CONTENT.search(t) and t not in self.stopwords]
         if self.bigrams:
             words += [

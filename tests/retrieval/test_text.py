@@ -37,3 +37,18 @@ def test_custom_user_dict(tmp_path) -> None:
     path = tmp_path / "dict.txt"
     path.write_text("梯子摔伤 100000\n", encoding="utf-8")
     assert "梯子摔伤" in Analyzer(user_dicts=[path])("他梯子摔伤了")
+
+
+def test_block_cached_segmentation_equals_jieba_on_whole_texts() -> None:
+    """The analyzer cuts clause by clause (caching each); jieba cutting the whole text gives the same words."""
+    from retrieval.text import Analyzer
+    from tests.conftest import SAMPLE_STATUTES
+
+    analyzer = Analyzer()
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SAMPLE_STATUTES.rglob("*.md"))]
+    texts += ["第１２条 GB/T 7714-2015：α-干扰素 3.5mg/kg， 㐀䶵 ＡＢＣ 僱傭契約\n\n  末尾 ", "", "。。。", "abc def"]
+    for text in texts:
+        prepared = analyzer.prepare(text)
+        assert analyzer._segment(prepared) == analyzer._tokenizer.lcut_for_search(prepared)
+    again = Analyzer()
+    assert [again(t) for t in texts] == [analyzer(t) for t in texts]  # cold and warm caches agree
