@@ -98,7 +98,6 @@ class IngestSummary:
 class _Shard:
     docs: list[PreparedDoc] = field(default_factory=list)
     chunks: int = 0
-    files: int = 0
 
     def texts(self) -> list[str]:
         return [c.embed_text for d in self.docs for c in d.chunks]
@@ -175,10 +174,15 @@ def ingest(
     }
     replicas = _replicas(embedder, options.devices)
     summary.devices = [str(getattr(r, "device", "remote")) for r in replicas]
+    embedded = [0]  # chunks through the model so far (updated by the device threads)
+
+    def on_embedded(chunks: int, _tokens: int) -> None:
+        embedded[0] += chunks
+
     with (
         IndexWriter(index_dir, embedder.describe(), store=store, settings=manifest_extra) as writer,
         _progress(len(tasks), progress) as bar,
-        EmbedStage(embedder, replicas, options.max_batch_tokens) as stage,
+        EmbedStage(embedder, replicas, options.max_batch_tokens, on_progress=on_embedded) as stage,
     ):
         context = StageContext(settings, analyzer, spec, writer.document_hashes())
         chunkers: Counter[str] = Counter()
@@ -209,6 +213,7 @@ def ingest(
 
         with contextlib.closing(prepared_in_order(tasks, context, summary.workers)) as results:
             for result in results:
+                bar.set_postfix(embedded=embedded[0], refresh=False)
                 bar.update(1)
                 if result.error is not None:
                     skip(str(result.task.path), result.error)
@@ -233,7 +238,6 @@ def ingest(
                 if shard.chunks >= options.shard_chunks:
                     rotate(shard)
                     shard = _Shard()
-                    bar.set_postfix(chunks=summary.chunks, refresh=False)
         rotate(shard)
         rotate(None)
         summary.chunkers = dict(chunkers)

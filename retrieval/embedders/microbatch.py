@@ -40,7 +40,31 @@ class _Request:
 _STOP = object()
 
 
-class MicroBatcher:
+class _Wrapper:
+    """An embedder in front of another: name, dimension, manifest entry and anything else are the inner one's."""
+
+    inner: Embedder
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def dim(self) -> int:
+        """The inner embedder's dimension."""
+        return self.inner.dim
+
+    def describe(self) -> dict[str, Any]:
+        """The inner embedder's manifest entry."""
+        return self.inner.describe()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Delegated (tokenising needs no model)."""
+        return self.inner.count_tokens(texts)
+
+
+class MicroBatcher(_Wrapper):
     """Embed texts from many threads in shared forward passes on one worker thread.
 
     Requests that queue while a forward pass runs form the next batch. Under concurrent load (the last
@@ -67,24 +91,6 @@ class MicroBatcher:
         self._under_load = False
         self._thread = threading.Thread(target=self._loop, name="zhrag-microbatch", daemon=True)
         self._thread.start()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (e.g. while unpickling)
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    @property
-    def dim(self) -> int:
-        """The inner embedder's dimension."""
-        return self.inner.dim
-
-    def describe(self) -> dict[str, Any]:
-        """The inner embedder's manifest entry."""
-        return self.inner.describe()
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Delegated (tokenising needs no model)."""
-        return self.inner.count_tokens(texts)
 
     # -- submitting ------------------------------------------------------------------------------
     def submit(self, texts: Sequence[str], side: Side) -> Future[np.ndarray]:
@@ -187,7 +193,7 @@ class MicroBatcher:
                 item.future.set_exception(EmbedderError("the embedding worker has stopped"))
 
 
-class QueryCache:
+class QueryCache(_Wrapper):
     """An LRU cache of query vectors in front of an embedder (chatbots repeat questions).
 
     Args:
@@ -204,24 +210,6 @@ class QueryCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (e.g. while unpickling)
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    @property
-    def dim(self) -> int:
-        """The inner embedder's dimension."""
-        return self.inner.dim
-
-    def describe(self) -> dict[str, Any]:
-        """The inner embedder's manifest entry."""
-        return self.inner.describe()
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Delegated."""
-        return self.inner.count_tokens(texts)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Not cached (documents are embedded once, at ingest)."""
