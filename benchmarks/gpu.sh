@@ -10,14 +10,15 @@
 #                 statute books (+ the CPU floor with a zero-cost embedder, workers N vs 1)
 #   search.json   per-mode search latency on that index (BM25 as the same-run baseline)
 #   http.json     /search at concurrency 1/8/32/64, micro-batching on and off
-# Dry run on a CPU: LAYERS=2 CORPUS=.gpu/lawref/宪法 REQUESTS=16 benchmarks/gpu.sh /tmp/out
+# Estimated 6-8 minutes on an H100/H200 (not yet run on a card; give the call timeout_s=600). Dry run on a CPU:
+#   LAYERS=2 CORPUS=.gpu/lawref/宪法 REQUESTS=16 benchmarks/gpu.sh /tmp/out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu-bench}}
 GPU_DIR=${GPU_DIR:-.gpu}
 CORPUS=${CORPUS:-$GPU_DIR/lawref}
 LAYERS=${LAYERS:-}
-REQUESTS=${REQUESTS:-640}
+REQUESTS=${REQUESTS:-320}
 WORK=${WORK:-/tmp/zhrag-gpu-bench}
 mkdir -p "$OUT_DIR" "$WORK"
 [ -d "$GPU_DIR/wheels" ] || { echo "gpu.sh: run benchmarks/prepare-gpu.sh first ($GPU_DIR/wheels missing)" >&2; exit 2; }
