@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ EXIT_SKIPPED = 3
 """Ingest finished and published an index, but some files were skipped (listed on stderr)."""
 
 log = logging.getLogger("zhrag")
+STOP = threading.Event()
+"""Set when the process was asked to stop (SIGTERM)."""
 
 
 class CliError(Exception):
@@ -261,6 +264,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             workers=settings.workers or default_workers(),
             devices=settings.devices or None,
             max_batch_tokens=settings.max_batch_tokens,
+            cancel=STOP,
         ),
     )
     if args.json:
@@ -541,6 +545,22 @@ COMMANDS = {
 }
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``docker stop``, ``kill``) stops a command the way Ctrl-C does: nothing half-written stays.
+
+    The request is also recorded in ``STOP``, which ingest checks between files: an interrupt that lands
+    where Python swallows exceptions (e.g. inside fork handlers) still stops the run.
+    """
+    import signal
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        STOP.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``zhrag`` console script."""
     from retrieval.embedders import EmbedderError
@@ -548,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     from retrieval.searcher import SearchError
 
     args = build_parser().parse_args(argv)
+    _stop_on_sigterm()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if getattr(args, "top_k", None) is not None and not 1 <= args.top_k <= MAX_TOP_K:
         print(f"zhrag: error: --top-k must be in 1..{MAX_TOP_K}", file=sys.stderr)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from retrieval.dialogue import DialogueQueryBuilder
 from retrieval.embedders import Embedder, create_embedder
 from retrieval.embedders.cache import CachedEmbedder
 from retrieval.embedders.microbatch import MicroBatcher, QueryCache
-from retrieval.index import Index, check_embedder, read_manifest
+from retrieval.index import Index, check_embedder, current_version, read_manifest
 from retrieval.rerankers import create_reranker
 from retrieval.rewriter import LLMQueryRewriter
 from retrieval.searcher import Reranker, Searcher, SearchOptions
@@ -26,6 +26,7 @@ __all__ = [
     "build_analyzer",
     "build_dialogue",
     "serving_embedder",
+    "build_searcher",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,31 @@ class Services:
         self.searcher.search("预热", SearchOptions(top_k=1, mode="bm25"))
         if self.embedder is not None:
             self.embedder.embed_queries(["预热"])
+
+    def reopen(self) -> Services | None:
+        """The same services over the index's newest version, or ``None`` when that is the one served.
+
+        The new version is opened fully before anything is swapped, so a caller can replace its reference
+        and let requests in flight finish on this one.
+
+        Raises:
+            IndexMismatchError: the new version was built with another model (that needs a restart).
+        """
+        if current_version(self.settings.index) in (None, self.index.version):
+            return None
+        index = Index(self.settings.index)
+        try:
+            model = self.index.manifest["embedder"]["model"]
+            check_embedder(index.manifest, model, self.embedder.dim if self.embedder is not None else None)
+            analyzer, dialogue = self.analyzer, self.dialogue
+            if index.manifest.get("analyzer") != self.index.manifest.get("analyzer"):
+                analyzer = build_analyzer(self.settings, index.manifest)
+                dialogue = build_dialogue(self.settings, analyzer, self.embedder)
+        except BaseException:
+            index.close()
+            raise
+        searcher = build_searcher(self.settings, index, self.embedder, analyzer, self.reranker)
+        return replace(self, index=index, analyzer=analyzer, searcher=searcher, dialogue=dialogue)
 
     def close(self) -> None:
         """Stop the embedding worker and release the index."""
@@ -183,8 +209,17 @@ def build_services(
         embedder = serving_embedder(embedder, settings)
     reranker = create_reranker(settings.reranker, settings.reranker_type) if settings.reranker else None
     analyzer = build_analyzer(settings, manifest)
+    searcher = build_searcher(settings, index, embedder, analyzer, reranker)
+    dialogue = build_dialogue(settings, analyzer, embedder)
+    return Services(settings, index, embedder, analyzer, searcher, reranker, dialogue)
+
+
+def build_searcher(
+    settings: Settings, index: Index, embedder: Embedder | None, analyzer: Analyzer, reranker: Reranker | None
+) -> Searcher:
+    """The searcher over ``index`` with the fusion settings."""
     weights = {"dense": settings.weight_dense, "bm25": settings.weight_bm25}
-    searcher = Searcher(
+    return Searcher(
         index,
         embedder,
         analyzer,
@@ -193,8 +228,6 @@ def build_services(
         rrf_k=settings.rrf_k,
         candidates=settings.candidates,
     )
-    dialogue = build_dialogue(settings, analyzer, embedder)
-    return Services(settings, index, embedder, analyzer, searcher, reranker, dialogue)
 
 
 def embedding_similarity(embedder: Embedder):

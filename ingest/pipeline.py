@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -49,12 +50,14 @@ class IngestOptions:
         devices: One model replica per device (e.g. ``["cuda:0", "cuda:1"]``); ``None`` = the embedder's.
         max_batch_tokens: Padded positions per embedding batch (default by device kind).
         shard_chunks: Chunks per shard.
+        cancel: When set, the run stops after the file in hand (as if interrupted) and publishes nothing.
     """
 
     workers: int = 1
     devices: Sequence[str] | None = None
     max_batch_tokens: int | None = None
     shard_chunks: int = SHARD_CHUNKS
+    cancel: threading.Event | None = None
 
 
 @dataclass
@@ -213,6 +216,8 @@ def ingest(
 
         with contextlib.closing(prepared_in_order(tasks, context, summary.workers)) as results:
             for result in results:
+                if options.cancel is not None and options.cancel.is_set():
+                    raise KeyboardInterrupt
                 bar.set_postfix(embedded=embedded[0], refresh=False)
                 bar.update(1)
                 if result.error is not None:
@@ -240,6 +245,8 @@ def ingest(
                     shard = _Shard()
         rotate(shard)
         rotate(None)
+        if options.cancel is not None and options.cancel.is_set():
+            raise KeyboardInterrupt
         summary.chunkers = dict(chunkers)
         summary.documents_indexed = len(indexed)
         if prune:

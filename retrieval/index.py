@@ -4,10 +4,12 @@ Layout::
 
     DIR/CURRENT            name of the live version (replaced atomically)
     DIR/v-<time>-<rand>/   manifest.json, chunks.sqlite, vectors.*, bm25/
-    DIR/.staging-*/        a write in progress (removed on failure)
+    DIR/.staging-*/        a write in progress (removed on failure, or by the next writer if it died)
+    DIR/.writer.lock       held by the one writer at a time (a POSIX lock: released when its process dies)
 
 Writers copy the live version into a staging directory, change it, fsync it, rename it into place and
-then replace ``CURRENT``. Readers follow ``CURRENT``; the previous version is kept for running readers.
+then replace ``CURRENT``. Readers read ``CURRENT`` once and open that version; the previous version is
+kept for running readers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,13 +39,16 @@ __all__ = [
     "ZhragIndexError",
     "IndexNotFoundError",
     "IndexMismatchError",
+    "IndexLockedError",
     "read_manifest",
+    "current_version",
     "MANIFEST_FILE",
     "FORMAT_VERSION",
 ]
 
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
+LOCK_FILE = ".writer.lock"
 FORMAT_VERSION = 1
 KEEP_VERSIONS = 2
 _STAGING_PREFIX = ".staging-"
@@ -58,6 +65,53 @@ class IndexNotFoundError(ZhragIndexError):
 
 class IndexMismatchError(ZhragIndexError):
     """The index was built with a different embedder (model or dimension) than the one given."""
+
+
+class IndexLockedError(ZhragIndexError):
+    """Another writer holds the index."""
+
+
+class _WriterLock:
+    """One writer per index: an exclusive POSIX lock on ``DIR/.writer.lock``, plus an in-process registry.
+
+    POSIX record locks belong to the process (not to forked children) and vanish when it dies, so a
+    crashed or killed writer never leaves the index locked. Within one process they do not exclude each
+    other, hence the registry of roots this process is writing.
+    """
+
+    _held: set[str] = set()
+    _guard = threading.Lock()
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_FILE
+        self._key = str(root.resolve())
+        with self._guard:
+            if self._key in self._held:
+                raise IndexLockedError(f"this process is already writing to {root}; one writer at a time")
+            self._held.add(self._key)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if sys.platform == "win32":  # no POSIX locks there
+            return
+        import fcntl
+
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self.path.read_text(encoding="utf-8").strip() or "another process"
+            self.release()
+            raise IndexLockedError(
+                f"another ingest is writing to {root} ({holder}); wait for it to finish, then run this one again"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"pid {os.getpid()}, since {_now()}".encode())
+
+    def release(self) -> None:
+        """Give the lock up (closing the file releases it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            with self._guard:
+                self._held.discard(self._key)
 
 
 def _now() -> str:
@@ -104,6 +158,14 @@ def _current_version(root: Path) -> Path | None:
     return version
 
 
+def current_version(root: Path | str) -> str | None:
+    """The name of the live version (cheap: one small file read), or ``None`` without an index."""
+    try:
+        return (Path(root) / CURRENT_FILE).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def read_manifest(root: Path | str) -> dict[str, Any]:
     """The manifest of the live version of the index at ``root``.
 
@@ -143,9 +205,11 @@ class Index:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self.manifest = read_manifest(self.root)
-        self.version_dir = _current_version(self.root)
-        assert self.version_dir is not None
+        version = _current_version(self.root)  # read once: manifest and data come from the same version
+        if version is None:
+            raise IndexNotFoundError(f"no zhrag index at {root} (run `zhrag ingest PATH --index {root}` first)")
+        self.version_dir = version
+        self.manifest = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))
         if self.manifest.get("format") != FORMAT_VERSION:
             raise ZhragIndexError(f"index format {self.manifest.get('format')} is not supported by this zhrag")
         self.docs = DocStore(self.version_dir / DOCSTORE_FILE)
@@ -157,6 +221,11 @@ class Index:
     def dim(self) -> int:
         """Vector dimension."""
         return int(self.manifest["dim"])
+
+    @property
+    def version(self) -> str:
+        """The name of the version this view opened."""
+        return self.version_dir.name
 
     def close(self) -> None:
         """Release the docstore connection."""
@@ -183,6 +252,9 @@ class IndexWriter:
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = _WriterLock(self.root)
+        for stale in self.root.glob(f"{_STAGING_PREFIX}*"):  # we hold the lock: their writers are dead
+            shutil.rmtree(stale, ignore_errors=True)
         previous = _current_version(self.root)
         self._base = previous.name if previous else ""
         self.staging = self.root / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
@@ -212,6 +284,7 @@ class IndexWriter:
             self.docs = DocStore(self.staging / DOCSTORE_FILE)
         except BaseException:
             shutil.rmtree(self.staging, ignore_errors=True)
+            self._lock.release()
             raise
         self._next_rid = self._first_new_rid = self.docs.next_rid()
         # BM25 terms of the chunks added by this writer are counted as they arrive; the unchanged
@@ -317,6 +390,7 @@ class IndexWriter:
         _fsync_dir(self.root)
         atomic_write_text(self.root / CURRENT_FILE, name + "\n")
         self._prune(name)
+        self._lock.release()
         return name
 
     def abort(self) -> None:
@@ -331,15 +405,9 @@ class IndexWriter:
         except Exception:  # noqa: BLE001 - closing twice is harmless
             pass
         shutil.rmtree(self.staging, ignore_errors=True)
+        self._lock.release()
 
     def _prune(self, live: str) -> None:
         versions = sorted(p for p in self.root.iterdir() if p.name.startswith(_VERSION_PREFIX) and p.is_dir())
         for old in [v for v in versions if v.name != live][: -(KEEP_VERSIONS - 1) or None]:
             shutil.rmtree(old, ignore_errors=True)
-        for stale in self.root.glob(f"{_STAGING_PREFIX}*"):
-            if stale != self.staging and time.time() - stale.stat().st_mtime > STALE_STAGING_S:
-                shutil.rmtree(stale, ignore_errors=True)
-
-
-STALE_STAGING_S = 24 * 3600
-"""Staging directories older than this are leftovers of crashed writes and are removed."""

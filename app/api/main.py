@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,6 +18,7 @@ from app.api import routes_dify, routes_embed, routes_search
 from app.services import build_services
 from app.sessions import SessionStore
 from app.settings import Settings
+from retrieval.index import current_version
 
 __all__ = ["create_app"]
 
@@ -34,6 +38,32 @@ def _plain(error: dict) -> dict:
     return {k: v for k, v in error.items() if k not in ("ctx", "url")}
 
 
+async def _follow_index(app: FastAPI, interval: float) -> None:
+    """Serve each newly published index version: open it fully off the event loop, then swap the reference.
+
+    Requests that already hold the previous services finish on them; a version that cannot be opened is
+    logged once and the current one keeps serving.
+    """
+    failed: str | None = None
+    while True:
+        await asyncio.sleep(interval)
+        services = app.state.services
+        try:
+            fresh = await anyio.to_thread.run_sync(services.reopen)
+            if fresh is None:
+                continue
+            await anyio.to_thread.run_sync(fresh.warm_up)
+        except Exception as exc:  # noqa: BLE001 - keep serving what works
+            version = current_version(services.settings.index)
+            if version != failed:
+                log.error("could not open index version %s, still serving %s: %s", version, services.index.version, exc)
+                failed = version
+            continue
+        app.state.services = fresh
+        failed = None
+        log.info("now serving index version %s (%d chunks)", fresh.index.version, fresh.index.docs.count())
+
+
 def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     """Build the app; models and the index are loaded in the lifespan (skipped with ``load=False``).
 
@@ -47,16 +77,23 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = None
         app.state.load_error = None
+        watcher = None
         if load:
             try:
                 services = build_services(settings, serving=True)
                 services.warm_up()
                 app.state.services = services
-                log.info("serving index %s", settings.index)
+                log.info("serving index %s, version %s", settings.index, services.index.version)
             except Exception as exc:  # noqa: BLE001 - reported by /ready instead of crashing the server
                 app.state.load_error = f"{type(exc).__name__}: {exc}"
                 log.error("could not load the index %s: %s", settings.index, exc)
+            if settings.reload_interval > 0 and app.state.services is not None:
+                watcher = asyncio.create_task(_follow_index(app, settings.reload_interval))
         yield
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if app.state.services is not None:
             app.state.services.close()
 
@@ -94,7 +131,8 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         return JSONResponse(
             content={
                 "status": "ready",
-                "index": str(services.index.root),
+                "index": services.index.root.name,
+                "version": services.index.version,
                 "model": manifest["embedder"]["model"],
                 "model_loaded": services.embedder is not None,
                 "reranker": services.reranker.name if services.reranker else None,
