@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, Request, status
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app import __version__
 from app.api import routes_dify, routes_embed, routes_search
+from app.api.errors import JsonOnly, install_error_handlers
 from app.services import build_services
 from app.sessions import SessionStore
 from app.settings import Settings
@@ -23,19 +23,6 @@ from retrieval.index import current_version
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-
-def _readable(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    return "; ".join(parts)
-
-
-def _plain(error: dict) -> dict:
-    """A validation error without its (non-JSON) exception context."""
-    return {k: v for k, v in error.items() if k not in ("ctx", "url")}
 
 
 async def _follow_index(app: FastAPI, interval: float) -> None:
@@ -108,12 +95,8 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.state.services = None
     app.state.load_error = None
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-            content={"message": _readable(exc), "detail": [_plain(e) for e in exc.errors()]},
-        )
+    install_error_handlers(app)
+    app.add_middleware(JsonOnly)
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

@@ -14,7 +14,7 @@ from retrieval.docstore import FilterError
 from retrieval.metadata_filter import Condition, matches
 from retrieval.searcher import SearchError, SearchOptions, SearchOutcome
 
-__all__ = ["router", "DifyRetrievalRequest", "relevance_scores"]
+__all__ = ["router", "DifyRetrievalRequest", "DifyRetrievalResponse", "DifyError", "relevance_scores"]
 
 router = APIRouter(tags=["dify"])
 
@@ -48,6 +48,34 @@ class DifyRetrievalRequest(BaseModel):
     metadata_condition: MetadataCondition | None = None
 
 
+class DifyRecord(BaseModel):
+    """One retrieved passage, as Dify reads it."""
+
+    content: str
+    score: float = Field(description="0..1, higher is more relevant")
+    title: str
+    metadata: dict[str, Any]
+
+
+class DifyRetrievalResponse(BaseModel):
+    """Dify ``POST /retrieval`` answer."""
+
+    records: list[DifyRecord]
+
+
+class DifyError(BaseModel):
+    """Dify's error shape (1001 bad Authorization header, 1002 wrong key, 2001 unknown knowledge id)."""
+
+    error_code: int
+    error_msg: str
+
+
+_DIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": DifyRetrievalResponse},
+    **{status: {"model": DifyError} for status in (400, 403, 404, 415, 422)},
+}
+
+
 def _error(status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error_code": code, "error_msg": message})
 
@@ -65,7 +93,7 @@ def relevance_scores(outcome: SearchOutcome, rrf_max: float) -> list[float]:
     return [min(1.0, s / rrf_max) for s in scores]
 
 
-@router.post("/retrieval")
+@router.post("/retrieval", response_model=None, responses=_DIFY_RESPONSES)
 def retrieval(
     body: DifyRetrievalRequest,
     services: ServicesDep,

@@ -8,13 +8,14 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, status
 
 from app.api.deps import ServicesDep
+from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import EmbedRequest, EmbedResponse, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
 from app.services import Services
 from retrieval.embedders import Embedder, EmbedderError, truncate_dim
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], responses=ERROR_RESPONSES)
 QUERY_TYPES = ("query",)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from app.api.deps import ServicesDep, SessionsDep
+from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import SearchRequest, SearchResponse, to_search_response
 from app.dialogue_search import DialogueInputError, run_search
 from retrieval.docstore import FilterError
@@ -13,7 +14,7 @@ from retrieval.searcher import SearchError
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], responses=ERROR_RESPONSES)
 
 
 @router.post("/search", response_model=SearchResponse)

@@ -63,14 +63,14 @@ def test_search_filters_and_hybrid(client: TestClient) -> None:
 def test_search_validation_errors_are_422_with_message(client: TestClient, payload: dict, fragment: str) -> None:
     response = client.post("/search", json=payload)
     assert response.status_code == 422
-    body = response.json()
-    text = body.get("message") or body.get("detail")
-    assert fragment in str(text)
+    error = response.json()["error"]
+    assert error["code"] == "validation_error" and fragment in error["message"]
+    assert all("input" not in d for d in error.get("detail", []))  # never echoes the request
 
 
 def test_search_rerank_without_reranker_is_400(client: TestClient) -> None:
     response = client.post("/search", json={"query": "医师", "rerank": True})
-    assert response.status_code == 400 and "reranker" in response.json()["detail"]
+    assert response.status_code == 400 and "reranker" in response.json()["error"]["message"]
 
 
 def test_embed_endpoints(client: TestClient, services: Services) -> None:
@@ -104,7 +104,7 @@ def test_serving_without_model_degrades_to_bm25(sample_index: Path) -> None:
         body = client.post("/search", json={"query": "医师的义务"}).json()
         assert body["mode"] == "bm25" and body["results"]
         dense = client.post("/search", json={"query": "医师的义务", "mode": "dense"})
-        assert dense.status_code == 400 and "embedding model" in dense.json()["detail"]
+        assert dense.status_code == 400 and "embedding model" in dense.json()["error"]["message"]
         assert client.post("/embed", json={"text": "医师"}).status_code == 503
 
 
@@ -166,3 +166,41 @@ def test_served_app_microbatches_concurrent_searches(sample_index: Path) -> None
     assert got == [expected[q] for q in queries]
     assert max(batches) > 1  # concurrent queries shared forward passes
     assert not services.embedder.inner._thread.is_alive()  # the lifespan stopped the worker
+
+
+@pytest.mark.parametrize("path", ["/search", "/embed", "/v1/embeddings", "/retrieval"])
+def test_wrong_content_type_is_415_and_bad_json_422_never_500(client: TestClient, path: str) -> None:
+    """``curl -d '{...}'`` sends form encoding: a clear 415, in Dify's shape on /retrieval."""
+    body = b'{"query": "\xe5\x8c\xbb\xe5\xb8\x88", "text": "x", "input": "x"}'
+    form = client.post(path, content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 415
+    message = form.json()["error_msg"] if path == "/retrieval" else form.json()["error"]["message"]
+    assert "application/json" in message
+    broken = client.post(path, content=b"{not json" + b"x" * 100_000, headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and len(broken.content) < 2000  # no echo of a large body
+
+
+def test_unknown_route_and_unexpected_errors_have_the_error_shape(sample_index: Path) -> None:
+    from app.api.deps import get_services
+
+    app = create_app(Settings(index=sample_index), load=False)
+
+    def broken() -> None:
+        raise RuntimeError("disk on fire")
+
+    app.dependency_overrides[get_services] = broken
+    with TestClient(app, raise_server_exceptions=False) as c:
+        missing = c.get("/nowhere")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        failed = c.post("/search", json={"query": "医师"})
+        assert failed.status_code == 500 and failed.json() == {
+            "error": {"code": "internal_error", "message": "internal error; the server log has the details"}
+        }
+
+
+def test_openapi_documents_errors_and_the_dify_response(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    search = spec["paths"]["/search"]["post"]["responses"]
+    assert {"415", "422", "503"} <= set(search) and "ErrorResponse" in str(search["422"])
+    dify = spec["paths"]["/retrieval"]["post"]["responses"]
+    assert "DifyRetrievalResponse" in str(dify["200"]) and "DifyError" in str(dify["403"])

@@ -47,10 +47,10 @@ def test_session_id_keeps_history(client: TestClient) -> None:
 def test_oversize_conversation_is_422(client: TestClient) -> None:
     many = [{"role": "user", "content": "医师"}] * 21
     response = client.post("/search", json={"messages": many})
-    assert response.status_code == 422 and "messages" in response.json()["message"]
+    assert response.status_code == 422 and "messages" in response.json()["error"]["message"]
     long = [{"role": "user", "content": "医" * 3999}] * 5
     response = client.post("/search", json={"messages": long})
-    assert response.status_code == 422 and "too long" in response.json()["message"]
+    assert response.status_code == 422 and "too long" in response.json()["error"]["message"]
     assert client.post("/search", json={"messages": [{"role": "assistant", "content": "hi"}]}).status_code == 422
 
 
