@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--reranker", help="Reranker model id or directory")
-    p.add_argument("--api-key", help="Bearer key for /retrieval (Dify)")
+    p.add_argument("--api-key", help="A Bearer key every route but /health and /ready requires (see ZHRAG_API_KEYS)")
     p.add_argument("--no-model", action="store_true", help="Serve BM25 only, without loading the model")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 

@@ -83,7 +83,11 @@ class Settings(BaseSettings):
     # Service
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = Field(None, description="Bearer key required by /retrieval (Dify) when set")
+    api_key: str | None = Field(None, description="One accepted Bearer key (same as a one-item ZHRAG_API_KEYS)")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Accepted Bearer keys (JSON list or comma-separated); every route but probes"
+    )
+    max_body_bytes: int = Field(8 << 20, description="Largest request body (413 above)")
     knowledge_ids: list[str] = Field(
         default_factory=list,
         description="Extra Dify knowledge_id values accepted (the index dir name always is)",
@@ -91,10 +95,15 @@ class Settings(BaseSettings):
     load_model: bool = Field(True, description="Load the embedding model at start-up (False: bm25 only)")
     reload_interval: float = Field(2.0, description="Seconds between checks for a new index version (0: never)")
 
-    @field_validator("devices", mode="before")
+    @property
+    def keys(self) -> list[str]:
+        """Every accepted API key (``api_keys`` plus ``api_key``)."""
+        return [k for k in [*self.api_keys, self.api_key] if k]
+
+    @field_validator("devices", "api_keys", mode="before")
     @classmethod
-    def _split_devices(cls, value: Any) -> Any:
-        """``cuda:0,cuda:1`` or ``["cuda:0", "cuda:1"]``."""
+    def _split_list(cls, value: Any) -> Any:
+        """``a,b`` or ``["a", "b"]``."""
         if isinstance(value, str):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else [d.strip() for d in text.split(",") if d.strip()]

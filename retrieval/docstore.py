@@ -20,6 +20,8 @@ DOCSTORE_FILE = "chunks.sqlite"
 COLUMN_FILTERS = ("doc_id", "source", "title")
 _FILTER_KEY = re.compile(r"^[\w\u4e00-\u9fff.-]{1,64}$")
 _SQL_BATCH = 500
+MAX_FILTER_KEYS = 32
+MAX_FILTER_VALUES = 1000
 _TOKEN_BATCH = 4096
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -184,6 +186,10 @@ class DocStore:
         Raises:
             FilterError: for an invalid key or value.
         """
+        if len(filters) > MAX_FILTER_KEYS:
+            raise FilterError(f"at most {MAX_FILTER_KEYS} filter keys, got {len(filters)}")
+        if sum(len(v) if isinstance(v, list) else 1 for v in filters.values()) > MAX_FILTER_VALUES:
+            raise FilterError(f"at most {MAX_FILTER_VALUES} filter values in all")
         clauses: list[str] = []
         params: list[Any] = []
         for key, value in filters.items():

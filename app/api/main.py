@@ -14,7 +14,9 @@ from fastapi.responses import JSONResponse
 
 from app import __version__
 from app.api import routes_dify, routes_embed, routes_search
+from app.api.auth import RequireKey
 from app.api.errors import JsonOnly, install_error_handlers
+from app.api.limits import BodyLimit
 from app.services import build_services
 from app.sessions import SessionStore
 from app.settings import Settings
@@ -96,7 +98,9 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.state.load_error = None
 
     install_error_handlers(app)
-    app.add_middleware(JsonOnly)
+    app.add_middleware(JsonOnly)  # added first = innermost: keys, then size, then content type
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequireKey, keys=settings.keys)
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

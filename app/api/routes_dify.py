@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from app.api.auth import bearer, key_matches
 from app.api.deps import ServicesDep
 from app.settings import MAX_TOP_K
 from retrieval.docstore import FilterError
@@ -102,10 +103,11 @@ def retrieval(
 ) -> JSONResponse:
     """Top-k records for a Dify knowledge query (hybrid search; Bearer key checked when configured)."""
     settings = request.app.state.settings
-    if settings.api_key:
-        if not authorization or not authorization.startswith("Bearer "):
+    if settings.keys:
+        key = bearer(authorization)
+        if key is None:
             return _error(403, INVALID_AUTH_FORMAT, "Invalid Authorization header format. Expected 'Bearer <api-key>'.")
-        if authorization.removeprefix("Bearer ").strip() != settings.api_key:
+        if not key_matches(key, settings.keys):
             return _error(403, AUTH_FAILED, "Authorization failed")
     known = {services.index.root.name, "zhrag", *(settings.knowledge_ids or [])}
     if body.knowledge_id not in known:

@@ -159,6 +159,8 @@ class EmbedRequest(BaseModel):
             raise ValueError("give exactly one of 'text' or 'texts'")
         if self.texts is not None and not self.texts:
             raise ValueError("'texts' is empty")
+        if any(not t.strip() for t in ([self.text] if self.text is not None else self.texts or [])):
+            raise ValueError("an empty text has no embedding")
         return self
 
 
@@ -188,6 +190,8 @@ class OpenAIEmbeddingRequest(BaseModel):
             raise ValueError("'input' is empty")
         if len(items) > MAX_EMBED_TEXTS:
             raise ValueError(f"at most {MAX_EMBED_TEXTS} inputs per request")
+        if any(not t.strip() for t in items):
+            raise ValueError("an empty input has no embedding")
         return self
 
 

@@ -256,7 +256,7 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         spec = self.token_spec
-        ids = [spec.model_input(x) for x in spec.encode_batch([prompt + t for t in texts])]
+        ids = [spec.model_input(x) for x in spec.encode_batch([spec.clip(prompt + t) for t in texts])]
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         prefix = self._prefix(prompt) if prompt else None
         suffixes = [prefix.split(i) for i in ids] if prefix else [None] * len(ids)

@@ -14,6 +14,7 @@ from typing import Any
 __all__ = ["TokenSpec", "BatchPlan", "plan_batches", "padded_tokens", "default_max_batch_tokens", "MAX_BATCH_TOKENS"]
 
 _PROBE = "检"
+CHARS_PER_TOKEN_BOUND = 16
 # Padded positions per forward pass. CPU (2 cores, hidden-1024 Qwen3 with 2 layers, 400 statute chunks):
 # 512 -> 2,846 tokens/s, 4k -> 2,449, 16k -> 1,514: a CPU is busy at any batch size, so padding is pure
 # loss; 512 was also fastest for batches of 32 queries (7.3 ms/query vs 8.9 at 4k). CUDA: a GPU needs
@@ -67,6 +68,11 @@ class TokenSpec:
             pad_id=int(pad_id or 0),
             pad_left=getattr(tokenizer, "padding_side", "right") == "left",
         )
+
+    def clip(self, text: str) -> str:
+        """``text`` cut to the most characters that can still matter: no token is shorter than one character
+        and few are longer than ``CHARS_PER_TOKEN_BOUND``, so a million-character input costs what a page does."""
+        return text[: self.max_length * CHARS_PER_TOKEN_BOUND]
 
     def encode(self, text: str) -> list[int]:
         """Content ids of ``text`` (no special tokens, no truncation): what chunk sizes are measured in."""

@@ -24,8 +24,8 @@ def services(sample_index: Path) -> Services:
 
 @pytest.fixture()
 def client(services: Services) -> Iterator[TestClient]:
-    """A test client whose services come from ``dependency_overrides``."""
+    """A test client whose services come from ``dependency_overrides``; it sends the server's API key."""
     app = create_app(Settings(index=services.index.root, api_key=API_KEY), load=False)
     app.dependency_overrides[get_services] = lambda: services
-    with TestClient(app) as c:
+    with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
         yield c

@@ -204,3 +204,47 @@ def test_openapi_documents_errors_and_the_dify_response(client: TestClient) -> N
     assert {"415", "422", "503"} <= set(search) and "ErrorResponse" in str(search["422"])
     dify = spec["paths"]["/retrieval"]["post"]["responses"]
     assert "DifyRetrievalResponse" in str(dify["200"]) and "DifyError" in str(dify["403"])
+
+
+def test_api_keys_guard_every_route_but_the_probes(services: Services, sample_index: Path) -> None:
+    from app.api.deps import get_services
+
+    app = create_app(Settings(index=sample_index, api_keys="k1, k2"), load=False)  # comma-separated works
+    app.dependency_overrides[get_services] = lambda: services
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 200
+        missing = c.post("/search", json={"query": "医师"})
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert missing.json()["error"]["code"] == "unauthorized"
+        assert c.post("/search", json={"query": "医师"}, headers={"Authorization": "Bearer k3"}).status_code == 403
+        assert c.post("/search", json={"query": "医师"}, headers={"Authorization": "Bearer k2"}).status_code == 200
+        assert c.get("/openapi.json").status_code == 401 and c.get("/docs").status_code == 401
+        embed = c.post("/v1/embeddings", json={"input": "医师"}, headers={"Authorization": "Bearer k1"})
+        assert embed.status_code == 200
+        dify = c.post("/retrieval", json={"knowledge_id": "x", "query": "q", "retrieval_setting": {"top_k": 1}})
+        assert dify.status_code == 403 and dify.json()["error_code"] == 1001  # Dify's own shape
+
+
+def test_size_limits_answer_4xx(services: Services, sample_index: Path) -> None:
+    from app.api.deps import get_services
+
+    app = create_app(Settings(index=sample_index, max_body_bytes=50_000), load=False)
+    app.dependency_overrides[get_services] = lambda: services
+    with TestClient(app) as c:
+        big = c.post("/v1/embeddings", json={"input": ["医" * 10_000] * 4})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+        filters = {f"k{i}": "v" for i in range(1000)}
+        many = c.post("/search", json={"query": "医师", "filters": filters})
+        assert many.status_code == 422 and "filter keys" in many.json()["error"]["message"]
+        assert c.post("/embed", json={"texts": ["医师", "  "]}).status_code == 422
+        assert c.post("/v1/embeddings", json={"input": [""]}).status_code == 422
+        long = c.post("/v1/embeddings", json={"input": ["医" * 3_000]})  # under the body limit, over the model's
+        assert long.status_code == 200 and long.json()["usage"]["prompt_tokens"] > 0
+
+
+def test_long_inputs_are_clipped_before_tokenising(services: Services) -> None:
+    embedder = services.embedder
+    spec = embedder.token_spec
+    short = "第一条 " + "医" * (spec.max_length * 2)
+    huge = short + "师" * 1_000_000
+    assert np.allclose(embedder.embed_documents([huge]), embedder.embed_documents([short]), atol=1e-5)
