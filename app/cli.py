@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="Chunk, embed and index documents (txt, md, html, pdf, docx, jsonl)")
     p.add_argument("paths", nargs="+", type=Path, help="Files or directories (recursive)")
-    p.add_argument("--index", required=True, type=Path, help="Index directory (created or updated)")
+    p.add_argument(
+        "--index", type=Path, help="Index directory, created or updated (default: ZHRAG_INDEX, else ./zhrag_index)"
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="Max tokens per chunk (default 512)")
     p.add_argument("--chunk-overlap", type=int, default=None, help="Token overlap of generic chunks (default 64)")
     p.add_argument("--chunker", choices=["auto", "statute", "section", "generic"], default="auto")
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="Search an index")
     p.add_argument("query", nargs="?", help="The question (or use --messages)")
-    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--index", type=Path, help="Index directory (default: ZHRAG_INDEX, else ./zhrag_index)")
     p.add_argument("--messages", type=Path, help="JSON file with an OpenAI-format messages list (multi-turn)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="Print exactly the JSON body POST /search returns")
 
     p = sub.add_parser("serve", help="Serve the HTTP API")
-    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--index", type=Path, help="Index directory (default: ZHRAG_INDEX, else ./zhrag_index)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--reranker", help="Reranker model id or directory")
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
     p = sub.add_parser("eval", help="Score an index on queries or dialogues with qrels")
-    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--index", type=Path, help="Index directory (default: ZHRAG_INDEX, else ./zhrag_index)")
     p.add_argument("--qrels", required=True, type=Path, help="BEIR qrels TSV")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--queries", type=Path, help="BEIR queries JSONL")
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="Performance suite (JSON): query latency per mode, --ingest throughput, --http load, --ann layouts",
     )
-    p.add_argument("--index", type=Path, help="Index to time searches on (default run and --http)")
+    p.add_argument("--index", type=Path, help="Index to time searches on (default: ZHRAG_INDEX, else ./zhrag_index)")
     p.add_argument("--queries", type=Path, help="BEIR queries JSONL or a text file with one question per line")
     p.add_argument("--limit", type=int, default=200, help="At most this many queries")
     p.add_argument("--modes", default="bm25,dense,hybrid", help="Comma-separated modes")
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nprobe", type=int, help="IVF lists per query (default 32)")
 
     p = sub.add_parser("info", help="Show an index's manifest")
-    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--index", type=Path, help="Index directory (default: ZHRAG_INDEX, else ./zhrag_index)")
 
     p = sub.add_parser("tiny-model", help="Write a tiny random Qwen3 embedding model (offline smoke tests)")
     p.add_argument("output", type=Path)
@@ -449,8 +451,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.ingest:
         result = _bench_ingest(args)
     else:
-        if args.index is None:
-            raise CliError("bench needs --index (or --ingest PATH... / --ann N)")
         queries = _bench_queries(args.queries)[: args.limit]
         if not queries:
             raise CliError("no queries to benchmark")
@@ -473,10 +473,11 @@ def _bench_http(args: argparse.Namespace, queries: list[str]) -> dict[str, Any]:
     from app.bench.http import run_http_bench
     from retrieval.index import read_manifest
 
-    read_manifest(args.index)  # fail fast with a clear message
+    index = _settings(args).index
+    read_manifest(index)  # fail fast with a clear message
     variants = {"both": (True, False), "on": (True,), "off": (False,)}[args.microbatch]
     levels = _ints(args.concurrency, "--concurrency")
-    return run_http_bench(args.index, queries, levels, args.requests, args.http_mode, args.top_k, variants)
+    return run_http_bench(index, queries, levels, args.requests, args.http_mode, args.top_k, variants)
 
 
 def _bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
@@ -517,7 +518,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """``zhrag info``."""
     from retrieval.index import read_manifest
 
-    print(json.dumps(read_manifest(args.index), ensure_ascii=False, indent=2))
+    print(json.dumps(read_manifest(_settings(args).index), ensure_ascii=False, indent=2))
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,17 @@ from retrieval.evaluation import (
 )
 from retrieval.searcher import DEFAULT_CANDIDATES, Searcher, SearchOptions, normalize_query
 
-__all__ = ["EvalConfig", "run_eval", "load_dialogues", "EVAL_DEPTH", "EVAL_CANDIDATES"]
+__all__ = [
+    "EvalConfig",
+    "EvalInputError",
+    "run_eval",
+    "load_dialogues",
+    "qrels_coverage",
+    "EVAL_DEPTH",
+    "EVAL_CANDIDATES",
+]
+
+log = logging.getLogger(__name__)
 
 EVAL_DEPTH = 100
 """Documents kept per query (Recall@100 needs 100)."""
@@ -77,8 +88,29 @@ def _eval_searcher(services: Services, texts: list[str]) -> Searcher:
     return searcher
 
 
+class EvalInputError(ValueError):
+    """The queries, dialogues or qrels cannot score this index (e.g. no qrels id exists in it)."""
+
+
+MIN_COVERAGE = 0.5
+"""Below this share of relevant ids present in the index, ``eval`` warns: scores would mostly measure absence."""
+
+
+def qrels_coverage(services: Services, template: str, relevant: set[str]) -> tuple[float, str | None]:
+    """Share of ``relevant`` ids that some chunk of the index formats to, and one id the index does give."""
+    keys = {doc_key(template, doc_id, title, meta) for doc_id, title, meta in services.index.docs.iter_fields()}
+    keys.discard("")
+    found = len(relevant & keys) / len(relevant) if relevant else 0.0
+    return found, next(iter(sorted(keys)), None)
+
+
 def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> dict[str, Any]:
-    """Score the index behind ``services``; returns metrics plus a ``per_query`` list."""
+    """Score the index behind ``services``; returns metrics plus a ``per_query`` list.
+
+    Raises:
+        EvalInputError: when no query has qrels, or no relevant id of the qrels is in the index under
+            ``config.doc_id`` (a wrong ``--doc-id`` would otherwise score 0.0 and look like a result).
+    """
     start = time.perf_counter()
     qrels = load_qrels(config.qrels)
     if config.dialogues:
@@ -96,6 +128,24 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     else:
         raise ValueError("give --queries or --dialogues")
     ids = sorted(work)[: config.limit] if config.limit else sorted(work)
+    if not ids:
+        raise EvalInputError(f"no query or dialogue id has judgements in {config.qrels}")
+    relevant = {doc for qid in ids for doc, grade in qrels[qid].items() if grade > 0}
+    coverage, example = qrels_coverage(services, config.doc_id, relevant)
+    if coverage == 0:
+        sample = next(iter(sorted(relevant)), "")
+        raise EvalInputError(
+            f"none of the {len(relevant)} relevant ids in {config.qrels} is in the index under --doc-id "
+            f"{config.doc_id!r}: the qrels name e.g. {sample!r}, the index gives e.g. {example!r}"
+        )
+    if coverage < MIN_COVERAGE:
+        log.warning(
+            "only %.0f%% of the relevant ids in %s are in the index (--doc-id %r): the scores mostly measure "
+            "what is missing",
+            coverage * 100,
+            config.qrels,
+            config.doc_id,
+        )
     searcher = services.searcher
     if config.mode != "bm25":
         searcher = _eval_searcher(services, [q for qid in ids for q in work[qid].queries])
@@ -121,6 +171,7 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     return {
         **metrics,
         "queries": len(ids),
+        "qrels_coverage": round(coverage, 4),
         "mode": config.mode,
         "rerank": config.rerank,
         "dialogue_mode": config.dialogue_mode if config.dialogues else None,

@@ -24,18 +24,30 @@ import numpy as np
 
 from ingest.chunkers import ChunkSettings
 from ingest.embedding import EmbedStage, TokenEmbedder
-from ingest.loaders import discover, file_parts
+from ingest.loaders import SUPPORTED_SUFFIXES, discover, file_parts
 from ingest.stages import FileTask, PreparedDoc, StageContext, prepared_in_order
 from retrieval.embedders import Embedder
 from retrieval.index import IndexWriter
 from retrieval.text import Analyzer
 
-__all__ = ["IngestSummary", "IngestOptions", "ingest", "SHARD_CHUNKS"]
+__all__ = ["IngestSummary", "IngestOptions", "NothingToIngest", "ingest", "SHARD_CHUNKS"]
 
 log = logging.getLogger(__name__)
 
 SHARD_CHUNKS = 8192
 """Chunks embedded and written together: bounds memory, and is the window batches are length-sorted in."""
+
+
+class NothingToIngest(ValueError):
+    """No file under the given paths could be read: nothing is written."""
+
+
+def _nothing(paths: list[str], skipped: list[dict[str, str]]) -> NothingToIngest:
+    reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
+    more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+    if not skipped:
+        reasons = f"no {', '.join(SUPPORTED_SUFFIXES)} files under {', '.join(paths)}"
+    return NothingToIngest(f"nothing to ingest, the index was not changed: {reasons}{more}")
 
 
 @dataclass(frozen=True)
@@ -152,8 +164,13 @@ def ingest(
 
     Returns:
         The run summary.
+
+    Raises:
+        NothingToIngest: when no document could be read from ``paths`` (missing paths, unsupported or
+            unreadable files); the index is left as it was.
     """
     start = time.perf_counter()
+    paths = list(paths)
     settings = settings or ChunkSettings()
     options = options or IngestOptions()
     summary = IngestSummary(index=str(index_dir), model=embedder.name, workers=max(1, options.workers))
@@ -169,6 +186,8 @@ def ingest(
 
     for path, reason in skipped:
         skip(path, reason)
+    if not files:
+        raise _nothing([str(p) for p in paths], summary.skipped)
     spec = embedder.token_spec if isinstance(embedder, TokenEmbedder) else None
     manifest_extra = {
         "chunker": settings.to_dict(),
@@ -247,6 +266,8 @@ def ingest(
         rotate(None)
         if options.cancel is not None and options.cancel.is_set():
             raise KeyboardInterrupt
+        if not seen:
+            raise _nothing([str(p) for p in paths], summary.skipped)
         summary.chunkers = dict(chunkers)
         summary.documents_indexed = len(indexed)
         if prune:

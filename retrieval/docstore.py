@@ -165,6 +165,11 @@ class DocStore:
         rows = self._query(f"SELECT {_COLUMNS} FROM chunks WHERE doc_id=? ORDER BY seq", (doc_id,))
         return [_row_to_chunk(r) for r in rows]
 
+    def iter_fields(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(doc_id, title, metadata) of every chunk: what qrels ids are formatted from."""
+        for doc_id, title, metadata in self._query("SELECT doc_id, title, metadata FROM chunks ORDER BY rid"):
+            yield doc_id, title, json.loads(metadata)
+
     def iter_tokens(self, below: int | None = None) -> Iterator[tuple[list[int], list[list[str]]]]:
         """(row ids, BM25 tokens) of every chunk (with row id < ``below``), by row id, in batches."""
         sql = "SELECT rid, tokens FROM chunks" + (" WHERE rid < ?" if below is not None else "") + " ORDER BY rid"

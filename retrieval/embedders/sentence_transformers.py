@@ -33,6 +33,7 @@ DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_MAX_SEQ_LENGTH = 1024
 DEFAULT_BATCH_SIZE = 16
 MODELSCOPE_PREFIX = "modelscope:"
+HUB_PROBE_TIMEOUT_S = 5.0
 EOS_TOKEN = "<|endoftext|>"
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 Unpadded = Literal["auto", "on", "off"]
@@ -60,8 +61,12 @@ def resolve_model_path(model: str, source: Literal["huggingface", "modelscope"] 
     A local directory is used as it is. ``modelscope:ORG/NAME`` (or ``source="modelscope"``) downloads
     from ModelScope first. Anything else is a Hugging Face hub id (``HF_ENDPOINT`` selects a mirror).
 
+    A hub id already in the local cache loads from there; one that is not is only downloaded when the
+    hub answers within seconds (no minute of retries offline).
+
     Raises:
-        EmbedderError: when ModelScope is asked for but not installed.
+        EmbedderError: when ModelScope is asked for but not installed, or the model is neither cached nor
+            reachable (the message names every way out).
     """
     if Path(model).expanduser().is_dir():
         return model_reference(model)
@@ -72,7 +77,56 @@ def resolve_model_path(model: str, source: Literal["huggingface", "modelscope"] 
         except ImportError as exc:
             raise EmbedderError("ModelScope download needs: pip install 'zhrag[modelscope]'") from exc
         return snapshot_download(model_id)
+    cached = _hub_cache(model)
+    if cached is not None:
+        return cached
+    problem = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") == "1" else _unreachable(_hub_endpoint())
+    if problem:
+        raise EmbedderError(unavailable_message(model, f"it is not in the local Hugging Face cache and {problem}"))
     return model
+
+
+def unavailable_message(model: str, why: str) -> str:
+    """What to do when ``model`` cannot be loaded: every way zhrag can get a model without the hub."""
+    name = model.rsplit("/", 1)[-1]
+    return (
+        f"cannot load embedding model {model!r}: {why}. Use a mirror (HF_ENDPOINT=https://hf-mirror.com), "
+        f"ModelScope (--model modelscope:{model}, after pip install 'zhrag[modelscope]'), or a downloaded copy "
+        f"(--model /path/to/{name}); for an offline smoke test, a tiny random model: "
+        "zhrag tiny-model /tmp/tiny, then --model /tmp/tiny (or ZHRAG_MODEL=/tmp/tiny)"
+    )
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _hub_cache(model: str) -> str | None:
+    """The model's directory in the local Hugging Face cache, if it is complete enough to load."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        return None
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def _unreachable(endpoint: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why ``endpoint`` cannot be reached (``None`` when it answers a TCP connection in time)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"{endpoint} cannot be reached ({exc.strerror or exc})"
 
 
 def _quiet_transformers() -> None:
@@ -179,10 +233,7 @@ class SentenceTransformerEmbedder:
                 path, device=self._device, local_files_only=offline, model_kwargs=model_kwargs or None
             )
         except Exception as exc:  # noqa: BLE001 - any load failure gets the same actionable message
-            raise EmbedderError(
-                f"could not load embedding model {model!r}: {exc}. If Hugging Face is unreachable, set "
-                "HF_ENDPOINT to a mirror, use --model modelscope:ORG/NAME, or pass a local model directory."
-            ) from exc
+            raise EmbedderError(unavailable_message(model, str(exc).split("\n")[0])) from exc
         self._model.max_seq_length = max_seq_length
         if self._device.startswith("cuda") and precision in ("auto", "fp16"):
             self._model.half()

@@ -213,3 +213,30 @@ def test_rerank_end_to_end(cli_index: Path, tmp_path: Path, tiny_reranker_dir: P
     assert code == EXIT_OK
     result = json.loads(capsys.readouterr().out)
     assert result["rerank"] is True and result["queries"] == 1
+
+
+def test_ingest_of_nothing_readable_exits_2_and_writes_nothing(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    index = tmp_path / "index"
+    missing = main(["ingest", str(tmp_path / "nope.md"), "--index", str(index), "--model", str(tiny_model_dir)])
+    assert missing == EXIT_USAGE and "nope.md" in capsys.readouterr().err and not (index / "CURRENT").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["ingest", str(empty), "--index", str(index), "--model", str(tiny_model_dir)]) == EXIT_USAGE
+    assert "no .txt" in capsys.readouterr().err and not (index / "CURRENT").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.pdf").write_bytes(b"%PDF-1.4 garbage")
+    (broken / "b.txt").write_bytes(b"\xff\xfe\x00\xd8")
+    assert main(["ingest", str(broken), "--index", str(index), "--model", str(tiny_model_dir)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "a.pdf" in err and "b.txt" in err and "not changed" in err
+    assert not (index / "CURRENT").exists() and not list(index.glob(".staging-*"))
+
+
+def test_zhrag_index_environment_serves_every_command(cli_index: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("ZHRAG_INDEX", str(cli_index))
+    assert main(["info"]) == EXIT_OK and json.loads(capsys.readouterr().out)["counts"]["chunks"] > 300
+    assert main(["search", "医师的义务", "--mode", "bm25", "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["results"]
+    assert main(["bench", "--limit", "2", "--modes", "bm25"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["index"] == str(cli_index)

@@ -62,3 +62,35 @@ def test_bm25_dialogue_eval_finds_the_articles_from_context(services: Services, 
     # The last turns alone never name 假药的成份 or 手术风险; the builder carries them from earlier turns.
     assert scores["auto"]["Recall@10"] == 1.0
     assert scores["auto"]["nDCG@10"] > scores["last"]["nDCG@10"]
+
+
+def test_eval_refuses_qrels_the_index_cannot_match(sample_index, tmp_path, capsys, caplog) -> None:
+    """A wrong --doc-id used to score 0.0 and exit 0; now it is an error naming both id forms."""
+    import json as _json
+
+    from app.cli import EXIT_OK, EXIT_USAGE, main
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        "\n".join(
+            _json.dumps({"id": f"q{i}", "text": t}, ensure_ascii=False) for i, t in enumerate(["医师的义务", "假药"])
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text(
+        "query-id\tdoc\tscore\nq0\t中华人民共和国医师法 第二十三条\t1\nq1\t中华人民共和国药品管理法 第九十八条\t1\n"
+    )
+    base = ["eval", "--index", str(sample_index), "--queries", str(queries), "--qrels", str(qrels), "--mode", "bm25"]
+    assert main([*base, "--doc-id", "{law}{article}", "--json"]) == EXIT_USAGE  # missing space
+    err = capsys.readouterr().err
+    assert "none of the 2 relevant ids" in err and "中华人民共和国医师法 第二十三条" in err and "--doc-id" in err
+    assert main([*base, "--doc-id", "{law} {article}", "--json"]) == EXIT_OK
+    assert _json.loads(capsys.readouterr().out)["qrels_coverage"] == 1.0
+    qrels.write_text(
+        qrels.read_text() + "q1\t不存在的法 第一条\t1\nq1\t不存在的法 第二条\t1\nq1\t不存在的法 第三条\t1\n"
+    )
+    with caplog.at_level("WARNING"):
+        assert main([*base, "--doc-id", "{law} {article}", "--json"]) == EXIT_OK
+    assert _json.loads(capsys.readouterr().out)["qrels_coverage"] == 0.4 and "only 40%" in caplog.text

@@ -256,3 +256,31 @@ def test_real_qwen3_tokenizer_queries_are_plain_text_with_endoftext(tmp_path: Pa
         hidden = embedder._model[0].auto_model(input_ids=torch.tensor([doc])).last_hidden_state[0, -1].numpy()
     got = embedder.embed_documents(["第五十六条 个体工商户的债务，个人经营的，以个人财产承担。"])[0]
     assert np.allclose(got, hidden / np.linalg.norm(hidden), atol=1e-5)
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_model_that_cannot_be_had_fails_at_once_naming_every_way_out(monkeypatch, offline: bool) -> None:
+    """Offline (or with the hub unreachable) an uncached hub id is refused before any download attempt."""
+    import sentence_transformers
+
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("sentence-transformers was asked to download")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", never)
+    with pytest.raises(EmbedderError) as err:
+        SentenceTransformerEmbedder("zhrag-tests/no-such-model", device="cpu")
+    message = str(err.value)
+    assert ("HF_HUB_OFFLINE" if offline else "127.0.0.1:9 cannot be reached") in message
+    for way_out in (
+        "HF_ENDPOINT=",
+        "modelscope:zhrag-tests/no-such-model",
+        "/path/to/no-such-model",
+        "zhrag tiny-model",
+    ):
+        assert way_out in message
