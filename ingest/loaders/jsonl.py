@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ingest.document import BadRecord, Document
 from ingest.loaders.text import decode_bytes
+from retrieval.text.normalize import LONE_SURROGATE
 
 __all__ = ["load_jsonl", "jsonl_parts", "FilePart", "JSONL_PART_BYTES"]
 
@@ -55,6 +56,17 @@ def jsonl_parts(path: Path, target_bytes: int | None = None) -> list[FilePart | 
     return parts
 
 
+def _has_surrogate(value: object) -> bool:
+    """Whether a decoded JSON value holds a lone surrogate anywhere (keys included)."""
+    if isinstance(value, str):
+        return LONE_SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
 def _read(path: Path, part: FilePart | None) -> tuple[str, int]:
     if part is None:
         return decode_bytes(path.read_bytes(), str(path)), 1
@@ -81,6 +93,8 @@ def load_jsonl(path: Path, doc_id: str, part: FilePart | None = None) -> Iterato
             yield BadRecord(str(path), f"{path}:{lineno}: expected a JSON object")
         elif rid is None or not isinstance(body, str):
             yield BadRecord(str(path), f'{path}:{lineno}: needs an "id" and a string "text"')
+        elif _has_surrogate(record):
+            yield BadRecord(str(path), f"{path}:{lineno}: a lone surrogate escape (e.g. \\ud800) is not text")
         else:
             yield Document(
                 id=str(rid),

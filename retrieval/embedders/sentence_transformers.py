@@ -363,10 +363,11 @@ class SentenceTransformerEmbedder:
         return self._encode(texts, query_prompt(self.instruction))
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts with the model's tokenizer (special tokens included)."""
+        """Tokens the model reads for each text as a document (special tokens included, cut at ``max_seq_length``)."""
         if not texts:
             return []
-        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+        spec = self.token_spec
+        return [len(spec.model_input(ids)) for ids in spec.encode_batch([spec.clip(t) for t in texts])]
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry."""

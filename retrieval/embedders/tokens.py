@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from retrieval.text.normalize import replace_surrogates
+
 __all__ = ["TokenSpec", "BatchPlan", "plan_batches", "padded_tokens", "default_max_batch_tokens", "MAX_BATCH_TOKENS"]
 
 _PROBE = "检"
@@ -70,9 +72,10 @@ class TokenSpec:
         )
 
     def clip(self, text: str) -> str:
-        """``text`` cut to the most characters that can still matter: no token is shorter than one character
-        and few are longer than ``CHARS_PER_TOKEN_BOUND``, so a million-character input costs what a page does."""
-        return text[: self.max_length * CHARS_PER_TOKEN_BOUND]
+        """``text`` cut to the most characters that can still matter (no token is shorter than one character
+        and few are longer than ``CHARS_PER_TOKEN_BOUND``, so a million-character input costs what a page
+        does), lone surrogates replaced so the tokenizer accepts it."""
+        return replace_surrogates(text[: self.max_length * CHARS_PER_TOKEN_BOUND])
 
     def encode(self, text: str) -> list[int]:
         """Content ids of ``text`` (no special tokens, no truncation): what chunk sizes are measured in."""

@@ -6,7 +6,7 @@ import re
 import unicodedata
 from functools import lru_cache
 
-__all__ = ["normalize_text", "to_simplified"]
+__all__ = ["normalize_text", "to_simplified", "replace_surrogates", "LONE_SURROGATE"]
 
 # Full-width ASCII letters/digits/symbols map to half-width by a fixed offset. CJK punctuation that
 # carries sentence structure (，。？！：；（）) is deliberately kept full-width.
@@ -17,6 +17,13 @@ _FULLWIDTH_TABLE[0x3000] = ord(" ")  # ideographic space
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A surrogate alone in a Python string (JSON's ``"\\ud800"``): not text, and not encodable as UTF-8."""
+
+
+def replace_surrogates(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD, so it can be tokenised and stored."""
+    return LONE_SURROGATE.sub("\ufffd", text) if LONE_SURROGATE.search(text) else text
 
 
 def _drop_control(ch: str) -> bool:
@@ -26,8 +33,8 @@ def _drop_control(ch: str) -> bool:
 def normalize_text(text: str) -> str:
     """Normalise Chinese text before chunking or querying.
 
-    Full-width letters, digits and symbols become half-width (CJK punctuation is kept), zero-width and
-    control characters are removed, line endings become ``\\n``, runs of spaces collapse to one,
+    Lone surrogates become U+FFFD; full-width letters, digits and symbols become half-width (CJK
+    punctuation is kept), zero-width and control characters are removed, line endings become ``\\n``, runs of spaces collapse to one,
     lines are stripped and three or more newlines collapse to a paragraph break.
 
     Args:
@@ -36,7 +43,7 @@ def normalize_text(text: str) -> str:
     Returns:
         The normalised text.
     """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = replace_surrogates(text).replace("\r\n", "\n").replace("\r", "\n")
     text = text.translate(_FULLWIDTH_TABLE).translate(_ZERO_WIDTH)
     if any(_drop_control(ch) for ch in text):
         text = "".join(ch for ch in text if not _drop_control(ch))

@@ -248,3 +248,17 @@ def test_long_inputs_are_clipped_before_tokenising(services: Services) -> None:
     short = "第一条 " + "医" * (spec.max_length * 2)
     huge = short + "师" * 1_000_000
     assert np.allclose(embedder.embed_documents([huge]), embedder.embed_documents([short]), atol=1e-5)
+
+
+def test_lone_surrogates_in_requests_are_not_a_500(client: TestClient) -> None:
+    for path, body in (
+        ("/search", b'{"query": "\\ud800\\u533b\\u5e08"}'),
+        ("/search", b'{"query": "\\u533b\\u5e08\\udfff", "mode": "bm25"}'),
+        ("/v1/embeddings", b'{"input": ["\\ud800\\u533b"]}'),
+        ("/embed", b'{"texts": ["\\udc00x"], "input_type": "query"}'),
+    ):
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        # Either refused as invalid text, naming the field, or embedded with U+FFFD in its place; never a 500.
+        assert response.status_code in (200, 422), (path, response.text)
+        if response.status_code == 422:
+            assert "unicode" in response.json()["error"]["message"]

@@ -99,12 +99,23 @@ def test_jsonl_records_and_metadata(five_docs_jsonl: Path) -> None:
 
 def test_jsonl_bad_records_are_named_and_the_rest_is_read(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    lines = [{"id": 1, "text": "好"}, "{not json", {"text": "没有id"}, [1, 2], {"id": "x", "text": "医师的义务"}]
+    lines = [
+        {"id": 1, "text": "好"},
+        "{not json",
+        {"text": "没有id"},
+        [1, 2],
+        {"id": "x", "text": "医师的义务"},
+        '{"id": "s", "text": "bad \\ud800 escape"}',
+    ]
     path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in lines) + "\n")
     items = list(load_file(path, "bad.jsonl"))
     assert [d.id for d in items if isinstance(d, Document)] == ["1", "x"]
     reasons = [b.reason for b in items if isinstance(b, BadRecord)]
-    assert len(reasons) == 3 and "bad.jsonl:2: invalid JSON" in reasons[0]
+    assert (
+        len(reasons) == 4
+        and "bad.jsonl:2: invalid JSON" in reasons[0]
+        and "bad.jsonl:6: a lone surrogate" in reasons[3]
+    )
     assert "bad.jsonl:3" in reasons[1] and '"id"' in reasons[1] and "bad.jsonl:4: expected a JSON object" in reasons[2]
 
 
