@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="A Bearer key every route but /health and /ready requires (see ZHRAG_API_KEYS)")
     p.add_argument("--no-model", action="store_true", help="Serve BM25 only, without loading the model")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.add_argument("--log-format", choices=["text", "json"], help="Log lines as text or JSON (ZHRAG_LOG_FORMAT)")
 
     p = sub.add_parser("eval", help="Score an index on queries or dialogues with qrels")
     p.add_argument("--index", type=Path, help="Index directory (default: ZHRAG_INDEX, else ./zhrag_index)")
@@ -360,6 +361,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api import create_app
+    from app.api.observability import configure_logging
     from retrieval.index import read_manifest
 
     settings = _settings(
@@ -371,11 +373,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_model=False if args.no_model else None,
     )
     read_manifest(settings.index)  # fail fast with a clear message
+    configure_logging(args.log_level, args.log_format or settings.log_format)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        log_config=None,  # keep ours: request ids on every line
         access_log=args.log_level in ("debug", "info"),
     )
     return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,7 @@ def embedder_for_index(manifest: dict[str, Any], settings: Settings, model: str 
     return _wrap_cache(embedder, settings)
 
 
-def serving_embedder(embedder: Embedder, settings: Settings) -> Embedder:
+def serving_embedder(embedder: Embedder, settings: Settings, on_batch: Callable[[int], None] | None = None) -> Embedder:
     """The embedder as a server uses it: concurrent queries micro-batched on one model worker
     (``ZHRAG_MICROBATCH``), recent query vectors cached (``ZHRAG_QUERY_CACHE_SIZE``)."""
     if settings.torch_threads:
@@ -180,14 +181,18 @@ def serving_embedder(embedder: Embedder, settings: Settings) -> Embedder:
     if settings.microbatch:
         if hasattr(embedder, "batch_size"):  # one forward pass per micro-batch
             embedder.batch_size = max(embedder.batch_size, settings.microbatch_size)  # type: ignore[attr-defined]
-        embedder = MicroBatcher(embedder, settings.microbatch_wait_ms, settings.microbatch_size)
+        embedder = MicroBatcher(embedder, settings.microbatch_wait_ms, settings.microbatch_size, on_batch)
     if settings.query_cache_size > 0:
         embedder = QueryCache(embedder, settings.query_cache_size)
     return embedder
 
 
 def build_services(
-    settings: Settings, load_model: bool | None = None, model: str | None = None, serving: bool = False
+    settings: Settings,
+    load_model: bool | None = None,
+    model: str | None = None,
+    serving: bool = False,
+    on_embed_batch: Callable[[int], None] | None = None,
 ) -> Services:
     """Open the index and load what searching it needs.
 
@@ -196,6 +201,7 @@ def build_services(
         load_model: Load the embedding model (``False`` serves BM25 only); default from settings.
         model: Explicit model asked for by the user (checked against the manifest).
         serving: Concurrent use (the API): micro-batch and cache query embeddings.
+        on_embed_batch: Told the size of each micro-batch (metrics).
     """
     manifest = read_manifest(settings.index)
     index = Index(settings.index)
@@ -206,7 +212,7 @@ def build_services(
     load = settings.load_model if load_model is None else load_model
     embedder = embedder_for_index(manifest, settings, model) if load else None
     if embedder is not None and serving:
-        embedder = serving_embedder(embedder, settings)
+        embedder = serving_embedder(embedder, settings, on_embed_batch)
     reranker = create_reranker(settings.reranker, settings.reranker_type) if settings.reranker else None
     analyzer = build_analyzer(settings, manifest)
     searcher = build_searcher(settings, index, embedder, analyzer, reranker)

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
         description="Extra Dify knowledge_id values accepted (the index dir name always is)",
     )
     load_model: bool = Field(True, description="Load the embedding model at start-up (False: bm25 only)")
+    log_format: Literal["text", "json"] = Field("text", description="serve's log lines: text or one JSON object each")
     reload_interval: float = Field(2.0, description="Seconds between checks for a new index version (0: never)")
 
     @property

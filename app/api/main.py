@@ -17,7 +17,8 @@ from app.api import routes_dify, routes_embed, routes_search
 from app.api.auth import RequireKey
 from app.api.errors import JsonOnly, install_error_handlers
 from app.api.limits import BodyLimit
-from app.services import build_services
+from app.api.observability import Metrics, RequestContext, metrics_endpoint
+from app.services import Services, build_services
 from app.sessions import SessionStore
 from app.settings import Settings
 from retrieval.index import current_version
@@ -25,6 +26,27 @@ from retrieval.index import current_version
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+
+
+def _serving(app: FastAPI, services: Services, verb: str) -> None:
+    """Log and export what is served."""
+    manifest = services.index.manifest
+    chunks = manifest.get("counts", {}).get("chunks", 0)
+    model = manifest["embedder"]["model"]
+    mode = "hybrid" if services.embedder is not None else "bm25 only (no model loaded)"
+    settings = services.settings
+    log.info(
+        "%s index %s version %s: %d chunks, model %s, %s, micro-batching %s, reranker %s",
+        verb,
+        services.index.root.name,
+        services.index.version,
+        chunks,
+        model,
+        mode,
+        "on" if settings.microbatch else "off",
+        services.reranker.name if services.reranker else "none",
+    )
+    app.state.metrics.serving(services.index.version, model, chunks)
 
 
 async def _follow_index(app: FastAPI, interval: float) -> None:
@@ -50,7 +72,7 @@ async def _follow_index(app: FastAPI, interval: float) -> None:
             continue
         app.state.services = fresh
         failed = None
-        log.info("now serving index version %s (%d chunks)", fresh.index.version, fresh.index.docs.count())
+        _serving(app, fresh, "now serving")
 
 
 def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
@@ -61,6 +83,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         load: Load services at start-up; tests pass ``False`` and use ``dependency_overrides``.
     """
     settings = settings or Settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,10 +92,10 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         watcher = None
         if load:
             try:
-                services = build_services(settings, serving=True)
+                services = build_services(settings, serving=True, on_embed_batch=metrics.batch_size.observe)
                 services.warm_up()
                 app.state.services = services
-                log.info("serving index %s, version %s", settings.index, services.index.version)
+                _serving(app, services, "serving")
             except Exception as exc:  # noqa: BLE001 - reported by /ready instead of crashing the server
                 app.state.load_error = f"{type(exc).__name__}: {exc}"
                 log.error("could not load the index %s: %s", settings.index, exc)
@@ -93,6 +116,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     app.state.sessions = SessionStore()
     app.state.services = None
     app.state.load_error = None
@@ -101,6 +125,8 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.add_middleware(JsonOnly)  # added first = innermost: keys, then size, then content type
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequireKey, keys=settings.keys)
+    app.add_middleware(RequestContext, metrics=metrics)  # outermost: every answer gets an id and is counted
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], tags=["ops"], summary="Prometheus metrics")
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -75,15 +75,21 @@ class MicroBatcher(_Wrapper):
         inner: The embedder (the worker thread is its only caller).
         max_wait_ms: Longest the first request of a batch waits for others to join.
         max_batch: Most texts in one forward pass (a larger request still runs whole, alone).
+        on_batch: Called with the number of texts of each forward pass (e.g. a metrics histogram).
     """
 
     def __init__(
-        self, inner: Embedder, max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_batch: int = DEFAULT_MAX_BATCH
+        self,
+        inner: Embedder,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.inner = inner
         self.name = inner.name
         self.max_wait_s = max(0.0, max_wait_ms / 1000)
         self.max_batch = max(1, max_batch)
+        self.on_batch = on_batch
         self.batch_sizes: list[int] = []
         """Texts per forward pass, most recent last (bounded; for metrics and tests)."""
         self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
@@ -179,6 +185,8 @@ class MicroBatcher(_Wrapper):
         return self.inner.embed_queries(texts) if side == "query" else self.inner.embed_documents(texts)
 
     def _record(self, size: int) -> None:
+        if self.on_batch is not None:
+            self.on_batch(size)
         self.batch_sizes.append(size)
         if len(self.batch_sizes) > 4096:
             del self.batch_sizes[:2048]

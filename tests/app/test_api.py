@@ -262,3 +262,27 @@ def test_lone_surrogates_in_requests_are_not_a_500(client: TestClient) -> None:
         assert response.status_code in (200, 422), (path, response.text)
         if response.status_code == 422:
             assert "unicode" in response.json()["error"]["message"]
+
+
+def test_request_ids_metrics_and_json_logs(sample_index: Path, caplog) -> None:
+    import json as _json
+    import logging
+
+    from app.api.observability import JsonFormatter, RequestIdFilter
+
+    with TestClient(create_app(Settings(index=sample_index, microbatch_wait_ms=1))) as served:
+        first = served.post("/search", json={"query": "医师的义务", "mode": "hybrid"})
+        assert first.status_code == 200 and len(first.headers["x-request-id"]) == 32
+        mine = served.post("/search", json={"query": "假药"}, headers={"X-Request-ID": "chat-42"})
+        assert mine.headers["x-request-id"] == "chat-42"
+        assert served.post("/search", json={}).status_code == 422
+        text = served.get("/metrics").text
+    assert 'zhrag_requests_total{method="POST",route="/search",status="200"} 2.0' in text
+    assert 'zhrag_requests_total{method="POST",route="/search",status="422"} 1.0' in text
+    assert 'zhrag_request_seconds_count{route="/search"} 3.0' in text
+    assert "zhrag_index_chunks " in text and 'zhrag_index_version_info{model="' in text
+    assert "zhrag_embed_batch_texts_count" in text and "zhrag_embed_batch_texts_count 0.0" not in text
+    record = logging.LogRecord("zhrag", logging.INFO, __file__, 1, "hello %s", ("世界",), None)
+    RequestIdFilter().filter(record)
+    line = _json.loads(JsonFormatter().format(record))
+    assert line["message"] == "hello 世界" and line["request_id"] == "-" and line["level"] == "INFO"
