@@ -72,3 +72,20 @@ def openai_embeddings(body: OpenAIEmbeddingRequest, services: ServicesDep) -> Op
     return OpenAIEmbeddingResponse(
         data=data, model=body.model or embedder.name, usage={"prompt_tokens": tokens, "total_tokens": tokens}
     )
+
+
+QUERY_MODEL = "zhrag-query"
+DOCUMENT_MODEL = "zhrag"
+
+
+@router.get("/v1/models")
+def openai_models(services: ServicesDep) -> dict[str, object]:
+    """OpenAI-compatible model list: ``zhrag`` embeds documents, ``zhrag-query`` queries (with the instruction)."""
+    _embedder(services)
+    owner = "zhrag"
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": owner} for name in (DOCUMENT_MODEL, QUERY_MODEL)
+        ],
+    }

@@ -32,7 +32,7 @@ MAX_QUERY_CHARS = 2000
 MAX_MESSAGES = 20
 MAX_MESSAGE_CHARS = 4000
 MAX_TOTAL_CHARS = 16000
-MAX_EMBED_TEXTS = 256
+MAX_EMBED_TEXTS = 2048
 FilterValue = str | int | float | bool | list[str | int | float | bool]
 
 

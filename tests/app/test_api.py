@@ -286,3 +286,21 @@ def test_request_ids_metrics_and_json_logs(sample_index: Path, caplog) -> None:
     RequestIdFilter().filter(record)
     line = _json.loads(JsonFormatter().format(record))
     assert line["message"] == "hello 世界" and line["request_id"] == "-" and line["level"] == "INFO"
+
+
+def test_the_openai_sdk_gets_query_and_document_embeddings(client: TestClient, services: Services) -> None:
+    """The official client, as a chatbot would use it (it asks for base64 by default)."""
+    from openai import OpenAI
+
+    sdk = OpenAI(base_url=f"{client.base_url}/v1", api_key="secret", http_client=client, max_retries=0)
+    assert {m.id for m in sdk.models.list().data} == {"zhrag", "zhrag-query"}
+    texts = ["医师在执业活动中应当履行哪些义务？", "禁止生产、销售假药"]
+    queries = sdk.embeddings.create(model="zhrag-query", input=texts)
+    documents = sdk.embeddings.create(model="zhrag", input=texts)
+    got_q = np.array([d.embedding for d in queries.data])
+    got_d = np.array([d.embedding for d in documents.data])
+    assert np.allclose(got_q, services.embedder.embed_queries(texts), atol=1e-5)
+    assert np.allclose(got_d, services.embedder.embed_documents(texts), atol=1e-5)
+    assert documents.usage.prompt_tokens > len(texts)
+    big = sdk.embeddings.create(model="zhrag", input=[f"第{i}条 医师的义务" for i in range(1000)])  # LangChain's batch
+    assert len(big.data) == 1000
