@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -61,7 +61,7 @@ class EmbedStats:
     tokens: int = 0
     padded: int = 0
     batches: int = 0
-    busy_s: dict[str, float] | None = None
+    busy_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def padding_ratio(self) -> float:
@@ -71,7 +71,7 @@ class EmbedStats:
     @property
     def seconds(self) -> float:
         """Wall time of the busiest device."""
-        return max((self.busy_s or {}).values(), default=0.0)
+        return max(self.busy_s.values(), default=0.0)
 
 
 class EmbedStage:
@@ -82,7 +82,7 @@ class EmbedStage:
             any other embedder gets text batches of ``TEXT_BATCH``.
         replicas: One embedder per device (``[embedder]`` for a single device).
         max_batch_tokens: Padded positions per batch (default by device kind).
-        on_progress: Called with (chunks, tokens) after each batch (from the device threads).
+        on_progress: Called with the number of chunks of each finished batch (from the device threads).
     """
 
     def __init__(
@@ -90,7 +90,7 @@ class EmbedStage:
         embedder: Embedder,
         replicas: Sequence[Embedder] | None = None,
         max_batch_tokens: int | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.embedder = embedder
         self.replicas = list(replicas or [embedder])
@@ -169,11 +169,10 @@ class EmbedStage:
                 self._failed.set()
                 raise
             elapsed = time.perf_counter() - start
-            tokens = sum(len(ids) for ids in batch) if self.tokenised else 0
             with self._lock:
-                self.stats.busy_s[self._label(device)] += elapsed  # type: ignore[index]
+                self.stats.busy_s[self._label(device)] += elapsed
             if self.on_progress:
-                self.on_progress(len(positions), tokens)
+                self.on_progress(len(positions))
 
 
 def _balance(cost: Sequence[int], devices: int) -> list[list[int]]:

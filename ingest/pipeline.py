@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ingest.chunkers import ChunkSettings
-from ingest.embedding import EmbedStage, TokenEmbedder
+from ingest.embedding import EmbedStage
 from ingest.loaders import SUPPORTED_SUFFIXES, discover, file_parts
 from ingest.stages import FileTask, PreparedDoc, StageContext, prepared_in_order
 from retrieval.embedders import Embedder
@@ -186,9 +186,12 @@ def ingest(
 
     for path, reason in skipped:
         skip(path, reason)
+    names = [str(p) for p in paths]
     if not files:
-        raise _nothing([str(p) for p in paths], summary.skipped)
-    spec = embedder.token_spec if isinstance(embedder, TokenEmbedder) else None
+        raise _nothing(names, summary.skipped)
+    # Chunk sizes are measured in the model's tokens wherever a tokenizer exists (also behind an embedding
+    # cache); whether the ids are fed to the model is the embedding stage's call.
+    spec = getattr(embedder, "token_spec", None)
     manifest_extra = {
         "chunker": settings.to_dict(),
         "analyzer": analyzer.config(),
@@ -198,7 +201,7 @@ def ingest(
     summary.devices = [str(getattr(r, "device", "remote")) for r in replicas]
     embedded = [0]  # chunks through the model so far (updated by the device threads)
 
-    def on_embedded(chunks: int, _tokens: int) -> None:
+    def on_embedded(chunks: int) -> None:
         embedded[0] += chunks
 
     with (
@@ -267,7 +270,7 @@ def ingest(
         if options.cancel is not None and options.cancel.is_set():
             raise KeyboardInterrupt
         if not seen:
-            raise _nothing([str(p) for p in paths], summary.skipped)
+            raise _nothing(names, summary.skipped)
         summary.chunkers = dict(chunkers)
         summary.documents_indexed = len(indexed)
         if prune:
@@ -283,7 +286,7 @@ def ingest(
             writer.abort()
         summary.total_chunks = writer.docs_count()
         summary.total_documents = writer.documents_count()
-        _record_throughput(summary, stage, spec is not None)
+        _record_throughput(summary, stage)
     summary.seconds = round(time.perf_counter() - start, 2)
     summary.chunks_per_second = round(summary.chunks / summary.seconds, 1) if summary.seconds else 0.0
     summary.tokens_per_second = round(summary.tokens / summary.seconds, 1) if summary.seconds else 0.0
@@ -307,11 +310,11 @@ def _replicas(embedder: Embedder, devices: Sequence[str] | None) -> list[Embedde
     return [on_device(d) for d in devices]
 
 
-def _record_throughput(summary: IngestSummary, stage: EmbedStage, tokenised: bool) -> None:
+def _record_throughput(summary: IngestSummary, stage: EmbedStage) -> None:
     stats = stage.stats
     summary.embed_seconds = round(stats.seconds, 2)
     summary.batches = stats.batches
-    if tokenised:
+    if stage.tokenised:
         summary.padding_ratio = round(stats.padding_ratio, 4)
         summary.max_batch_tokens = stage.max_batch_tokens
     if stats.seconds:

@@ -63,7 +63,8 @@ class StageContext:
         spec: The model's tokenizer: chunk sizes are measured in its ids, and those ids are fed to the
             model. ``None`` for remote embedders (sizes in characters, the server tokenises).
         known: Content hash per document id of the live index (unchanged documents are not chunked).
-        count: Length function when there is no ``spec`` (e.g. characters).
+        count: Length function when there is no ``spec``: characters, which is what a remote embedding
+            server's ``count_tokens`` counts too (a conservative bound for Chinese).
     """
 
     settings: ChunkSettings

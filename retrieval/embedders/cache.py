@@ -69,6 +69,14 @@ class CachedEmbedder:
         """Cached query embeddings."""
         return self._cached("query", texts, self.inner.embed_queries)
 
+    @property
+    def token_spec(self) -> Any:
+        """The inner model's tokenizer (chunk sizes are measured with it; the texts still go through the cache)."""
+        spec = getattr(self.inner, "token_spec", None)
+        if spec is None:
+            raise AttributeError("token_spec")
+        return spec
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Delegated to the inner embedder."""
         return self.inner.count_tokens(texts)

@@ -266,6 +266,8 @@ class SentenceTransformerEmbedder:
         replica = copy.copy(self)
         replica._model = copy.deepcopy(self._model).to(device)
         replica._device = device
+        if replica._prefixes is not None:  # cached keys/values live on the original device
+            replica._prefixes = {}
         return replica
 
     @property

@@ -100,3 +100,18 @@ def test_prune_removes_vanished_documents_but_keeps_broken_ones(tmp_path: Path, 
     assert [Path(s["path"]).name for s in summary.skipped] == ["传染病防治法.md"]
     assert Index(index).docs.document_chunks("传染病防治法.md")[0].metadata["law"] == "中华人民共和国传染病防治法"
     assert Index(index).docs.document_ids() == ["传染病防治法.md", "医师法.md"]
+
+
+def test_an_embedding_cache_keeps_chunk_sizes_in_model_tokens(tmp_path: Path, tiny_embedder, analyzer) -> None:
+    """Behind the SQLite cache the texts go through the cache, but chunks are still measured in tokens."""
+    from ingest.chunkers import ChunkSettings
+    from retrieval.embedders.cache import CachedEmbedder
+
+    small = ChunkSettings(chunk_size=48, chunk_overlap=0)
+    src = SAMPLE_STATUTES / "医师法.md"
+    plain = ingest([src], tmp_path / "a", tiny_embedder, analyzer, small, progress=False)
+    cached = CachedEmbedder(tiny_embedder, tmp_path / "cache.sqlite")
+    through = ingest([src], tmp_path / "b", cached, analyzer, small, progress=False)
+    texts = [[c.text for c in Index(tmp_path / d).docs.document_chunks("医师法.md")] for d in "ab"]
+    assert texts[0] == texts[1] and through.chunks == plain.chunks > 100 and through.tokens == plain.tokens
+    assert through.padding_ratio == 0.0 and plain.padding_ratio > 0  # the cached run embeds texts, not ids
