@@ -172,11 +172,15 @@ def read_manifest(root: Path | str) -> dict[str, Any]:
     Raises:
         IndexNotFoundError: when ``root`` holds no index.
     """
-    root = Path(root)
+    return _live(Path(root))[1]
+
+
+def _live(root: Path) -> tuple[Path, dict[str, Any]]:
+    """The live version's directory and manifest, from one read of ``CURRENT``."""
     version = _current_version(root)
     if version is None:
         raise IndexNotFoundError(f"no zhrag index at {root} (run `zhrag ingest PATH --index {root}` first)")
-    return json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))
+    return version, json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))
 
 
 def check_embedder(manifest: dict[str, Any], model: str | None, dim: int | None) -> None:
@@ -205,11 +209,7 @@ class Index:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        version = _current_version(self.root)  # read once: manifest and data come from the same version
-        if version is None:
-            raise IndexNotFoundError(f"no zhrag index at {root} (run `zhrag ingest PATH --index {root}` first)")
-        self.version_dir = version
-        self.manifest = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))
+        self.version_dir, self.manifest = _live(self.root)  # manifest and data come from the same version
         if self.manifest.get("format") != FORMAT_VERSION:
             raise ZhragIndexError(f"index format {self.manifest.get('format')} is not supported by this zhrag")
         self.docs = DocStore(self.version_dir / DOCSTORE_FILE)
