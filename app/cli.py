@@ -25,6 +25,7 @@ EXIT_SKIPPED = 3
 """Ingest finished and published an index, but some files were skipped (listed on stderr)."""
 
 log = logging.getLogger("zhrag")
+INDEX_HELP = "Index directory (default: ZHRAG_INDEX, else ./zhrag_index)"
 STOP = threading.Event()
 """Set when the process was asked to stop (SIGTERM)."""
 
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="Search an index")
     p.add_argument("query", nargs="?", help="The question (or use --messages)")
-    p.add_argument("--index", type=Path, help="Index directory (default: ZHRAG_INDEX, else ./zhrag_index)")
+    p.add_argument("--index", type=Path, help=INDEX_HELP)
     p.add_argument("--messages", type=Path, help="JSON file with an OpenAI-format messages list (multi-turn)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="Print exactly the JSON body POST /search returns")
 
     p = sub.add_parser("serve", help="Serve the HTTP API")
-    p.add_argument("--index", type=Path, help="Index directory (default: ZHRAG_INDEX, else ./zhrag_index)")
+    p.add_argument("--index", type=Path, help=INDEX_HELP)
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--reranker", help="Reranker model id or directory")
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["text", "json"], help="Log lines as text or JSON (ZHRAG_LOG_FORMAT)")
 
     p = sub.add_parser("eval", help="Score an index on queries or dialogues with qrels")
-    p.add_argument("--index", type=Path, help="Index directory (default: ZHRAG_INDEX, else ./zhrag_index)")
+    p.add_argument("--index", type=Path, help=INDEX_HELP)
     p.add_argument("--qrels", required=True, type=Path, help="BEIR qrels TSV")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--queries", type=Path, help="BEIR queries JSONL")
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nprobe", type=int, help="IVF lists per query (default 32)")
 
     p = sub.add_parser("info", help="Show an index's manifest")
-    p.add_argument("--index", type=Path, help="Index directory (default: ZHRAG_INDEX, else ./zhrag_index)")
+    p.add_argument("--index", type=Path, help=INDEX_HELP)
 
     p = sub.add_parser("tiny-model", help="Write a tiny random Qwen3 embedding model (offline smoke tests)")
     p.add_argument("output", type=Path)
