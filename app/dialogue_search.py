@@ -20,10 +20,12 @@ class DialogueInputError(ValueError):
 
 def options_from(body: SearchRequest) -> SearchOptions:
     """Searcher options from the request body."""
+    from app.api.schemas import MetadataCondition  # runtime import: app.api imports this module
+
     return SearchOptions(
         top_k=body.top_k,
         mode=body.mode,
-        filters=body.filters,
+        filters=body.filters.to_filter() if isinstance(body.filters, MetadataCondition) else body.filters,
         rerank=body.rerank,
         score_threshold=body.score_threshold,
         expand=body.expand,

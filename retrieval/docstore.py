@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from retrieval.metadata_filter import SQL_NUMBER, FilterError, MetadataFilter, sql_number, to_sql
 from retrieval.types import Chunk
 
-__all__ = ["DocStore", "FilterError", "DOCSTORE_FILE", "COLUMN_FILTERS"]
+__all__ = ["DocStore", "FilterError", "DOCSTORE_FILE"]
 
 DOCSTORE_FILE = "chunks.sqlite"
-COLUMN_FILTERS = ("doc_id", "source", "title")
-_FILTER_KEY = re.compile(r"^[\w\u4e00-\u9fff.-]{1,64}$")
 _SQL_BATCH = 500
-MAX_FILTER_KEYS = 32
-MAX_FILTER_VALUES = 1000
 _TOKEN_BATCH = 4096
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -47,10 +43,6 @@ CREATE TABLE IF NOT EXISTS documents (
 _COLUMNS = "rid, id, doc_id, seq, text, embed_text, title, source, metadata"
 
 
-class FilterError(ValueError):
-    """A metadata filter is malformed."""
-
-
 def _row_to_chunk(row: Sequence[Any]) -> Chunk:
     rid, cid, doc_id, seq, text, embed_text, title, source, metadata = row
     return Chunk(
@@ -73,6 +65,7 @@ class DocStore:
         self.path = path
         self._db = sqlite3.connect(str(path), check_same_thread=False)
         self._db.executescript(_SCHEMA)
+        self._db.create_function(SQL_NUMBER, 1, sql_number, deterministic=True)
         # One connection serves the API's worker threads; sqlite3 connections need serialised use.
         self._lock = threading.RLock()
 
@@ -182,33 +175,13 @@ class DocStore:
                 return
             yield [r for r, _ in part], [t.split() for _, t in part]
 
-    def filter_rids(self, filters: Mapping[str, Any]) -> np.ndarray:
-        """Row ids of chunks matching every filter.
-
-        A filter value is a scalar (equality) or a list (any of). Keys ``doc_id``, ``source`` and
-        ``title`` match columns; other keys match metadata fields.
+    def filter_rids(self, spec: MetadataFilter) -> np.ndarray:
+        """Row ids of the chunks a filter admits, ascending (see :mod:`retrieval.metadata_filter`).
 
         Raises:
-            FilterError: for an invalid key or value.
+            FilterError: for a malformed filter.
         """
-        if len(filters) > MAX_FILTER_KEYS:
-            raise FilterError(f"at most {MAX_FILTER_KEYS} filter keys, got {len(filters)}")
-        if sum(len(v) if isinstance(v, list) else 1 for v in filters.values()) > MAX_FILTER_VALUES:
-            raise FilterError(f"at most {MAX_FILTER_VALUES} filter values in all")
-        clauses: list[str] = []
-        params: list[Any] = []
-        for key, value in filters.items():
-            if not _FILTER_KEY.match(key):
-                raise FilterError(f"invalid filter key {key!r}")
-            values = value if isinstance(value, list) else [value]
-            if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
-                raise FilterError(f"filter {key!r} needs a string/number or a non-empty list of them")
-            target = key if key in COLUMN_FILTERS else "json_extract(metadata, ?)"
-            if key not in COLUMN_FILTERS:
-                params.append(f'$."{key}"')
-            clauses.append(f"{target} IN ({','.join('?' * len(values))})")
-            params.extend(values)
-        where = " AND ".join(clauses) or "1"
+        where, params = to_sql(spec)
         rows = self._query(f"SELECT rid FROM chunks WHERE {where} ORDER BY rid", params)
         return np.fromiter((r for (r,) in rows), dtype=np.int64)
 

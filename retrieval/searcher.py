@@ -14,6 +14,7 @@ from retrieval.embedders import Embedder
 from retrieval.embedders.microbatch import submit_queries
 from retrieval.fusion import RRF_K, reciprocal_rank_fusion
 from retrieval.index import Index
+from retrieval.metadata_filter import MetadataFilter, as_filter
 from retrieval.stores import MISSING_ID
 from retrieval.text import normalize_text, to_simplified
 from retrieval.types import CONTINUED, Chunk, Hit
@@ -71,7 +72,9 @@ class SearchOptions:
     Attributes:
         top_k: Results to return.
         mode: ``hybrid`` (RRF of dense and BM25), ``dense`` or ``bm25``.
-        filters: Metadata filters (see :meth:`DocStore.filter_rids`), applied in both legs.
+        filters: A :class:`MetadataFilter` or its ``{field: value | [values]}`` shorthand; it decides
+            which chunks both legs may return (not a post-filter), so ``top_k`` matches come back when
+            they exist.
         rerank: Re-score the fused top candidates with the configured reranker.
         score_threshold: Drop results whose final score is below it (scale depends on the final stage).
         expand: Return the whole statute article (``article``) or +-``neighbors`` chunks around a hit.
@@ -89,7 +92,7 @@ class SearchOptions:
 
     top_k: int = 5
     mode: SearchMode = "hybrid"
-    filters: Mapping[str, Any] | None = None
+    filters: MetadataFilter | Mapping[str, Any] | None = None
     rerank: bool = False
     score_threshold: float | None = None
     expand: Expand = "none"
@@ -239,7 +242,8 @@ class Searcher:
             queries = [q for q in queries if q]
         if not queries:
             raise SearchError("query is empty")
-        allowed = self.index.docs.filter_rids(options.filters) if options.filters else None
+        spec = as_filter(options.filters)
+        allowed = self.index.docs.filter_rids(spec) if spec is not None else None
         if allowed is not None and len(allowed) == 0:
             return SearchOutcome([], queries, _ms(start), options.mode)
         if self.effective_mode(options.mode) != options.mode:
@@ -274,27 +278,30 @@ class Searcher:
         hits: list[Hit] = []
         seen_docs: set[str] = set()
         seen_passages: set[tuple[str, ...]] = set()
-        window = ranked[: max(options.top_k * 4, options.top_k + 20)]
-        chunks = self.index.docs.get(rid for rid, _ in window)
-        for rid, score in window:
-            if options.score_threshold is not None and score < options.score_threshold:
-                continue
-            chunk = chunks[rid]
-            if options.group_by == "doc_id":
-                if chunk.doc_id in seen_docs:
+        # Grouping and expansion can drop candidates: read further windows until top_k or the pool ends.
+        step = max(options.top_k * 4, options.top_k + 20)
+        for begin in range(0, len(ranked), step):
+            window = ranked[begin : begin + step]
+            chunks = self.index.docs.get(rid for rid, _ in window)
+            for rid, score in window:
+                if options.score_threshold is not None and score < options.score_threshold:
                     continue
-                seen_docs.add(chunk.doc_id)
-            if options.expand != "none":
-                chunk = self._expand(chunk, options)
-                key = tuple(chunk.metadata.get("chunk_ids", [chunk.id]))
-                if key in seen_passages:
-                    continue
-                seen_passages.add(key)
-            ranks = {leg: r for leg, info in detail.items() if (r := info.get(rid, (0, 0.0))[0])}
-            leg_scores = {leg: info[rid][1] for leg, info in detail.items() if rid in info}
-            hits.append(Hit(chunk=chunk, score=score, ranks=ranks, scores=leg_scores))
-            if len(hits) == options.top_k:
-                break
+                chunk = chunks[rid]
+                if options.group_by == "doc_id":
+                    if chunk.doc_id in seen_docs:
+                        continue
+                    seen_docs.add(chunk.doc_id)
+                if options.expand != "none":
+                    chunk = self._expand(chunk, options)
+                    key = tuple(chunk.metadata.get("chunk_ids", [chunk.id]))
+                    if key in seen_passages:
+                        continue
+                    seen_passages.add(key)
+                ranks = {leg: r for leg, info in detail.items() if (r := info.get(rid, (0, 0.0))[0])}
+                leg_scores = {leg: info[rid][1] for leg, info in detail.items() if rid in info}
+                hits.append(Hit(chunk=chunk, score=score, ranks=ranks, scores=leg_scores))
+                if len(hits) == options.top_k:
+                    return hits
         return hits
 
     def _expand(self, chunk: Chunk, options: SearchOptions) -> Chunk:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 
 from app.api.auth import bearer, key_matches
 from app.api.deps import ServicesDep
+from app.api.schemas import MetadataCondition
 from app.settings import MAX_TOP_K
-from retrieval.docstore import FilterError
-from retrieval.metadata_filter import Condition, matches
+from retrieval.metadata_filter import FilterError
 from retrieval.searcher import SearchError, SearchOptions, SearchOutcome
 
 __all__ = ["router", "DifyRetrievalRequest", "DifyRetrievalResponse", "DifyError", "relevance_scores"]
@@ -23,7 +23,6 @@ router = APIRouter(tags=["dify"])
 INVALID_AUTH_FORMAT = 1001
 AUTH_FAILED = 1002
 KNOWLEDGE_NOT_FOUND = 2001
-POST_FILTER_FACTOR = 5
 
 
 class RetrievalSetting(BaseModel):
@@ -31,13 +30,6 @@ class RetrievalSetting(BaseModel):
 
     top_k: int = Field(ge=1, le=MAX_TOP_K)
     score_threshold: float = Field(0.0, ge=0.0, le=1.0)
-
-
-class MetadataCondition(BaseModel):
-    """Dify ``metadata_condition``."""
-
-    logical_operator: Literal["and", "or"] = "and"
-    conditions: list[Condition]
 
 
 class DifyRetrievalRequest(BaseModel):
@@ -112,12 +104,13 @@ def retrieval(
     known = {services.index.root.name, "zhrag", *(settings.knowledge_ids or [])}
     if body.knowledge_id not in known:
         return _error(404, KNOWLEDGE_NOT_FOUND, f"The knowledge does not exist: {body.knowledge_id!r}")
-    conditions = body.metadata_condition.conditions if body.metadata_condition else []
-    any_of = body.metadata_condition is not None and body.metadata_condition.logical_operator == "or"
+    condition = body.metadata_condition
+    spec = condition.to_filter() if condition else None
     top_k = body.retrieval_setting.top_k
     options = SearchOptions(
-        top_k=min(MAX_TOP_K, top_k * POST_FILTER_FACTOR) if conditions else top_k,
+        top_k=top_k,
         mode="hybrid" if services.embedder is not None else "bm25",
+        filters=spec,
         rerank=services.reranker is not None,
     )
     try:
@@ -130,11 +123,7 @@ def retrieval(
     for hit, score in zip(outcome.hits, relevance_scores(outcome, rrf_max), strict=True):
         chunk = hit.chunk
         meta = {**chunk.metadata, "doc_id": chunk.doc_id, "chunk_id": chunk.id, "source": chunk.source}
-        if conditions and not matches(meta, conditions, any_of):
-            continue
         if score < body.retrieval_setting.score_threshold:
             continue
         records.append({"content": chunk.text, "score": round(score, 6), "title": chunk.title, "metadata": meta})
-        if len(records) == top_k:
-            break
     return JSONResponse(content={"records": records})

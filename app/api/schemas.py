@@ -8,10 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.settings import MAX_TOP_K
 from retrieval.dialogue import DialogueMode
+from retrieval.metadata_filter import MAX_CONDITIONS, Condition, MetadataFilter
 from retrieval.searcher import SearchOutcome
 
 __all__ = [
     "SearchRequest",
+    "MetadataCondition",
     "SearchResponse",
     "SearchResult",
     "ChatMessage",
@@ -36,6 +38,17 @@ MAX_EMBED_TEXTS = 2048
 FilterValue = str | int | float | bool | list[str | int | float | bool]
 
 
+class MetadataCondition(BaseModel):
+    """Dify's ``metadata_condition``, zhrag's filter language: conditions joined by ``and``/``or``."""
+
+    logical_operator: Literal["and", "or"] = "and"
+    conditions: list[Condition] = Field(max_length=MAX_CONDITIONS)
+
+    def to_filter(self) -> MetadataFilter:
+        """The core's filter."""
+        return MetadataFilter(self.conditions, any_of=self.logical_operator == "or")
+
+
 class ChatMessage(BaseModel):
     """One OpenAI-format chat message."""
 
@@ -57,7 +70,12 @@ class SearchRequest(BaseModel):
     session_id: str | None = Field(None, max_length=128, description="Server-side conversation to continue")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
-    filters: dict[str, FilterValue] | None = Field(None, description='Metadata equality filters, e.g. {"law": "..."}')
+    filters: MetadataCondition | dict[str, FilterValue] | None = Field(
+        None,
+        description='Metadata filter applied inside retrieval: {"law": "...", "article_no": [1, 2]} (equality / any of), '
+        'or Dify\'s {"logical_operator": "and", "conditions": [{"name": "article_no", "comparison_operator": "≤", '
+        '"value": 10}]}',
+    )
     rerank: bool = False
     score_threshold: float | None = Field(None, description="Drop results scoring below this (higher = better)")
     expand: Literal["none", "article", "neighbors"] = "none"

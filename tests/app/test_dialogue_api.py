@@ -109,3 +109,65 @@ def test_dify_errors(client: TestClient) -> None:
     unknown = _dify(client, knowledge_id="other-kb")
     assert unknown.status_code == 404 and unknown.json()["error_code"] == 2001
     assert _dify(client, retrieval_setting={"top_k": 0, "score_threshold": 0.0}).status_code == 422
+
+
+def _condition(*conditions: dict, operator: str = "and") -> dict:
+    return {"logical_operator": operator, "conditions": list(conditions)}
+
+
+def test_dify_metadata_condition_is_pushed_into_retrieval(client: TestClient) -> None:
+    """Filters decide the candidates of both legs: top_k matching records come back whenever they exist."""
+    law = {"name": ["law"], "comparison_operator": "is", "value": "中华人民共和国医师法"}
+    records = _dify(
+        client, metadata_condition=_condition(law), retrieval_setting={"top_k": 5, "score_threshold": 0.0}
+    ).json()["records"]
+    assert len(records) == 5 and {r["metadata"]["law"] for r in records} == {"中华人民共和国医师法"}
+    # An unrelated question still returns the filtered law's articles (a post-filter returned few or none).
+    early = {"name": "article_no", "comparison_operator": "≤", "value": "10"}
+    records = _dify(
+        client,
+        query="侵权责任的承担方式",
+        metadata_condition=_condition(early, law),
+        retrieval_setting={"top_k": 8, "score_threshold": 0.0},
+    ).json()["records"]
+    assert len(records) == 8
+    assert all(r["metadata"]["article_no"] <= 10 and r["metadata"]["law"] == law["value"] for r in records)
+    either = _condition(
+        {"name": "law", "comparison_operator": "contains", "value": "药品"},
+        {"name": "law", "comparison_operator": "end with", "value": "防治法"},
+        operator="or",
+    )
+    records = _dify(client, metadata_condition=either, retrieval_setting={"top_k": 10, "score_threshold": 0.0}).json()
+    laws = {r["metadata"]["law"] for r in records["records"]}
+    assert len(records["records"]) == 10 and laws <= {"中华人民共和国药品管理法", "中华人民共和国传染病防治法"}
+    none = {"name": "law", "comparison_operator": "is", "value": "中华人民共和国刑法"}
+    assert _dify(client, metadata_condition=_condition(none)).json() == {"records": []}
+
+
+def test_dify_bad_condition_is_a_dify_error(client: TestClient) -> None:
+    bad = _condition({"name": 'law"', "comparison_operator": "is", "value": "x"})
+    response = _dify(client, metadata_condition=bad)
+    assert response.status_code == 400 and "invalid filter field" in response.json()["error_msg"]
+    unknown_op = _condition({"name": "law", "comparison_operator": "like", "value": "x"})
+    assert _dify(client, metadata_condition=unknown_op).status_code == 422
+
+
+def test_group_by_doc_id_fills_top_k_groups(client: TestClient) -> None:
+    """Every chunk of one document can outrank the others; grouping reads further until it has top_k documents."""
+    # 医疗机构: the sixth document's best chunk ranks ~160th in BM25 (a window of 4 x top_k found 5 groups).
+    body = {"query": "医疗机构", "mode": "bm25", "top_k": 6, "group_by": "doc_id"}
+    results = client.post("/search", json=body).json()["results"]
+    assert len(results) == 6 and len({r["doc_id"] for r in results}) == 6
+
+
+def test_search_takes_both_filter_forms(client: TestClient) -> None:
+    shorthand = {"query": "医师的义务", "mode": "bm25", "top_k": 5, "filters": {"law": "中华人民共和国医师法"}}
+    conditions = {
+        **shorthand,
+        "filters": {"conditions": [{"name": "law", "comparison_operator": "is", "value": "中华人民共和国医师法"}]},
+    }
+    first, second = (client.post("/search", json=b).json()["results"] for b in (shorthand, conditions))
+    assert [r["id"] for r in first] == [r["id"] for r in second] and len(first) == 5
+    early = {**shorthand, "filters": {"conditions": [{"name": "article_no", "comparison_operator": "<", "value": 4}]}}
+    results = client.post("/search", json=early).json()["results"]
+    assert results and all(r["metadata"]["article_no"] < 4 for r in results)

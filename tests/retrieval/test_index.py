@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from retrieval.index import Index, IndexMismatchError, IndexNotFoundError, IndexWriter, read_manifest
+from retrieval.metadata_filter import MetadataFilter
 from retrieval.types import Chunk
 
 DIM = 8
@@ -44,9 +45,11 @@ def test_round_trip(tmp_path: Path) -> None:
     assert index.store.count() == 2 and index.bm25 is not None and index.bm25.count() == 2
     chunk = index.docs.get([0])[0]
     assert chunk.text == "医师 义务" and chunk.metadata == {"law": "医师法"}
-    assert index.docs.filter_rids({"law": "医师法"}).tolist() == [0, 1]
-    assert index.docs.filter_rids({"law": ["x", "医师法"], "doc_id": "医师法"}).tolist() == [0, 1]
-    assert index.docs.filter_rids({"law": "nope"}).tolist() == []
+    assert index.docs.filter_rids(MetadataFilter.from_mapping({"law": "医师法"})).tolist() == [0, 1]
+    assert index.docs.filter_rids(
+        MetadataFilter.from_mapping({"law": ["x", "医师法"], "doc_id": "医师法"})
+    ).tolist() == [0, 1]
+    assert index.docs.filter_rids(MetadataFilter.from_mapping({"law": "nope"})).tolist() == []
 
 
 def test_replacing_a_document_removes_old_chunks(tmp_path: Path) -> None:
