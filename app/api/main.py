@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api import routes_dify, routes_embed, routes_search
@@ -109,7 +110,8 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         if app.state.services is not None:
             app.state.services.close()
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from the package instead of a CDN: /docs works air-gapped.
+    app = FastAPIOffline(
         title="zhrag",
         version=__version__,
         description="Chinese RAG retrieval: top-k passages for an upstream LLM (legal and medical documents).",

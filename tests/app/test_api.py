@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,14 @@ def test_embed_endpoints(client: TestClient, services: Services) -> None:
 def test_openapi_docs(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/embed", "/v1/embeddings", "/retrieval", "/health", "/ready"} <= set(paths)
-    assert client.get("/docs").status_code == 200
+    page = client.get("/docs")
+    assert page.status_code == 200
+    # Air-gapped networks: every script and stylesheet of the page is served by zhrag itself.
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page.text)
+    assert len(assets) == 2 and not any("://" in a for a in assets)
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 10_000
 
 
 def test_serving_without_model_degrades_to_bm25(sample_index: Path) -> None:
