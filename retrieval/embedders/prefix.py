@@ -76,6 +76,42 @@ class PrefixCache:
         last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
         return hidden[torch.arange(batch, device=self.device), last]
 
+    def last_hidden_packed(self, suffixes: Sequence[Sequence[int]]) -> Any:
+        """Like :meth:`last_hidden`, with no padding: the suffixes run as one sequence.
+
+        Each suffix sees the prefix and its own earlier tokens (a block-diagonal causal mask) at its own
+        positions, so every padded position a batch of unequal queries would compute is saved; the
+        attention over the packed sequence grows with its square, so keep it to a few hundred tokens.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        lengths = np.fromiter((len(s) for s in suffixes), dtype=np.int64, count=len(suffixes))
+        total, n = int(lengths.sum()), len(self.prefix)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        segment = np.repeat(np.arange(len(lengths)), lengths)
+        offset = np.arange(total) - np.repeat(starts, lengths)
+        own = (segment[:, None] == segment[None, :]) & (np.arange(total)[None, :] <= np.arange(total)[:, None])
+        allowed = np.concatenate([np.ones((total, n), dtype=bool), own], axis=1)
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros((1, 1, total, n + total), dtype=dtype)
+        mask.masked_fill_(torch.from_numpy(~allowed)[None, None], torch.finfo(dtype).min)
+        ids = torch.from_numpy(np.concatenate([np.asarray(s, dtype=np.int64) for s in suffixes]))[None]
+        positions = torch.from_numpy(n + offset)[None]
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(self._layers):
+            cache.update(k, v, layer)
+        with torch.inference_mode():
+            hidden = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                **{self._cache_arg: cache},
+            ).last_hidden_state
+        ends = torch.from_numpy(starts + lengths - 1).to(self.device)
+        return hidden[0, ends]
+
 
 def _key_values(cache: Any) -> list[tuple[Any, Any]]:
     """(keys, values) per layer of a transformers cache, across its API versions."""

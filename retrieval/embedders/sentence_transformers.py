@@ -317,10 +317,13 @@ class SentenceTransformerEmbedder:
         whole = [i for i, sfx in enumerate(suffixes) if sfx is None]
         if short:
             assert prefix is not None
-            plan = plan_batches([len(suffixes[i]) for i in short], self.max_batch_tokens, self.batch_size)  # type: ignore[arg-type]
+            lengths = [len(suffixes[i]) for i in short]  # type: ignore[arg-type]
+            plan = plan_batches(
+                lengths, self.max_batch_tokens, None if self._pack_queries else self.batch_size, self._pack_queries
+            )
             for batch in plan.batches:
                 rows = [short[j] for j in batch]
-                hidden = prefix.last_hidden([suffixes[r] for r in rows], spec.pad_id)  # type: ignore[misc]
+                hidden = self._after_prefix(prefix, [suffixes[r] for r in rows])  # type: ignore[misc]
                 out[rows] = truncate_dim(hidden.float().cpu().numpy(), self._dim)
         if whole:
             plan = plan_batches([len(ids[i]) for i in whole], self.max_batch_tokens, self.batch_size)
@@ -328,6 +331,18 @@ class SentenceTransformerEmbedder:
                 rows = [whole[j] for j in batch]
                 out[rows] = self.embed_token_ids([ids[r] for r in rows])
         return out
+
+    @property
+    def _pack_queries(self) -> bool:
+        # On a CPU every padded position costs compute: pack a batch's queries into one unpadded sequence.
+        # A GPU pads almost for free at these sizes, and a packed mask's attention grows quadratically.
+        return not self._device.startswith("cuda")
+
+    def _after_prefix(self, prefix: PrefixCache, suffixes: Sequence[Sequence[int]]) -> Any:
+        """Final hidden states of ``prefix + suffix`` for each suffix, packed or padded."""
+        if self._pack_queries:
+            return prefix.last_hidden_packed(suffixes)
+        return prefix.last_hidden(suffixes, self.token_spec.pad_id)
 
     def _prefix(self, prompt: str) -> PrefixCache | None:
         """The cached keys and values of ``prompt`` (built and checked on first use), if enabled."""
@@ -339,17 +354,19 @@ class SentenceTransformerEmbedder:
 
     def _build_prefix(self, prompt: str) -> PrefixCache | None:
         spec = self.token_spec
-        probe = spec.model_input(spec.encode(prompt + "检查医师的执业义务"))
+        # Two probes of different lengths, so a packed batch's mask and positions are checked too.
+        probes = [spec.model_input(spec.encode(prompt + text)) for text in ("检查医师的执业义务", "患者隐私")]
         try:
             cache = PrefixCache(self._model[0].auto_model, spec.encode(prompt), self._device)
-            suffix = cache.split(probe)
-            if suffix is None:
+            suffixes = [cache.split(probe) for probe in probes]
+            if any(suffix is None for suffix in suffixes):
                 return None
-            reused = truncate_dim(cache.last_hidden([suffix], spec.pad_id).float().cpu().numpy(), self._dim)
+            hidden = self._after_prefix(cache, suffixes)  # type: ignore[arg-type]
+            reused = truncate_dim(hidden.float().cpu().numpy(), self._dim)
         except Exception as exc:  # noqa: BLE001 - an unsupported model or transformers version: embed whole
             log.warning("query prefix caching is off for %s: %s", self.name, exc)
             return None
-        full = self.embed_token_ids([probe])
+        full = np.concatenate([self.embed_token_ids([probe]) for probe in probes])
         tolerance = 1e-4 if next(self._model.parameters()).dtype == _float32() else 2e-2
         if not np.allclose(reused, full, atol=tolerance):
             log.warning("query prefix caching is off for %s: it disagrees with the full forward pass", self.name)

@@ -110,7 +110,9 @@ def padded_tokens(lengths: Sequence[int], batch: Sequence[int]) -> int:
     return len(batch) * max((lengths[i] for i in batch), default=0)
 
 
-def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int | None = None) -> BatchPlan:
+def plan_batches(
+    lengths: Sequence[int], max_tokens: int, max_size: int | None = None, packed: bool = False
+) -> BatchPlan:
     """Group sequences longest first so that no batch pads past ``max_tokens`` positions.
 
     Sorting by length keeps neighbours alike, so padding is small; a sequence longer than the budget
@@ -120,20 +122,24 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int | None =
         lengths: Token count of each sequence.
         max_tokens: Budget of padded positions (batch size x longest sequence) per batch.
         max_size: Optional cap on sequences per batch.
+        packed: The batches run unpadded (sequences packed into one): the budget counts their tokens.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
+    total = 0
     for i in order:
         if current:
             width = max(lengths[current[0]], 1)  # the first is the longest
-            if (len(current) + 1) * width > max_tokens or (max_size and len(current) >= max_size):
+            cost = total + lengths[i] if packed else (len(current) + 1) * width
+            if cost > max_tokens or (max_size and len(current) >= max_size):
                 batches.append(current)
-                current = []
+                current, total = [], 0
         current.append(i)
+        total += lengths[i]
     if current:
         batches.append(current)
-    padded = sum(padded_tokens(lengths, b) for b in batches)
+    padded = sum(lengths) if packed else sum(padded_tokens(lengths, b) for b in batches)
     return BatchPlan(batches, int(sum(lengths)), padded)

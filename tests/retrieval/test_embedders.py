@@ -51,6 +51,27 @@ def test_query_gets_instruction_documents_do_not(tiny_embedder: SentenceTransfor
     assert format_query("假药", "T") == "Instruct: T\nQuery:假药"
 
 
+def test_queries_batched_after_the_cached_prefix_equal_each_query_alone(tiny_model_dir: Path) -> None:
+    """Queries of unequal length share one packed forward pass after the cached instruction; each vector
+    equals that query's own full forward pass (no cache, no batch)."""
+    from retrieval.prompts import query_prompt
+
+    embedder = SentenceTransformerEmbedder(str(tiny_model_dir), device="cpu", max_batch_tokens=4096)
+    questions = [
+        "医师",
+        "患者在诊疗活动中受到损害，医疗机构是否承担赔偿责任？",
+        "药品召回",
+        "传染病疫情报告的时限是多久",
+    ]
+    batched = embedder.embed_queries(questions)
+    prefix = embedder._prefixes[query_prompt(embedder.instruction)]
+    assert prefix is not None and embedder._pack_queries  # the packed path ran
+    spec = embedder.token_spec
+    for question, vector in zip(questions, batched, strict=True):
+        ids = spec.model_input(spec.encode(query_prompt(embedder.instruction) + question))
+        assert np.allclose(vector, embedder.embed_token_ids([ids])[0], atol=1e-5)
+
+
 def test_domain_instruction(tiny_model_dir: Path) -> None:
     medical = SentenceTransformerEmbedder(str(tiny_model_dir), domain="medical", device="cpu")
     assert medical.instruction == INSTRUCTIONS["medical"]

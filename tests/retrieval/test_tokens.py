@@ -62,3 +62,16 @@ def test_plan_batches_respects_the_budget_and_covers_everything() -> None:
     assert plan_batches(lengths, 4096, 64).batches == plan.batches  # deterministic
     with pytest.raises(ValueError):
         plan_batches(lengths, 0)
+
+
+def test_packed_plan_budgets_real_tokens() -> None:
+    lengths = [30, 12, 12, 9, 40, 7, 25, 600]
+    plan = plan_batches(lengths, max_tokens=64, packed=True)
+    assert sorted(i for b in plan.batches for i in b) == list(range(len(lengths)))
+    for batch in plan.batches:
+        assert sum(lengths[i] for i in batch) <= 64 or len(batch) == 1
+    assert plan.padded == plan.tokens == sum(lengths) and plan.padding_ratio == 0.0
+    # The same budget holds more sequences per batch when padding does not count.
+    skewed = [40, 20, 3, 3, 3, 3, 3, 3, 3, 3]
+    assert [len(b) for b in plan_batches(skewed, 64, packed=True).batches] == [3, 7]
+    assert [len(b) for b in plan_batches(skewed, 64).batches] == [1, 3, 6]
