@@ -227,6 +227,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """``zhrag ingest``."""
     from app.services import build_analyzer, build_embedder
     from ingest.chunkers import ChunkSettings
+    from ingest.limits import FileLimits
     from ingest.pipeline import IngestOptions, ingest
     from ingest.stages import default_workers
     from retrieval.index import read_manifest
@@ -269,6 +270,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             devices=settings.devices or None,
             max_batch_tokens=settings.max_batch_tokens,
             cancel=STOP,
+            limits=FileLimits(
+                max_file_mb=settings.ingest_max_file_mb,
+                max_doc_chars=settings.ingest_max_doc_chars,
+                max_seconds=settings.ingest_file_timeout_s,
+            ),
         ),
     )
     if args.json:
@@ -286,6 +292,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
     for item in summary.skipped:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    for item in summary.warnings:
+        print(f"warning: {item['reason']}", file=sys.stderr)
     return EXIT_SKIPPED if summary.skipped else EXIT_OK
 
 

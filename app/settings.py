@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         default_factory=list, description="One model replica per device: cuda:0,cuda:1 or a JSON list"
     )
     max_batch_tokens: int | None = Field(None, description="Padded tokens per embedding batch (default by device)")
+    # Per-file limits of ingest (a file over one is skipped and reported)
+    ingest_max_file_mb: float = Field(64.0, gt=0, description="Largest input file (JSONL is read in parts)")
+    ingest_max_doc_chars: int = Field(5_000_000, gt=0, description="Longest document (file text or JSONL record)")
+    ingest_file_timeout_s: float = Field(
+        300.0, ge=0, description="Longest one file may take to load and chunk (0: none)"
+    )
     # Serving throughput
     microbatch: bool = Field(True, description="Embed concurrent requests' queries together in one forward pass")
     microbatch_wait_ms: float = Field(2.0, description="Longest a query waits for others to join its batch")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Document", "LoadError", "BadRecord"]
+__all__ = ["Document", "LoadError", "BadRecord", "LoadWarning"]
 
 
 class LoadError(Exception):
@@ -40,6 +40,19 @@ class BadRecord:
     Attributes:
         path: The file.
         reason: What is wrong, naming the file and line (``corpus.jsonl:12: invalid JSON: ...``).
+    """
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadWarning:
+    """Something a loader repaired and kept (e.g. undecodable bytes replaced); reported, never fatal.
+
+    Attributes:
+        path: The file.
+        reason: What was repaired, naming the file.
     """
 
     path: str

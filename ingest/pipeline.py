@@ -24,6 +24,7 @@ import numpy as np
 
 from ingest.chunkers import ChunkSettings
 from ingest.embedding import EmbedStage
+from ingest.limits import FileLimits
 from ingest.loaders import SUPPORTED_SUFFIXES, discover, file_parts
 from ingest.stages import FileTask, PreparedDoc, StageContext, prepared_in_order
 from retrieval.embedders import Embedder
@@ -63,6 +64,7 @@ class IngestOptions:
         max_batch_tokens: Padded positions per embedding batch (default by device kind).
         shard_chunks: Chunks per shard.
         cancel: When set, the run stops after the file in hand (as if interrupted) and publishes nothing.
+        limits: Per-file size, document length and time limits (a file over one is skipped and reported).
     """
 
     workers: int = 1
@@ -70,6 +72,7 @@ class IngestOptions:
     max_batch_tokens: int | None = None
     shard_chunks: int = SHARD_CHUNKS
     cancel: threading.Event | None = None
+    limits: FileLimits = field(default_factory=FileLimits)
 
 
 @dataclass
@@ -100,6 +103,8 @@ class IngestSummary:
     devices: list[str] = field(default_factory=list)
     files: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    """Repairs that kept a file (e.g. undecodable bytes replaced)."""
     chunkers: dict[str, int] = field(default_factory=dict)
     model: str = ""
     version: str = ""
@@ -209,7 +214,7 @@ def ingest(
         _progress(len(tasks), progress) as bar,
         EmbedStage(embedder, replicas, options.max_batch_tokens, on_progress=on_embedded) as stage,
     ):
-        context = StageContext(settings, analyzer, spec, writer.document_hashes())
+        context = StageContext(settings, analyzer, spec, writer.document_hashes(), limits=options.limits)
         chunkers: Counter[str] = Counter()
         seen: set[str] = set()
         indexed: set[str] = set()
@@ -248,6 +253,9 @@ def ingest(
                     continue
                 for bad in result.bad_records:
                     skip(bad.path, bad.reason)
+                for warning in result.warnings:
+                    summary.warnings.append({"path": warning.path, "reason": warning.reason})
+                    log.warning("%s", warning.reason)
                 for d in result.docs:
                     summary.documents += 1
                     if d.doc.id in seen:

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ingest.chunkers import ChunkSettings, chunk_document
-from ingest.document import BadRecord, Document, LoadError
+from ingest.document import BadRecord, Document, LoadError, LoadWarning
+from ingest.limits import FileLimits, check_archive, check_document, check_file, time_limit
 from ingest.loaders import FilePart, load_file
 from retrieval.bm25 import ChunkTerms
 from retrieval.embedders.tokens import TokenSpec
@@ -65,6 +66,7 @@ class StageContext:
         known: Content hash per document id of the live index (unchanged documents are not chunked).
         count: Length function when there is no ``spec``: characters, which is what a remote embedding
             server's ``count_tokens`` counts too (a conservative bound for Chinese).
+        limits: Per-file size, document length and time limits.
     """
 
     settings: ChunkSettings
@@ -72,6 +74,7 @@ class StageContext:
     spec: TokenSpec | None
     known: Mapping[str, str] = field(default_factory=dict)
     count: Callable[[str], int] = len
+    limits: FileLimits = field(default_factory=FileLimits)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class PreparedFile:
     task: FileTask
     docs: list[PreparedDoc] = field(default_factory=list)
     bad_records: list[BadRecord] = field(default_factory=list)
+    warnings: list[LoadWarning] = field(default_factory=list)
     error: str | None = None
 
 
@@ -155,14 +159,31 @@ def _prepare_doc(doc: Document, context: StageContext) -> PreparedDoc:
 
 
 def prepare(task: FileTask, context: StageContext) -> PreparedFile:
-    """Load, normalise, hash, chunk and tokenise one file (or JSONL part); never raises for bad input."""
+    """Load, normalise, hash, chunk and tokenise one file (or JSONL part); never raises for bad input.
+
+    A file over a limit of ``context.limits`` is reported like an unreadable one; a JSONL record over
+    the document length limit is skipped alone.
+    """
     result = PreparedFile(task)
+    limits = context.limits
     try:
-        for item in load_file(task.path, task.doc_base, task.part):
-            if isinstance(item, BadRecord):
-                result.bad_records.append(item)
-            else:
-                result.docs.append(_prepare_doc(item, context))
+        with time_limit(limits.max_seconds, str(task.path)):
+            check_file(task.path, limits, whole=task.part is None)
+            if task.path.suffix.lower() == ".docx":
+                check_archive(task.path, limits)
+            for item in load_file(task.path, task.doc_base, task.part):
+                if isinstance(item, BadRecord):
+                    result.bad_records.append(item)
+                elif isinstance(item, LoadWarning):
+                    result.warnings.append(item)
+                elif item.format == "jsonl" and len(item.text) > limits.max_doc_chars:
+                    try:
+                        check_document(item.text, item.source, limits)
+                    except LoadError as exc:
+                        result.bad_records.append(BadRecord(str(task.path), str(exc)))
+                else:
+                    check_document(item.text, str(task.path), limits)
+                    result.docs.append(_prepare_doc(item, context))
     except LoadError as exc:
         result.docs, result.error = [], str(exc).removeprefix(f"{task.path}: ")
     return result

@@ -17,17 +17,24 @@ def load_docx(path: Path, doc_id: str) -> Iterator[Document]:
     """A ``.docx`` file: one document; the Title style (or first heading) is its title."""
     try:
         import docx
+        from docx.enum.style import WD_STYLE_TYPE
     except ImportError as exc:
         raise LoadError(f"{path}: .docx support needs: pip install 'zhrag[docx]'") from exc
     document = docx.Document(str(path))
+    # python-docx resolves ``paragraph.style`` by searching the styles part for every paragraph, which
+    # makes a file of many short paragraphs quadratic; read each paragraph's style id and map it once.
+    names = {style.style_id: style.name for style in document.styles}
+    default = document.styles.default(WD_STYLE_TYPE.PARAGRAPH)
+    default_name = default.name if default is not None else ""
     lines: list[str] = []
     title = (document.core_properties.title or "").strip()
     for para in document.paragraphs:
         text = para.text.strip()
         if not text:
             continue
-        style = para.style.name if para.style is not None else ""
-        level = _HEADING_STYLE.match(style)
+        style_id = para._p.style  # noqa: SLF001 - the raw w:pStyle value, no lookup
+        style = names.get(style_id, default_name) if style_id else default_name
+        level = _HEADING_STYLE.match(style or "")
         if style == "Title":
             title = title or text
             lines.append(f"# {text}")

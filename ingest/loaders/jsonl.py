@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.document import BadRecord, Document
-from ingest.loaders.text import decode_bytes
+from ingest.document import BadRecord, Document, LoadWarning
+from ingest.loaders.text import decode_bytes, replaced_warning
 from retrieval.text.normalize import LONE_SURROGATE
 
 __all__ = ["load_jsonl", "jsonl_parts", "FilePart", "JSONL_PART_BYTES"]
@@ -67,18 +67,22 @@ def _has_surrogate(value: object) -> bool:
     return False
 
 
-def _read(path: Path, part: FilePart | None) -> tuple[str, int]:
+def _read(path: Path, part: FilePart | None) -> tuple[str, int, int]:
+    """(text, number of its first line, undecodable sequences replaced)."""
     if part is None:
-        return decode_bytes(path.read_bytes(), str(path)), 1
+        return *decode_bytes(path.read_bytes(), str(path)), 1
     with open(path, "rb") as fh:
         fh.seek(part.start)
         data = fh.read(part.end - part.start)
-    return decode_bytes(data, str(path)), part.first_line
+    text, replaced = decode_bytes(data, str(path))
+    return text, replaced, part.first_line
 
 
-def load_jsonl(path: Path, doc_id: str, part: FilePart | None = None) -> Iterator[Document | BadRecord]:
+def load_jsonl(path: Path, doc_id: str, part: FilePart | None = None) -> Iterator[Document | BadRecord | LoadWarning]:
     """Each non-empty line is a document; a malformed line yields a :class:`BadRecord` naming the line."""
-    text, first = _read(path, part)
+    text, replaced, first = _read(path, part)
+    if replaced:
+        yield replaced_warning(path, replaced)
     for lineno, line in enumerate(text.split("\n"), start=first):
         if not line.strip():
             continue

@@ -6,41 +6,62 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingest.document import Document, LoadError
+from ingest.document import Document, LoadError, LoadWarning
 
-__all__ = ["read_text", "decode_bytes", "load_text", "load_markdown", "markdown_title"]
+__all__ = ["read_text", "decode_bytes", "load_text", "load_markdown", "markdown_title", "replaced_warning"]
 
 _HEADING = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
-# Chinese files are often GB18030 (a superset of GBK and GB2312); try it before asking a detector.
-_FALLBACK_ENCODINGS = ("utf-8", "gb18030")
+REPLACEMENT = "\ufffd"
+# Mostly-UTF-8 means at most this many broken sequences, or this share of the bytes (else try GB18030,
+# which decodes almost any bytes, then a detector).
+MAX_REPLACED = 16
+MAX_REPLACED_SHARE = 1e-4
 
 
-def decode_bytes(data: bytes, name: str = "<bytes>") -> str:
-    """Decode bytes: BOMs first, then strict UTF-8, strict GB18030, then charset detection.
+def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[str, int]:
+    """Decode bytes: BOMs first, then UTF-8, strict GB18030, then charset detection.
+
+    UTF-8 with a few broken bytes (a truncated copy, one bad sector) stays UTF-8: those bytes become
+    U+FFFD and are counted, instead of the whole file decoding as GB18030 mojibake.
+
+    Returns:
+        The text and how many undecodable byte sequences were replaced.
 
     Raises:
         LoadError: when no encoding fits.
     """
     if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    for encoding in _FALLBACK_ENCODINGS:
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
+        data = data[3:]
+    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16"), 0
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        pass
+    repaired = data.decode("utf-8", errors="replace")
+    replaced = repaired.count(REPLACEMENT) - data.count(REPLACEMENT.encode())
+    if replaced <= max(MAX_REPLACED, len(data) * MAX_REPLACED_SHARE):
+        return repaired, replaced
+    try:
+        return data.decode("gb18030"), 0
+    except UnicodeDecodeError:
+        pass
     from charset_normalizer import from_bytes
 
     best = from_bytes(data).best()
     if best is None:
         raise LoadError(f"{name}: cannot detect the text encoding")
-    return str(best)
+    return str(best), 0
 
 
-def read_text(path: Path) -> str:
-    """Read a text file in whatever encoding it uses."""
+def read_text(path: Path) -> tuple[str, int]:
+    """Read a text file in whatever encoding it uses: (text, undecodable sequences replaced)."""
     return decode_bytes(path.read_bytes(), str(path))
+
+
+def replaced_warning(path: Path, replaced: int) -> LoadWarning:
+    """The report for a file whose undecodable bytes were replaced."""
+    return LoadWarning(str(path), f"{path}: {replaced} undecodable byte sequence(s) replaced by U+FFFD")
 
 
 def markdown_title(text: str) -> str:
@@ -49,14 +70,18 @@ def markdown_title(text: str) -> str:
     return match.group(1).strip() if match else ""
 
 
-def load_text(path: Path, doc_id: str) -> Iterator[Document]:
+def load_text(path: Path, doc_id: str) -> Iterator[Document | LoadWarning]:
     """A ``.txt`` file: one document; the first non-empty line is its title."""
-    text = read_text(path)
+    text, replaced = read_text(path)
+    if replaced:
+        yield replaced_warning(path, replaced)
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     yield Document(id=doc_id, text=text, title=first[:100], source=str(path), format="txt")
 
 
-def load_markdown(path: Path, doc_id: str) -> Iterator[Document]:
+def load_markdown(path: Path, doc_id: str) -> Iterator[Document | LoadWarning]:
     """A Markdown file: one document titled by its first ``#`` heading."""
-    text = read_text(path)
+    text, replaced = read_text(path)
+    if replaced:
+        yield replaced_warning(path, replaced)
     yield Document(id=doc_id, text=text, title=markdown_title(text) or path.stem, source=str(path), format="md")
