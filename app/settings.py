@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Accepted Bearer keys (JSON list or comma-separated); every route but probes"
     )
     max_body_bytes: int = Field(8 << 20, description="Largest request body (413 above)")
+    request_timeout_s: float = Field(60.0, ge=0, description="Longest a request may take (504 after; 0: no limit)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins browsers may call from (JSON list or comma-separated; * = any)"
+    )
     knowledge_ids: list[str] = Field(
         default_factory=list,
         description="Extra Dify knowledge_id values accepted (the index dir name always is)",
@@ -107,7 +111,7 @@ class Settings(BaseSettings):
         """Every accepted API key (``api_keys`` plus ``api_key``)."""
         return [k for k in [*self.api_keys, self.api_key] if k]
 
-    @field_validator("devices", "api_keys", mode="before")
+    @field_validator("devices", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """``a,b`` or ``["a", "b"]``."""

@@ -1,12 +1,17 @@
-"""Request size limit: a body over ``ZHRAG_MAX_BODY_BYTES`` is refused with 413 before it is read whole."""
+"""Request limits: body size (413 before it is read whole), time (504) and clients that go away (cancelled)."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
 
-__all__ = ["BodyLimit"]
+__all__ = ["BodyLimit", "Deadline"]
+
+log = logging.getLogger(__name__)
 
 
 class _TooLarge(Exception):
@@ -54,3 +59,67 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body over {self.max_bytes} bytes (ZHRAG_MAX_BODY_BYTES)"
         await error_response(413, message, "request_too_large")(scope, receive, send)
+
+
+class Deadline:
+    """ASGI middleware: a request gets ``timeout_s`` (504 after it) and is cancelled when its client goes away.
+
+    Cancelling reaches the work that is awaited: embedding requests are queued in pieces, so the pieces
+    not yet computed are dropped. A synchronous route already running in a worker thread finishes there;
+    its answer is discarded.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_read = asyncio.Event()
+        gone: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        started = finished = timed_out = False
+
+        async def reading() -> Message:
+            if body_read.is_set():
+                return await asyncio.shield(gone)  # one reader of the connection: the watcher
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started, finished
+            if timed_out:
+                return  # a late answer after the 504: dropped
+            started = started or message["type"] == "http.response.start"
+            finished = finished or (message["type"] == "http.response.body" and not message.get("more_body", False))
+            await send(message)
+
+        work = asyncio.ensure_future(self.app(scope, reading, sending))
+
+        async def watch() -> None:
+            await body_read.wait()
+            message = await receive()
+            if not gone.done():
+                gone.set_result(message)
+            if message["type"] == "http.disconnect" and not finished and not work.done():
+                log.info("client went away: %s %s cancelled", scope.get("method"), scope.get("path"))
+                work.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait_for(asyncio.shield(work), self.timeout_s if self.timeout_s > 0 else None)
+        except asyncio.TimeoutError:
+            work.cancel()
+            if not started:
+                timed_out = True
+                message = f"the request took longer than {self.timeout_s:g} s (ZHRAG_REQUEST_TIMEOUT_S)"
+                await error_response(504, message, "timeout")(scope, receive, send)
+        except asyncio.CancelledError:
+            if not work.cancelled():  # this request itself was cancelled (shutdown): take the work with it
+                work.cancel()
+                raise
+        finally:
+            watcher.cancel()

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
@@ -17,7 +18,7 @@ from app import __version__
 from app.api import routes_dify, routes_embed, routes_search
 from app.api.auth import RequireKey
 from app.api.errors import JsonOnly, install_error_handlers
-from app.api.limits import BodyLimit
+from app.api.limits import BodyLimit, Deadline
 from app.api.observability import Metrics, RequestContext, metrics_endpoint
 from app.services import Services, build_services
 from app.sessions import SessionStore
@@ -127,7 +128,16 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.add_middleware(JsonOnly)  # added first = innermost: keys, then size, then content type
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequireKey, keys=settings.keys)
-    app.add_middleware(RequestContext, metrics=metrics)  # outermost: every answer gets an id and is counted
+    app.add_middleware(Deadline, timeout_s=settings.request_timeout_s)
+    app.add_middleware(RequestContext, metrics=metrics)  # every answer gets an id and is counted
+    if settings.cors_origins:  # outermost: a browser's preflight carries no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], tags=["ops"], summary="Prometheus metrics")
 
     @app.get("/health", tags=["ops"])

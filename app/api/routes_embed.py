@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, HTTPException, status
 
@@ -17,6 +19,8 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["embeddings"], responses=ERROR_RESPONSES)
 QUERY_TYPES = ("query",)
+EMBED_PIECE = 64
+"""Texts queued at a time by one embedding request (the unit in which it can be cancelled)."""
 
 
 def _embedder(services: Services) -> Embedder:
@@ -25,19 +29,33 @@ def _embedder(services: Services) -> Embedder:
     return services.embedder
 
 
-def _embed(embedder: Embedder, texts: list[str], as_query: bool) -> np.ndarray:
+async def _piece(embedder: Embedder, texts: list[str], as_query: bool) -> np.ndarray:
+    """One piece: queued on the micro-batcher without holding a thread, else computed in a worker thread."""
+    if as_query and hasattr(embedder, "submit_queries"):
+        return await asyncio.wrap_future(embedder.submit_queries(texts))  # type: ignore[attr-defined]
+    if not as_query and hasattr(embedder, "submit"):
+        return await asyncio.wrap_future(embedder.submit(texts, "document"))  # type: ignore[attr-defined]
+    return await anyio.to_thread.run_sync(embedder.embed_queries if as_query else embedder.embed_documents, texts)
+
+
+async def _embed(embedder: Embedder, texts: list[str], as_query: bool) -> np.ndarray:
+    """Embed in pieces of ``EMBED_PIECE`` texts: a request that times out or whose client goes away is
+    cancelled between pieces (a queued piece is dropped), not computed to the end."""
+    parts = []
     try:
-        return embedder.embed_queries(texts) if as_query else embedder.embed_documents(texts)
+        for start in range(0, len(texts), EMBED_PIECE):
+            parts.append(await _piece(embedder, texts[start : start + EMBED_PIECE], as_query))
     except EmbedderError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
 @router.post("/embed", response_model=EmbedResponse, response_model_exclude_none=True)
-def embed(body: EmbedRequest, services: ServicesDep) -> EmbedResponse:
+async def embed(body: EmbedRequest, services: ServicesDep) -> EmbedResponse:
     """Embed ``text`` or ``texts``; ``input_type: "query"`` adds the query instruction."""
     embedder = _embedder(services)
     texts = [body.text] if body.text is not None else list(body.texts or [])
-    vectors = _embed(embedder, texts, body.input_type in QUERY_TYPES)
+    vectors = await _embed(embedder, texts, body.input_type in QUERY_TYPES)
     rows = vectors.tolist()
     return EmbedResponse(
         model=embedder.name,
@@ -48,13 +66,13 @@ def embed(body: EmbedRequest, services: ServicesDep) -> EmbedResponse:
 
 
 @router.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
-def openai_embeddings(body: OpenAIEmbeddingRequest, services: ServicesDep) -> OpenAIEmbeddingResponse:
+async def openai_embeddings(body: OpenAIEmbeddingRequest, services: ServicesDep) -> OpenAIEmbeddingResponse:
     """OpenAI-compatible embeddings. Inputs are documents unless ``input_type`` is ``query`` or the
     requested model name contains ``query``; ``dimensions`` truncates (Matryoshka) and re-normalises."""
     embedder = _embedder(services)
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     as_query = body.input_type == "query" or "query" in (body.model or "").lower()
-    vectors = _embed(embedder, texts, as_query)
+    vectors = await _embed(embedder, texts, as_query)
     if body.dimensions is not None:
         if body.dimensions > vectors.shape[1]:
             raise HTTPException(
@@ -68,7 +86,7 @@ def openai_embeddings(body: OpenAIEmbeddingRequest, services: ServicesDep) -> Op
             base64.b64encode(vec.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else vec.tolist()
         )
         data.append({"object": "embedding", "index": i, "embedding": value})
-    tokens = int(sum(embedder.count_tokens(texts)))
+    tokens = int(sum(await anyio.to_thread.run_sync(embedder.count_tokens, texts)))
     return OpenAIEmbeddingResponse(
         data=data, model=body.model or embedder.name, usage={"prompt_tokens": tokens, "total_tokens": tokens}
     )
