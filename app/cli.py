@@ -199,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="Show an index's manifest")
     p.add_argument("--index", type=Path, help=INDEX_HELP)
 
+    p = sub.add_parser("list", help="List an index's documents with their chunk counts")
+    p.add_argument("--index", type=Path, help=INDEX_HELP)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="One JSON object (total, documents)")
+
+    p = sub.add_parser("delete", help="Delete documents from an index (publishes a new version)")
+    p.add_argument("doc_ids", nargs="+", metavar="DOC_ID")
+    p.add_argument("--index", type=Path, help=INDEX_HELP)
+
     p = sub.add_parser("tiny-model", help="Write a tiny random Qwen3 embedding model (offline smoke tests)")
     p.add_argument("output", type=Path)
     p.add_argument("--train-text", type=Path, action="append", default=[], help="Text files for its tokenizer")
@@ -535,6 +545,42 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    """``zhrag list``."""
+    from retrieval.index import Index
+
+    if args.offset < 0 or args.limit < 1:
+        raise CliError("--offset must be >= 0 and --limit >= 1")
+    index = Index(_settings(args).index)
+    try:
+        rows = index.docs.list_documents(args.offset, args.limit)
+        total = index.docs.count_documents()
+    finally:
+        index.close()
+    if args.json:
+        documents = [{"doc_id": d, "source": s, "chunks": n} for d, s, n in rows]
+        print(json.dumps({"total": total, "offset": args.offset, "documents": documents}, ensure_ascii=False))
+    else:
+        for doc_id, source, chunks in rows:
+            print(f"{doc_id}\t{chunks}\t{source}")
+        print(f"{len(rows)} of {total} documents", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """``zhrag delete``: exit 0 when every id was removed, 3 when some were not in the index."""
+    from ingest.pipeline import remove_documents
+
+    removal = remove_documents(_settings(args).index, args.doc_ids)
+    for doc_id in removal.missing:
+        print(f"not in the index: {doc_id}", file=sys.stderr)
+    print(
+        f"deleted {len(removal.removed)} documents ({removal.chunks_removed} chunks); version {removal.version}",
+        file=sys.stderr,
+    )
+    return EXIT_SKIPPED if removal.missing else EXIT_OK
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """``zhrag tiny-model``."""
     from retrieval.tiny_model import SHAPES, build_tiny_qwen3_embedding, build_tiny_qwen3_reranker
@@ -554,6 +600,8 @@ COMMANDS = {
     "serve": cmd_serve,
     "eval": cmd_eval,
     "info": cmd_info,
+    "list": cmd_list,
+    "delete": cmd_delete,
     "tiny-model": cmd_tiny_model,
     "bench": cmd_bench,
 }

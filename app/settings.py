@@ -93,7 +93,11 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Accepted Bearer keys (JSON list or comma-separated); every route but probes"
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Keys allowed to add or delete documents (then the only ones)"
+    )
     max_body_bytes: int = Field(8 << 20, description="Largest request body (413 above)")
+    max_upload_bytes: int = Field(128 << 20, description="Largest POST /documents body (files; 413 above)")
     request_timeout_s: float = Field(60.0, ge=0, description="Longest a request may take (504 after; 0: no limit)")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins browsers may call from (JSON list or comma-separated; * = any)"
@@ -111,7 +115,7 @@ class Settings(BaseSettings):
         """Every accepted API key (``api_keys`` plus ``api_key``)."""
         return [k for k in [*self.api_keys, self.api_key] if k]
 
-    @field_validator("devices", "api_keys", "cors_origins", mode="before")
+    @field_validator("devices", "api_keys", "admin_keys", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """``a,b`` or ``["a", "b"]``."""

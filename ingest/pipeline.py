@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +28,19 @@ from ingest.limits import FileLimits
 from ingest.loaders import SUPPORTED_SUFFIXES, discover, file_parts
 from ingest.stages import FileTask, PreparedDoc, StageContext, prepared_in_order
 from retrieval.embedders import Embedder
-from retrieval.index import IndexWriter
+from retrieval.index import IndexWriter, read_manifest
 from retrieval.text import Analyzer
 
-__all__ = ["IngestSummary", "IngestOptions", "NothingToIngest", "ingest", "SHARD_CHUNKS"]
+__all__ = [
+    "IngestSummary",
+    "IngestOptions",
+    "NothingToIngest",
+    "IngestRejected",
+    "RemovalSummary",
+    "ingest",
+    "remove_documents",
+    "SHARD_CHUNKS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,55 @@ SHARD_CHUNKS = 8192
 
 class NothingToIngest(ValueError):
     """No file under the given paths could be read: nothing is written."""
+
+
+class IngestRejected(ValueError):
+    """An all-or-nothing ingest skipped something, so nothing was published.
+
+    Attributes:
+        skipped: ``{"path", "reason"}`` of every file or record that could not be used.
+    """
+
+    def __init__(self, skipped: list[dict[str, str]]) -> None:
+        self.skipped = list(skipped)
+        first = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+        super().__init__(f"nothing was published: {len(skipped)} file(s) or record(s) could not be used ({first})")
+
+
+@dataclass
+class RemovalSummary:
+    """What :func:`remove_documents` did."""
+
+    version: str
+    removed: list[str]
+    missing: list[str]
+    chunks_removed: int
+
+
+def remove_documents(index_dir: Path | str, doc_ids: Sequence[str]) -> RemovalSummary:
+    """Delete documents from an index and publish the result as a new version (nothing to delete: no version).
+
+    Raises:
+        ZhragIndexError: no index at ``index_dir``; IndexLockedError: another writer holds the index.
+    """
+    manifest = read_manifest(Path(index_dir))
+    removed: list[str] = []
+    missing: list[str] = []
+    chunks = 0
+    with IndexWriter(index_dir, manifest["embedder"]) as writer:
+        known = set(writer.document_ids())
+        for doc_id in dict.fromkeys(doc_ids):
+            if doc_id in known:
+                chunks += writer.delete_document(doc_id)
+                removed.append(doc_id)
+            else:
+                missing.append(doc_id)
+        if removed:
+            version = writer.commit()
+        else:
+            version = writer.base_version
+            writer.abort()
+    return RemovalSummary(version, removed, missing, chunks)
 
 
 def _nothing(paths: list[str], skipped: list[dict[str, str]]) -> NothingToIngest:
@@ -65,6 +123,8 @@ class IngestOptions:
         shard_chunks: Chunks per shard.
         cancel: When set, the run stops after the file in hand (as if interrupted) and publishes nothing.
         limits: Per-file size, document length and time limits (a file over one is skipped and reported).
+        all_or_nothing: Publish nothing when any file or record is skipped (:class:`IngestRejected`).
+        source_names: How a file's path is recorded as its documents' ``source`` (path -> name).
     """
 
     workers: int = 1
@@ -73,6 +133,8 @@ class IngestOptions:
     shard_chunks: int = SHARD_CHUNKS
     cancel: threading.Event | None = None
     limits: FileLimits = field(default_factory=FileLimits)
+    all_or_nothing: bool = False
+    source_names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -214,7 +276,9 @@ def ingest(
         _progress(len(tasks), progress) as bar,
         EmbedStage(embedder, replicas, options.max_batch_tokens, on_progress=on_embedded) as stage,
     ):
-        context = StageContext(settings, analyzer, spec, writer.document_hashes(), limits=options.limits)
+        context = StageContext(
+            settings, analyzer, spec, writer.document_hashes(), limits=options.limits, source_names=options.source_names
+        )
         chunkers: Counter[str] = Counter()
         seen: set[str] = set()
         indexed: set[str] = set()
@@ -277,6 +341,8 @@ def ingest(
         rotate(None)
         if options.cancel is not None and options.cancel.is_set():
             raise KeyboardInterrupt
+        if options.all_or_nothing and summary.skipped:
+            raise IngestRejected(summary.skipped)
         if not seen:
             raise _nothing(names, summary.skipped)
         summary.chunkers = dict(chunkers)

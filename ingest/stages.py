@@ -67,6 +67,8 @@ class StageContext:
         count: Length function when there is no ``spec``: characters, which is what a remote embedding
             server's ``count_tokens`` counts too (a conservative bound for Chinese).
         limits: Per-file size, document length and time limits.
+        source_names: How a file's path is recorded as its documents' ``source`` (e.g. an uploaded
+            file's own name instead of the temporary file it was saved as).
     """
 
     settings: ChunkSettings
@@ -75,6 +77,7 @@ class StageContext:
     known: Mapping[str, str] = field(default_factory=dict)
     count: Callable[[str], int] = len
     limits: FileLimits = field(default_factory=FileLimits)
+    source_names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,9 @@ def prepare(task: FileTask, context: StageContext) -> PreparedFile:
                         result.bad_records.append(BadRecord(str(task.path), str(exc)))
                 else:
                     check_document(item.text, str(task.path), limits)
+                    shown = context.source_names.get(str(task.path))
+                    if shown is not None:
+                        item = dataclasses.replace(item, source=item.source.replace(str(task.path), shown, 1))
                     result.docs.append(_prepare_doc(item, context))
     except LoadError as exc:
         result.docs, result.error = [], str(exc).removeprefix(f"{task.path}: ")

@@ -119,6 +119,13 @@ class DocStore:
         """Content hash of every ingested document, by id."""
         return dict(self._query("SELECT doc_id, content_hash FROM documents"))
 
+    def list_documents(self, offset: int = 0, limit: int = 100) -> list[tuple[str, str, int]]:
+        """(doc_id, source, chunks) of a page of documents, ordered by id."""
+        rows = self._query(
+            "SELECT doc_id, source, chunks FROM documents ORDER BY doc_id LIMIT ? OFFSET ?", (limit, offset)
+        )
+        return [(d, s, int(n)) for d, s, n in rows]
+
     def document_ids(self) -> list[str]:
         """Ids of all ingested documents."""
         return [d for (d,) in self._query("SELECT doc_id FROM documents ORDER BY doc_id")]

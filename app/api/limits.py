@@ -13,25 +13,32 @@ __all__ = ["BodyLimit", "Deadline"]
 
 log = logging.getLogger(__name__)
 
+UPLOAD_PATH = "/documents"
+
 
 class _TooLarge(Exception):
     pass
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a declared ``Content-Length`` over the limit, or a streamed body that grows past it."""
+    """ASGI middleware: 413 for a declared ``Content-Length`` over the limit, or a streamed body that grows past it.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Document uploads (``UPLOAD_PATH``) have their own, larger limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.uploads = max_bytes if uploads is None else uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.max_bytes <= 0:
+        limit = self.uploads if scope.get("path") == UPLOAD_PATH else self.max_bytes
+        if scope["type"] != "http" or limit <= 0:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         seen = 0
         started = False
@@ -41,7 +48,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise _TooLarge
             return message
 
@@ -54,10 +61,11 @@ class BodyLimit:
             await self.app(scope, counting, watching)
         except _TooLarge:
             if not started:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"request body over {self.max_bytes} bytes (ZHRAG_MAX_BODY_BYTES)"
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        setting = "ZHRAG_MAX_UPLOAD_BYTES" if scope.get("path") == UPLOAD_PATH else "ZHRAG_MAX_BODY_BYTES"
+        message = f"request body over {limit} bytes ({setting})"
         await error_response(413, message, "request_too_large")(scope, receive, send)
 
 

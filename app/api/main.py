@@ -8,19 +8,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
-from app.api import routes_dify, routes_embed, routes_search
+from app.api import routes_dify, routes_documents, routes_embed, routes_search
 from app.api.auth import RequireKey
 from app.api.errors import JsonOnly, install_error_handlers
 from app.api.limits import BodyLimit, Deadline
 from app.api.observability import Metrics, RequestContext, metrics_endpoint
-from app.services import Services, build_services
+from app.api.serving import announce, serve_latest
+from app.services import build_services
 from app.sessions import SessionStore
 from app.settings import Settings
 from retrieval.index import current_version
@@ -30,51 +30,22 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
-def _serving(app: FastAPI, services: Services, verb: str) -> None:
-    """Log and export what is served."""
-    manifest = services.index.manifest
-    chunks = manifest.get("counts", {}).get("chunks", 0)
-    model = manifest["embedder"]["model"]
-    mode = "hybrid" if services.embedder is not None else "bm25 only (no model loaded)"
-    settings = services.settings
-    log.info(
-        "%s index %s version %s: %d chunks, model %s, %s, micro-batching %s, reranker %s",
-        verb,
-        services.index.root.name,
-        services.index.version,
-        chunks,
-        model,
-        mode,
-        "on" if settings.microbatch else "off",
-        services.reranker.name if services.reranker else "none",
-    )
-    app.state.metrics.serving(services.index.version, model, chunks)
-
-
 async def _follow_index(app: FastAPI, interval: float) -> None:
-    """Serve each newly published index version: open it fully off the event loop, then swap the reference.
-
-    Requests that already hold the previous services finish on them; a version that cannot be opened is
-    logged once and the current one keeps serving.
-    """
+    """Serve each newly published index version (:func:`serve_latest`); a version that cannot be opened
+    is logged once and the current one keeps serving."""
     failed: str | None = None
     while True:
         await asyncio.sleep(interval)
         services = app.state.services
         try:
-            fresh = await anyio.to_thread.run_sync(services.reopen)
-            if fresh is None:
-                continue
-            await anyio.to_thread.run_sync(fresh.warm_up)
+            await serve_latest(app)
         except Exception as exc:  # noqa: BLE001 - keep serving what works
             version = current_version(services.settings.index)
             if version != failed:
                 log.error("could not open index version %s, still serving %s: %s", version, services.index.version, exc)
                 failed = version
             continue
-        app.state.services = fresh
         failed = None
-        _serving(app, fresh, "now serving")
 
 
 def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
@@ -97,7 +68,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
                 services = build_services(settings, serving=True, on_embed_batch=metrics.batch_size.observe)
                 services.warm_up()
                 app.state.services = services
-                _serving(app, services, "serving")
+                announce(app, services, "serving")
             except Exception as exc:  # noqa: BLE001 - reported by /ready instead of crashing the server
                 app.state.load_error = f"{type(exc).__name__}: {exc}"
                 log.error("could not load the index %s: %s", settings.index, exc)
@@ -126,8 +97,8 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
 
     install_error_handlers(app)
     app.add_middleware(JsonOnly)  # added first = innermost: keys, then size, then content type
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequireKey, keys=settings.keys)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, uploads=settings.max_upload_bytes)
+    app.add_middleware(RequireKey, keys=settings.keys, admin_keys=settings.admin_keys)
     app.add_middleware(Deadline, timeout_s=settings.request_timeout_s)
     app.add_middleware(RequestContext, metrics=metrics)  # every answer gets an id and is counted
     if settings.cors_origins:  # outermost: a browser's preflight carries no key
@@ -168,4 +139,5 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.include_router(routes_search.router)
     app.include_router(routes_embed.router)
     app.include_router(routes_dify.router)
+    app.include_router(routes_documents.router)
     return app

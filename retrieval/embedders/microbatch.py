@@ -25,7 +25,8 @@ __all__ = ["MicroBatcher", "QueryCache", "Side", "DEFAULT_MAX_WAIT_MS", "DEFAULT
 
 log = logging.getLogger(__name__)
 
-Side = Literal["query", "document"]
+Side = Literal["query", "document", "tokens"]
+"""What a request holds: query texts, document texts, or pre-tokenised documents (ingest through the server)."""
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_BATCH = 64
 
@@ -122,6 +123,10 @@ class MicroBatcher(_Wrapper):
         """Document vectors, computed in a shared batch."""
         return self.submit(texts, "document").result()
 
+    def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Pre-tokenised documents (an ingest batch), run alone on the worker: the model keeps one owner."""
+        return self.submit(batch, "tokens").result()  # type: ignore[arg-type]
+
     def close(self, timeout: float | None = 30.0) -> None:
         """Finish what is queued, then stop the worker; later submissions raise."""
         if self._closed.is_set():
@@ -156,6 +161,9 @@ class MicroBatcher(_Wrapper):
         self._fail_leftovers()
 
     def _run(self, batch: list[_Request]) -> None:
+        for request in batch:
+            if request.side == "tokens" and request.future.set_running_or_notify_cancel():
+                self._run_alone(request)  # an ingest batch is already sized by its token budget
         for side in ("query", "document"):
             requests = [r for r in batch if r.side == side and r.future.set_running_or_notify_cancel()]
             if not requests:
@@ -182,6 +190,8 @@ class MicroBatcher(_Wrapper):
             request.future.set_result(vectors)
 
     def _embed(self, texts: list[str], side: Side) -> np.ndarray:
+        if side == "tokens":
+            return self.inner.embed_token_ids(texts)  # type: ignore[attr-defined]
         return self.inner.embed_queries(texts) if side == "query" else self.inner.embed_documents(texts)
 
     def _record(self, size: int) -> None:

@@ -1,0 +1,144 @@
+"""The document API (POST/GET/DELETE /documents), admin keys, and ``zhrag list`` / ``zhrag delete``."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.api.routes_documents import safe_file_name
+from app.cli import main
+from app.settings import Settings
+from retrieval.index import IndexWriter, current_version, read_manifest
+from tests.conftest import SAMPLE_STATUTES
+
+ADMIN, USER = "admin-key", "user-key"
+
+
+@pytest.fixture()
+def index_copy(sample_index: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "index"
+    shutil.copytree(sample_index, target)
+    return target
+
+
+@pytest.fixture()
+def client(index_copy: Path) -> Iterator[TestClient]:
+    settings = Settings(index=index_copy, api_keys=USER, admin_keys=ADMIN, reload_interval=0)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        yield c
+
+
+def _bm25(client: TestClient, query: str) -> list[dict]:
+    return client.post("/search", json={"query": query, "mode": "bm25", "top_k": 3}).json()["results"]
+
+
+def test_json_documents_are_searchable_at_once_and_listed(client: TestClient, index_copy: Path) -> None:
+    before = current_version(index_copy)
+    doc = {
+        "id": "guide-1",
+        "text": "罕见病患者的用药保障：国家建立罕见病药品目录。",
+        "title": "罕见病用药指南",
+        "metadata": {"law": "内部指南"},
+    }
+    response = client.post("/documents", json=doc)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["documents_indexed"] == 1 and body["chunks"] >= 1 and body["version"] != before
+    assert current_version(index_copy) == body["version"]
+    hits = _bm25(client, "罕见病药品目录")
+    assert hits[0]["doc_id"] == "guide-1" and hits[0]["metadata"]["law"] == "内部指南"  # served without a restart
+    page = client.get("/documents", params={"limit": 100}).json()
+    listed = {d["doc_id"]: d for d in page["documents"]}
+    assert page["total"] == 7 and listed["guide-1"]["chunks"] == body["chunks"]
+    assert listed["医师法.md"]["chunks"] > 60
+    again = client.post("/documents", json={"documents": [doc]}).json()
+    assert again["documents_unchanged"] == 1 and again["version"] == body["version"]  # nothing new published
+
+
+def test_uploaded_files_keep_their_own_names(client: TestClient) -> None:
+    text = (SAMPLE_STATUTES / "医师法.md").read_bytes()
+    files = [("files", ("../../etc/医师法-副本.md", text, "text/markdown"))]
+    response = client.post("/documents", files=files)
+    assert response.status_code == 200, response.text
+    listed = {d["doc_id"]: d for d in client.get("/documents").json()["documents"]}
+    assert listed["医师法-副本.md"]["source"] == "医师法-副本.md"  # sanitised name, not the temporary path
+    assert not Path("/etc/医师法-副本.md").exists()
+
+
+def test_bad_uploads_publish_nothing(client: TestClient, index_copy: Path) -> None:
+    before = current_version(index_copy)
+    good = ("files", ("新规.md", "# 新规\n\n第一条 医疗机构应当公开收费标准。".encode(), "text/markdown"))
+    unsupported = client.post(
+        "/documents", files=[good, ("files", ("tool.exe", b"MZ\x90", "application/octet-stream"))]
+    )
+    assert unsupported.status_code == 415 and "tool.exe" in unsupported.json()["error"]["message"]
+    broken = client.post("/documents", files=[good, ("files", ("scan.pdf", b"%PDF-1.4 garbage", "application/pdf"))])
+    assert broken.status_code == 422
+    message = broken.json()["error"]["message"]
+    assert "scan.pdf" in message and "nothing was published" in message and "zhrag-upload" not in message
+    bad_record = client.post("/documents", json={"id": "x", "text": ""})
+    assert bad_record.status_code == 422
+    assert current_version(index_copy) == before and "新规.md" not in {
+        d["doc_id"] for d in client.get("/documents").json()["documents"]
+    }
+
+
+def test_delete_removes_a_document_and_404s_an_unknown_one(client: TestClient, index_copy: Path) -> None:
+    assert any(h["doc_id"] == "药品管理法.md" for h in _bm25(client, "药品上市许可持有人"))
+    response = client.delete("/documents/药品管理法.md")
+    assert response.status_code == 200 and response.json()["documents_removed"] == ["药品管理法.md"]
+    assert all(h["doc_id"] != "药品管理法.md" for h in _bm25(client, "药品上市许可持有人"))
+    nested = client.delete("/documents/民法典/侵权责任编.md")  # ids with slashes
+    assert nested.status_code == 200
+    missing = client.delete("/documents/no-such-doc")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_admin_keys_guard_document_changes(client: TestClient) -> None:
+    user = {"Authorization": f"Bearer {USER}"}
+    assert client.get("/documents", headers=user).status_code == 200
+    assert client.post("/search", json={"query": "医师"}, headers=user).status_code == 200
+    refused = client.post("/documents", json={"id": "a", "text": "医师"}, headers=user)
+    assert refused.status_code == 403 and "ZHRAG_ADMIN_KEYS" in refused.json()["error"]["message"]
+    assert client.delete("/documents/医师法.md", headers=user).status_code == 403
+    assert client.post("/documents", json={"id": "a", "text": "医师应当如实记录病历。"}).status_code == 200
+
+
+def test_a_second_writer_gets_409(client: TestClient, index_copy: Path) -> None:
+    writer = IndexWriter(index_copy, read_manifest(index_copy)["embedder"])  # holds the writer lock
+    try:
+        busy = client.post("/documents", json={"id": "a", "text": "医师应当如实记录病历。"})
+        assert busy.status_code == 409 and "writer" in busy.json()["error"]["message"]
+        assert client.delete("/documents/医师法.md").status_code == 409
+    finally:
+        writer.abort()
+    assert client.post("/documents", json={"id": "a", "text": "医师应当如实记录病历。"}).status_code == 200
+
+
+def test_safe_file_names() -> None:
+    assert safe_file_name("../../etc/passwd.md") == "passwd.md"
+    assert safe_file_name("C:\\Users\\张三\\病历.docx") == "病历.docx"
+    assert safe_file_name(".hidden.txt") == "hidden.txt"
+    assert safe_file_name("a\x00b\nc.md") == "abc.md"
+    assert len(safe_file_name("医" * 300 + ".md").encode()) <= 200 and safe_file_name("医" * 300 + ".md").endswith(
+        ".md"
+    )
+    with pytest.raises(ValueError):
+        safe_file_name("../..")
+
+
+def test_cli_list_and_delete(index_copy: Path, capsys) -> None:
+    assert main(["list", "--index", str(index_copy), "--json"]) == 0
+    listed = __import__("json").loads(capsys.readouterr().out)
+    assert listed["total"] == 6 and {d["doc_id"] for d in listed["documents"]} >= {"医师法.md", "药品管理法.md"}
+    assert main(["delete", "医师法.md", "nope.md", "--index", str(index_copy)]) == 3  # one was not there
+    err = capsys.readouterr().err
+    assert "not in the index: nope.md" in err and "deleted 1 documents" in err
+    assert main(["list", "--index", str(index_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "医师法.md" not in out and "药品管理法.md" in out
