@@ -129,3 +129,21 @@ def test_all_lawref_articles_in_qrels_are_chunked() -> None:
         _, chunks = chunk_document(_load(path, str(path)), ChunkSettings(), len)
         found.update(f"{c.metadata['law']} {c.metadata['article']}" for c in chunks)
     assert keys <= found
+
+
+def test_a_line_without_any_separator_is_cut_in_token_sized_pieces(tiny_embedder) -> None:
+    """A 200,000-character line (no punctuation, no breaks) is chunked in one linear pass, not measured
+    character by character; every chunk fits the budget and the text is all there."""
+    from ingest.chunkers.base import break_long_runs
+    from ingest.document import Document
+
+    words = "医师患者药品法律规定国家机构管理卫生健康服务保障"
+    line = "".join(words[(i * 7 + i // 13) % len(words)] for i in range(200_000))
+    assert break_long_runs("第一条 医师应当遵守规范。", 8) == "第一条 医师应当遵守规范。"  # no run over 8
+    assert break_long_runs("一二三四五六七", 3) == "一二三\n四五六\n七"
+    spec = tiny_embedder.token_spec
+    settings = ChunkSettings(chunk_size=128, chunk_overlap=0)
+    name, chunks = chunk_document(Document(id="x", text=line, source="x.txt"), settings, lambda s: len(spec.encode(s)))
+    assert name == "generic" and len(chunks) > 100
+    assert all(len(spec.encode(c.text)) <= 128 for c in chunks)
+    assert "".join(c.text.replace("\n", "") for c in chunks) == line
