@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None, help="Max tokens per chunk (default 512)")
     p.add_argument("--chunk-overlap", type=int, default=None, help="Token overlap of generic chunks (default 64)")
     p.add_argument("--chunker", choices=["auto", "statute", "section", "generic"], default="auto")
-    p.add_argument("--store", choices=["faiss", "numpy", "milvus"], default="faiss", help="Vector store of a new index")
+    p.add_argument(
+        "--store", choices=["faiss", "numpy", "milvus"], default=None, help="Vector store of a new index (ZHRAG_STORE)"
+    )
     p.add_argument(
         "--index-type",
         choices=list(FAISS_INDEX_TYPES),
@@ -105,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="Processes for loading, chunking and tokenising (default: the cores)")
     p.add_argument("--devices", help="One model replica per device, e.g. cuda:0,cuda:1")
     p.add_argument("--max-batch-tokens", type=int, help="Padded tokens per embedding batch (default by device)")
-    p.add_argument("--milvus-uri", default=None, help="Milvus server or Milvus Lite file (with --store milvus)")
+    p.add_argument(
+        "--milvus-uri",
+        default=None,
+        help="Milvus server (http://…) or Milvus Lite file (ZHRAG_MILVUS_URI; --store milvus)",
+    )
+    p.add_argument("--milvus-collection", default=None, help="Collection name (default: from the index directory)")
     p.add_argument("--user-dict", type=Path, action="append", default=[], help="Extra jieba dictionary for BM25")
     p.add_argument("--prune", action="store_true", help="Remove indexed documents not found under PATH... any more")
     p.add_argument("--json", action="store_true", help="Print the summary as one JSON object on stdout")
@@ -272,7 +280,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         embedder,
         analyzer,
         chunk,
-        store=_store_options(args, settings.index),
+        store=_store_options(args, settings),
         progress=not (args.quiet or args.json),
         prune=args.prune,
         options=IngestOptions(
@@ -307,15 +315,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if summary.skipped else EXIT_OK
 
 
-def _store_options(args: argparse.Namespace, index: Path) -> dict[str, Any]:
-    if args.store == "faiss":
+def milvus_collection(index: Path) -> str:
+    """The default Milvus collection of an index: its directory name (ASCII) and a hash of its full path,
+    so two indexes never share a collection, even on one server."""
+    path = str(index.resolve())
+    name = "".join(ch if ch.isascii() and ch.isalnum() else "_" for ch in index.resolve().name)[:40]
+    return f"zhrag_{name}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def _store_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    store = args.store or settings.store
+    if store == "faiss":
         return {"backend": "faiss", "kind": args.index_type or "auto"}
     if args.index_type:
-        raise CliError(f"--index-type applies to the faiss store, not {args.store}")
-    if args.store != "milvus":
-        return {"backend": args.store}
-    uri = args.milvus_uri or str((index / "milvus.db").resolve())
-    collection = "zhrag_" + "".join(ch if ch.isalnum() else "_" for ch in index.resolve().name)
+        raise CliError(f"--index-type applies to the faiss store, not {store}")
+    if store != "milvus":
+        return {"backend": store}
+    uri = args.milvus_uri or settings.milvus_uri or str((settings.index / "milvus.db").resolve())
+    collection = args.milvus_collection or settings.milvus_collection or milvus_collection(settings.index)
     return {"backend": "milvus", "uri": uri, "collection": collection}
 
 

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         default_factory=list, description="One model replica per device: cuda:0,cuda:1 or a JSON list"
     )
     max_batch_tokens: int | None = Field(None, description="Padded tokens per embedding batch (default by device)")
+    # Vector store of a new index
+    store: Literal["faiss", "numpy", "milvus"] = Field("faiss", description="Vector store of a new index")
+    milvus_uri: str | None = Field(
+        None, description="Milvus server (http://…) or Milvus Lite file; default INDEX/milvus.db"
+    )
+    milvus_collection: str | None = Field(None, description="Milvus collection (default: from the index directory)")
+    milvus_token: str | None = Field(None, description="Milvus user:password or API token (never written to the index)")
     # Per-file limits of ingest (a file over one is skipped and reported)
     ingest_max_file_mb: float = Field(64.0, gt=0, description="Largest input file (JSONL is read in parts)")
     ingest_max_doc_chars: int = Field(5_000_000, gt=0, description="Longest document (file text or JSONL record)")

@@ -15,6 +15,7 @@ kept for running readers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -30,8 +31,10 @@ import numpy as np
 
 from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Builder, BM25Index, ChunkTerms
 from retrieval.docstore import DOCSTORE_FILE, DocStore
-from retrieval.stores import VectorStore, create_store, load_store
+from retrieval.stores import VectorStore, create_store, discard_store, load_store
 from retrieval.types import Chunk
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Index",
@@ -228,8 +231,11 @@ class Index:
         return self.version_dir.name
 
     def close(self) -> None:
-        """Release the docstore connection."""
+        """Release the docstore connection (and the vector store's, where it holds one)."""
         self.docs.close()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
 
 
 class IndexWriter:
@@ -269,6 +275,9 @@ class IndexWriter:
                 finally:
                     source.close()
                 self.store = _load_store(previous, self.manifest)
+                begin = getattr(self.store, "begin_write", None)
+                if begin is not None:  # a store outside the directory (Milvus) writes a new generation
+                    begin(self._versions())
             else:
                 self.manifest = {
                     "format": FORMAT_VERSION,
@@ -404,10 +413,26 @@ class IndexWriter:
             self.docs.close()
         except Exception:  # noqa: BLE001 - closing twice is harmless
             pass
+        drop = getattr(self.store, "drop", None)
+        if drop is not None and self.staging.exists():  # the unpublished generation of an external store
+            try:
+                drop()
+            except Exception as exc:  # noqa: BLE001 - the next writer drops orphans too
+                log.warning("could not drop the unpublished store generation: %s", exc)
         shutil.rmtree(self.staging, ignore_errors=True)
         self._lock.release()
 
+    def _versions(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.name.startswith(_VERSION_PREFIX) and p.is_dir())
+
     def _prune(self, live: str) -> None:
-        versions = sorted(p for p in self.root.iterdir() if p.name.startswith(_VERSION_PREFIX) and p.is_dir())
-        for old in [v for v in versions if v.name != live][: -(KEEP_VERSIONS - 1) or None]:
-            shutil.rmtree(old, ignore_errors=True)
+        versions = self._versions()
+        old = [v for v in versions if v.name != live][: -(KEEP_VERSIONS - 1) or None]
+        kept = [v for v in versions if v not in old]
+        for version in old:
+            try:
+                backend = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))["store"]["backend"]
+                discard_store(backend, version, kept)
+            except Exception as exc:  # noqa: BLE001 - pruning is best effort; the data stays consistent
+                log.warning("could not release the store of %s: %s", version.name, exc)
+            shutil.rmtree(version, ignore_errors=True)

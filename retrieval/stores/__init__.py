@@ -7,7 +7,15 @@ from typing import Any
 
 from retrieval.stores.base import MISSING_ID, StoreError, VectorStore
 
-__all__ = ["VectorStore", "StoreError", "MISSING_ID", "create_store", "load_store", "STORE_BACKENDS"]
+__all__ = [
+    "VectorStore",
+    "StoreError",
+    "MISSING_ID",
+    "create_store",
+    "load_store",
+    "discard_store",
+    "STORE_BACKENDS",
+]
 
 STORE_BACKENDS = ("faiss", "numpy", "milvus")
 _INSTALL_HINTS = {
@@ -45,3 +53,10 @@ def create_store(name: str, dim: int, **options: Any) -> VectorStore:
 def load_store(name: str, path: Path, dim: int, **options: Any) -> VectorStore:
     """Load a saved store of backend ``name`` from directory ``path``."""
     return _import_backend(name).load(path, dim, **options)
+
+
+def discard_store(name: str, path: Path, kept: list[Path]) -> None:
+    """Release what a pruned version at ``path`` holds outside its directory (a Milvus generation)."""
+    discard = getattr(_import_backend(name), "discard", None)
+    if discard is not None:
+        discard(path, kept)

@@ -194,3 +194,42 @@ def test_sigterm_stops_an_ingest_like_ctrl_c(index: Path, tiny_model_dir) -> Non
     _, err = writer.communicate(timeout=60)
     assert writer.returncode == 1 and "interrupted" in err
     assert current_version(index) == before and not list(index.glob(".staging-*"))
+
+
+@pytest.mark.parametrize("after_s", [2.0, 4.0, 6.0])
+def test_milvus_ingest_killed_at_any_point_leaves_the_previous_generation(
+    tmp_path: Path, tiny_model_dir, after_s: float
+) -> None:
+    """``kill -9`` of an ingest into Milvus Lite: search answers from the previous generation, unchanged."""
+    pytest.importorskip("milvus_lite")
+    from retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder
+    from retrieval.index import Index
+    from retrieval.searcher import Searcher, SearchOptions
+    from retrieval.text import default_analyzer
+
+    index, uri = tmp_path / "index", tmp_path / "milvus.db"
+    flags = ["--index", str(index), "--model", str(tiny_model_dir), "--store", "milvus", "--milvus-uri", str(uri)]
+    done = _run("ingest", str(SAMPLE_STATUTES / "医师法.md"), *flags, "--quiet")
+    assert done.returncode == 0, done.stderr
+    embedder = SentenceTransformerEmbedder(str(tiny_model_dir), device="cpu")
+
+    def served() -> tuple[str | None, list[list[str]]]:
+        view = Index(index)  # Milvus Lite: one process per file, so the view is closed before the writer runs
+        searcher = Searcher(view, embedder, default_analyzer())
+        results = [[h.chunk.id for h in searcher.search(q, SearchOptions(mode="dense")).hits] for q in ("医师", "义务")]
+        view.close()
+        return view.version, results
+
+    before = served()
+    writer = _zhrag("ingest", str(SAMPLE_STATUTES), *flags, "--quiet")
+    time.sleep(after_s)
+    writer.kill()
+    _, err = writer.communicate(timeout=30)
+    assert writer.returncode in (0, -signal.SIGKILL), err[-2000:]
+    after = served()
+    if after[0] == before[0]:
+        assert after == before  # killed before publishing: the previous generation answers, unchanged
+    else:  # killed after publishing (or finished): the new version is whole
+        view = Index(index)
+        assert view.docs.count_documents() == 6 and view.store.count() == view.docs.count()
+        view.close()

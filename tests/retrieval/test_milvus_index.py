@@ -1,0 +1,88 @@
+"""Milvus (Lite) as an index's vector store: configuration honoured, one generation per published version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.cli import milvus_collection
+from ingest.pipeline import ingest
+from retrieval.index import Index
+from retrieval.searcher import Searcher, SearchOptions
+from tests.conftest import SAMPLE_STATUTES
+
+pymilvus = pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+QUERIES = ["医师在执业活动中履行哪些义务", "药品上市许可持有人的责任", "传染病疫情的报告", "患者的隐私保护"]
+
+
+def _store(uri: Path, index: Path) -> dict[str, str]:
+    return {"backend": "milvus", "uri": str(uri), "collection": milvus_collection(index)}
+
+
+def _collections(uri: Path) -> list[str]:
+    client = pymilvus.MilvusClient(str(uri))
+    try:
+        return sorted(client.list_collections())
+    finally:
+        client.close()
+
+
+def _top(index: Path, embedder, analyzer, mode: str = "dense") -> list[list[str]]:
+    searcher = Searcher(Index(index), embedder, analyzer)
+    return [[h.chunk.id for h in searcher.search(q, SearchOptions(top_k=5, mode=mode)).hits] for q in QUERIES]
+
+
+def test_milvus_index_searches_like_faiss_and_two_indexes_are_independent(tmp_path: Path, tiny_embedder, analyzer):
+    uri = tmp_path / "shared.db"  # one Milvus for both indexes
+    laws, statutes = tmp_path / "laws", tmp_path / "civil"
+    ingest([SAMPLE_STATUTES], laws, tiny_embedder, analyzer, store=_store(uri, laws), progress=False)
+    ingest([SAMPLE_STATUTES / "民法典"], statutes, tiny_embedder, analyzer, store=_store(uri, statutes), progress=False)
+    ingest([SAMPLE_STATUTES], tmp_path / "faiss", tiny_embedder, analyzer, progress=False)
+    manifest = Index(laws).manifest
+    assert manifest["store"] == {"backend": "milvus", "uri": str(uri), "collection": milvus_collection(laws)}
+    assert "token" not in manifest["store"]
+    assert _top(laws, tiny_embedder, analyzer) == _top(tmp_path / "faiss", tiny_embedder, analyzer)  # exact both
+    civil = Searcher(Index(statutes), tiny_embedder, analyzer)
+    docs = {h.chunk.doc_id for q in QUERIES for h in civil.search(q, SearchOptions(top_k=5, mode="dense")).hits}
+    assert docs <= {"人格权编.md", "侵权责任编.md"}  # the other index's documents never leak in
+    assert milvus_collection(laws) != milvus_collection(statutes)
+    assert len(_collections(uri)) == 2  # one live generation each
+
+
+def test_each_version_reads_its_own_generation_and_failures_leave_no_trace(
+    tmp_path: Path, tiny_embedder, analyzer, monkeypatch
+) -> None:
+    uri, index = tmp_path / "milvus.db", tmp_path / "index"
+    store = _store(uri, index)
+    ingest([SAMPLE_STATUTES / "医师法.md"], index, tiny_embedder, analyzer, store=store, progress=False)
+    first = Index(index)
+    before = _top(index, tiny_embedder, analyzer)
+    ingest([SAMPLE_STATUTES / "药品管理法.md"], index, tiny_embedder, analyzer, store=store, progress=False)
+    second = Index(index)
+    assert first.store.collection != second.store.collection  # a new generation, vectors copied over
+    assert first.store.count() == first.docs.count() and second.store.count() == second.docs.count()
+    assert first.store.count() < second.store.count()
+    # The previous version still answers from its own generation (readers of it are unaffected).
+    searcher = Searcher(first, tiny_embedder, analyzer)
+    assert [[h.chunk.id for h in searcher.search(q, SearchOptions(top_k=5, mode="dense")).hits] for q in QUERIES] == (
+        before
+    )
+
+    def boom(batch):
+        raise RuntimeError("GPU fell off")
+
+    live = (index / "CURRENT").read_text()
+    with monkeypatch.context() as patch:
+        patch.setattr(tiny_embedder, "embed_token_ids", boom)
+        with pytest.raises(RuntimeError, match="GPU"):
+            ingest([SAMPLE_STATUTES / "传染病防治法.md"], index, tiny_embedder, analyzer, store=store, progress=False)
+    assert (index / "CURRENT").read_text() == live
+    assert sorted([first.store.collection, second.store.collection]) == _collections(uri)  # nothing left behind
+    ingest([SAMPLE_STATUTES / "传染病防治法.md"], index, tiny_embedder, analyzer, store=store, progress=False)
+    third = Index(index)
+    # Two versions are kept; the first one's generation went with it.
+    assert _collections(uri) == sorted([second.store.collection, third.store.collection])
+    assert third.store.count() == third.docs.count()
