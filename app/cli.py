@@ -207,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="Show an index's manifest")
     p.add_argument("--index", type=Path, help=INDEX_HELP)
 
+    p = sub.add_parser("migrate", help="Move an index's vectors to another store without re-embedding them")
+    p.add_argument("--index", type=Path, help=INDEX_HELP)
+    p.add_argument("--to", dest="store", choices=["faiss", "numpy", "milvus"], required=True)
+    p.add_argument("--index-type", choices=list(FAISS_INDEX_TYPES), default=None, help="FAISS layout (with --to faiss)")
+    p.add_argument("--milvus-uri", default=None, help="Milvus server (http://…) or Milvus Lite file (ZHRAG_MILVUS_URI)")
+    p.add_argument("--milvus-collection", default=None, help="Collection name (default: from the index directory)")
+
     p = sub.add_parser("list", help="List an index's documents with their chunk counts")
     p.add_argument("--index", type=Path, help=INDEX_HELP)
     p.add_argument("--offset", type=int, default=0)
@@ -562,6 +569,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """``zhrag migrate``."""
+    from retrieval.index import migrate_store, read_manifest
+
+    settings = _settings(args)
+    store = _store_options(args, settings)
+    before = read_manifest(settings.index)["store"]
+    version = migrate_store(settings.index, store)
+    chunks = read_manifest(settings.index).get("counts", {}).get("chunks", 0)
+    print(f"moved {chunks} vectors from {before['backend']} to {store['backend']}; version {version}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """``zhrag list``."""
     from retrieval.index import Index
@@ -617,6 +637,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "eval": cmd_eval,
     "info": cmd_info,
+    "migrate": cmd_migrate,
     "list": cmd_list,
     "delete": cmd_delete,
     "tiny-model": cmd_tiny_model,

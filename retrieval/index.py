@@ -45,6 +45,7 @@ __all__ = [
     "IndexLockedError",
     "read_manifest",
     "current_version",
+    "migrate_store",
     "MANIFEST_FILE",
     "FORMAT_VERSION",
 ]
@@ -370,6 +371,15 @@ class IndexWriter:
         self.docs.set_document(doc_id, source, content_hash, len(chunks))
         self._changed = True
 
+    def replace_store(self, store: VectorStore, conf: dict[str, Any]) -> None:
+        """Publish ``store`` (holding the same ids) instead of the current one; ``conf`` is its manifest entry."""
+        drop = getattr(self.store, "drop", None)
+        if drop is not None:  # the new generation this writer opened in an external store
+            drop()
+        self.store = store
+        self.manifest["store"] = dict(conf)
+        self._changed = True
+
     def commit(self, extra: dict[str, Any] | None = None) -> str:
         """Publish the staged index; returns the new version name.
 
@@ -436,3 +446,25 @@ class IndexWriter:
             except Exception as exc:  # noqa: BLE001 - pruning is best effort; the data stays consistent
                 log.warning("could not release the store of %s: %s", version.name, exc)
             shutil.rmtree(version, ignore_errors=True)
+
+
+def migrate_store(root: Path | str, store: dict[str, Any]) -> str:
+    """Move an index's vectors into another store (e.g. FAISS -> Milvus) without re-embedding them and
+    publish the result as a new version; returns its name. The previous version serves until then.
+
+    Args:
+        root: The index.
+        store: The new store's manifest entry, e.g. ``{"backend": "milvus", "uri": ..., "collection": ...}``.
+    """
+    manifest = read_manifest(root)
+    conf = dict(store)
+    with IndexWriter(root, manifest["embedder"]) as writer:
+        target = create_store(conf.pop("backend"), int(manifest["dim"]), **conf)
+        moved = 0
+        for ids, vectors in writer.store.items():
+            target.add(ids, vectors)
+            moved += len(ids)
+        if moved != writer.docs_count():
+            raise ZhragIndexError(f"moved {moved} vectors but the index holds {writer.docs_count()} chunks")
+        writer.replace_store(target, store)
+        return writer.commit()

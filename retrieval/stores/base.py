@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -41,6 +42,10 @@ class VectorStore(Protocol):
 
     def count(self) -> int:
         """Number of stored vectors."""
+        ...
+
+    def items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored (ids, vectors), in batches (to move an index to another store without re-embedding)."""
         ...
 
 

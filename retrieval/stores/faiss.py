@@ -8,6 +8,7 @@ ingest changes it (every layout keeps the exact vectors, so nothing is lost on t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -165,6 +166,14 @@ class FaissStore:
     def count(self) -> int:
         """Number of vectors."""
         return int(self._index.ntotal)
+
+    def items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored (ids, exact vectors), in batches (HNSW and IVF-PQ keep the exact vectors too)."""
+        ids = self._positions()
+        for start in range(0, len(ids), batch):
+            n = min(batch, len(ids) - start)
+            vectors = self._index.index.reconstruct_n(start, n)
+            yield ids[start : start + n], np.ascontiguousarray(vectors, dtype=np.float32)
 
     # -- persistence -----------------------------------------------------------------------------
     def resolved_layout(self) -> str:

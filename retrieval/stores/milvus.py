@@ -16,7 +16,7 @@ import os
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +222,16 @@ class MilvusStore:
         """Rows in this generation."""
         self._client.flush(self.collection)
         return int(self._client.get_collection_stats(self.collection)["row_count"])
+
+    def items(self, batch: int = _COPY_BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored (ids, vectors), in batches."""
+        iterator = self._client.query_iterator(self.collection, batch_size=batch, output_fields=[_ID, _VECTOR])
+        try:
+            while rows := iterator.next():
+                ids = np.fromiter((r[_ID] for r in rows), dtype=np.int64, count=len(rows))
+                yield ids, np.asarray([r[_VECTOR] for r in rows], dtype=np.float32)
+        finally:
+            iterator.close()
 
     def save(self, path: Path) -> None:
         """Record which generation this version reads (Milvus persists the rows itself)."""

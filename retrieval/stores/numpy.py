@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,11 @@ class NumpyStore:
     def count(self) -> int:
         """Number of vectors."""
         return len(self._ids)
+
+    def items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored (ids, vectors), in batches."""
+        for start in range(0, len(self._ids), batch):
+            yield self._ids[start : start + batch], self._vectors[start : start + batch]
 
     def save(self, path: Path) -> None:
         """Write ``vectors.npz`` into directory ``path``."""
