@@ -200,13 +200,28 @@ class MilvusStore:
         return len(present)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product; ``allowed`` becomes an ``id in [...]`` filter."""
+        """Top-``k`` by inner product; ``allowed`` becomes ``id in [...]`` filters inside Milvus.
+
+        Milvus takes a bounded expression, so a long ``allowed`` list is searched in parts of
+        ``_MAX_FILTER_IDS`` ids whose top-``k`` lists are merged by score: still exact, one search per part.
+        """
         queries = check_vectors(queries, self.dim)
-        expr = ""
-        if allowed is not None:
-            if len(allowed) > _MAX_FILTER_IDS:
-                raise StoreError(f"Milvus filter limited to {_MAX_FILTER_IDS} ids; narrow the metadata filter")
-            expr = f"{_ID} in [{','.join(str(int(i)) for i in allowed)}]"
+        if allowed is None:
+            return self._search(queries, k, "")
+        allowed = np.asarray(allowed, dtype=np.int64)
+        if len(allowed) == 0:
+            n = len(queries)
+            return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), MISSING_ID, dtype=np.int64)
+        parts = [allowed[i : i + _MAX_FILTER_IDS] for i in range(0, len(allowed), _MAX_FILTER_IDS)]
+        found = [self._search(queries, k, f"{_ID} in [{','.join(map(str, part.tolist()))}]") for part in parts]
+        if len(found) == 1:
+            return found[0]
+        scores = np.concatenate([s for s, _ in found], axis=1)
+        ids = np.concatenate([i for _, i in found], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+    def _search(self, queries: np.ndarray, k: int, expr: str) -> tuple[np.ndarray, np.ndarray]:
         results = self._client.search(
             self.collection, data=queries.tolist(), limit=k, filter=expr, search_params={"metric_type": "IP"}
         )

@@ -124,3 +124,23 @@ def test_faiss_auto_is_exact_below_the_threshold(tmp_path: Path, vectors: np.nda
     store.add(np.arange(50, dtype=np.int64), vectors)
     store.save(tmp_path)
     assert store.describe()["kind"] == "auto" and store.describe()["layout"] == "flat"
+
+
+@pytest.mark.skipif(not HAVE_MILVUS, reason="pip install 'zhrag[milvus]'")
+def test_milvus_filters_longer_than_one_expression_are_searched_in_parts(
+    vectors: np.ndarray, tmp_path: Path, monkeypatch
+) -> None:
+    """A filter admitting more ids than one Milvus expression holds is split, and the merged result is exact."""
+    import retrieval.stores.milvus as milvus
+
+    monkeypatch.setattr(milvus, "_MAX_FILTER_IDS", 7)
+    ids = np.arange(100, 100 + len(vectors), dtype=np.int64)
+    store, reference = _create("milvus", tmp_path), create_store("numpy", DIM)
+    store.add(ids, vectors)
+    reference.add(ids, vectors)
+    allowed = ids[::2]  # 25 ids: four expressions
+    for query in vectors[:5]:
+        got_scores, got_ids = store.search(query[None], 6, allowed)
+        want_scores, want_ids = reference.search(query[None], 6, allowed)
+        assert got_ids.tolist() == want_ids.tolist() and np.allclose(got_scores, want_scores, atol=1e-5)
+    assert (store.search(vectors[:1], 3, np.array([], dtype=np.int64))[1] == MISSING_ID).all()
