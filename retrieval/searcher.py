@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "DEFAULT_RERANK_CANDIDATES",
     "LexicalParts",
+    "Leg",
     "normalize_query",
 ]
 
@@ -42,6 +43,23 @@ DEFAULT_RERANK_CANDIDATES = 30
 """How many fused candidates the reranker re-scores (at least ``top_k``)."""
 DENSE, BM25 = "dense", "bm25"
 LEG_SEPARATOR = "#"
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One ranked list fused by RRF: a retrieval kind run for one of the search's queries."""
+
+    kind: str
+    """``dense`` or ``bm25``."""
+    query: int = 0
+    """Position of the query it ran for (0 = the first)."""
+
+    @property
+    def name(self) -> str:
+        """How the leg is shown in results: ``dense``/``bm25`` for the first query, ``dense#1``/``bm25#1`` after."""
+        return f"{self.kind}{LEG_SEPARATOR}{self.query}" if self.query else self.kind
+
+
 LexicalParts = Sequence[tuple[str, float]]
 """Weighted texts scored as one BM25 query (see ``SearchOptions.lexical``)."""
 
@@ -195,32 +213,30 @@ class Searcher:
         """Fused (row id, score) ranking for one or more queries, and each leg's (rank, score) per row id."""
         pool = max(options.candidates or self.candidates, options.top_k)
         vectors = self._embed_queries(queries) if options.mode in ("hybrid", "dense") else None
-        lexical_legs: dict[str, list[tuple[int, float]]] = {}
+        lexical_legs: dict[Leg, list[tuple[int, float]]] = {}
         if options.mode in ("hybrid", "bm25"):
             lexical = list(options.lexical or [])
             for i, query in enumerate(queries):
                 parts = lexical[i] if i < len(lexical) else None
                 if parts is None or len(parts):
-                    lexical_legs[_leg_name(BM25, i)] = self._bm25(query, parts, pool, allowed)
-        legs: dict[str, list[tuple[int, float]]] = {}
+                    lexical_legs[Leg(BM25, i)] = self._bm25(query, parts, pool, allowed)
+        legs: dict[Leg, list[tuple[int, float]]] = {}
         if vectors is not None:
             for i, ranked in enumerate(self._dense(vectors.result(), pool, allowed)):
-                legs[_leg_name(DENSE, i)] = ranked
+                legs[Leg(DENSE, i)] = ranked
         legs.update(lexical_legs)
-        detail = {leg: {rid: (rank, s) for rank, (rid, s) in enumerate(items, 1)} for leg, items in legs.items()}
+        detail = {leg.name: {rid: (rank, s) for rank, (rid, s) in enumerate(items, 1)} for leg, items in legs.items()}
         if len(legs) == 1:
             return next(iter(legs.values())), detail
         weights = {**self.weights, **(options.weights or {})}
         per_query = list(options.query_weights or [])
 
-        def leg_weight(leg: str) -> float:
-            kind, _, number = leg.partition(LEG_SEPARATOR)
-            position = int(number or 0)
-            query_weight = per_query[position] if position < len(per_query) else 1.0
-            return weights.get(kind, 1.0) * query_weight
+        def leg_weight(leg: Leg) -> float:
+            query_weight = per_query[leg.query] if leg.query < len(per_query) else 1.0
+            return weights.get(leg.kind, 1.0) * query_weight
 
-        leg_weights = {leg: leg_weight(leg) for leg in legs}
-        rankings = {leg: [rid for rid, _ in items] for leg, items in legs.items()}
+        leg_weights = {leg.name: leg_weight(leg) for leg in legs}
+        rankings = {leg.name: [rid for rid, _ in items] for leg, items in legs.items()}
         return reciprocal_rank_fusion(rankings, k=self.rrf_k_for(options), weights=leg_weights), detail
 
     # -- public ----------------------------------------------------------------------------------
@@ -337,11 +353,6 @@ def _drop_empty_queries(queries: Sequence[str], options: SearchOptions) -> Searc
         return None if values is None else [values[i] for i in keep if i < len(values)]
 
     return replace(options, query_weights=aligned(options.query_weights), lexical=aligned(options.lexical))
-
-
-def _leg_name(kind: str, query_position: int) -> str:
-    """``dense``/``bm25`` for the first query, ``dense#1``/``bm25#1`` for the second, ..."""
-    return f"{kind}{LEG_SEPARATOR}{query_position}" if query_position else kind
 
 
 def _ms(start: float) -> float:
