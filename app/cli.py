@@ -214,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--milvus-uri", default=None, help="Milvus server (http://…) or Milvus Lite file (ZHRAG_MILVUS_URI)")
     p.add_argument("--milvus-collection", default=None, help="Collection name (default: from the index directory)")
 
+    p = sub.add_parser("citations", help="Check the statute citations in a text against an index")
+    p.add_argument("text", help="The text (e.g. an LLM's answer); - reads standard input")
+    p.add_argument("--index", type=Path, help=INDEX_HELP)
+    p.add_argument("--json", action="store_true", help="The body POST /citations/verify returns")
+
     p = sub.add_parser("list", help="List an index's documents with their chunk counts")
     p.add_argument("--index", type=Path, help=INDEX_HELP)
     p.add_argument("--offset", type=int, default=0)
@@ -582,6 +587,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_citations(args: argparse.Namespace) -> int:
+    """``zhrag citations``: exit 0 when every citation is found, 3 when one is not."""
+    from app.api.routes_citations import verify_text
+    from app.services import build_services
+
+    text = sys.stdin.read() if args.text == "-" else args.text
+    services = build_services(_settings(args, load_model=False))
+    try:
+        result = verify_text(services, text)
+    finally:
+        services.close()
+    if args.json:
+        print(result.model_dump_json())
+    else:
+        for c in result.citations:
+            status = "found" if c.found else f"NOT FOUND ({c.reason})"
+            print(f"{text[c.span[0] : c.span[1]]}\t{c.law or c.law_text or '?'} {c.article}\t{status}")
+        if not result.citations:
+            print("no citations", file=sys.stderr)
+    return EXIT_OK if all(c.found for c in result.citations) else EXIT_SKIPPED
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """``zhrag list``."""
     from retrieval.index import Index
@@ -638,6 +665,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "info": cmd_info,
     "migrate": cmd_migrate,
+    "citations": cmd_citations,
     "list": cmd_list,
     "delete": cmd_delete,
     "tiny-model": cmd_tiny_model,

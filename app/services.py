@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
+from retrieval.citations import CitationIndex
 from retrieval.dialogue import DialogueQueryBuilder
 from retrieval.embedders import Embedder, create_embedder
 from retrieval.embedders.cache import CachedEmbedder
@@ -233,6 +234,7 @@ def build_searcher(
         weights=weights,
         rrf_k=settings.rrf_k,
         candidates=settings.candidates,
+        citations=CitationIndex.from_docstore(index.docs, settings.citation_aliases) if settings.citations else None,
     )
 
 

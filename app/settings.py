@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         default_factory=list, description="One model replica per device: cuda:0,cuda:1 or a JSON list"
     )
     max_batch_tokens: int | None = Field(None, description="Padded tokens per embedding batch (default by device)")
+    # Statute citations
+    citations: bool = Field(True, description="Put the statute articles a query cites first (民法典第1165条)")
+    citation_aliases: Path | None = Field(None, description="Extra law short names: lines of 'short<TAB>full title'")
     # Vector store of a new index
     store: Literal["faiss", "numpy", "milvus"] = Field("faiss", description="Vector store of a new index")
     milvus_uri: str | None = Field(

@@ -170,6 +170,11 @@ class DocStore:
         for doc_id, title, metadata in self._query("SELECT doc_id, title, metadata FROM chunks ORDER BY rid"):
             yield doc_id, title, json.loads(metadata)
 
+    def iter_metadata(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(row id, metadata) of every chunk, by row id."""
+        for rid, metadata in self._query("SELECT rid, metadata FROM chunks ORDER BY rid"):
+            yield rid, json.loads(metadata)
+
     def iter_tokens(self, below: int | None = None) -> Iterator[tuple[list[int], list[list[str]]]]:
         """(row ids, BM25 tokens) of every chunk (with row id < ``below``), by row id, in batches."""
         sql = "SELECT rid, tokens FROM chunks" + (" WHERE rid < ?" if below is not None else "") + " ORDER BY rid"

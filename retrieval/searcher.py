@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from retrieval.citations import CitationIndex, Verdict
 from retrieval.embedders import Embedder
 from retrieval.embedders.microbatch import submit_queries
 from retrieval.fusion import RRF_K, reciprocal_rank_fusion
@@ -135,6 +136,8 @@ class SearchOutcome:
     debug: dict[str, Any] = field(default_factory=dict)
     lexical: list[tuple[str, float]] | None = None
     """The weighted texts a BM25 leg scored as one query (``SearchOptions.lexical``), if any."""
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    """The statute citations found in the query and whether the index holds them (:class:`Verdict`)."""
 
 
 class Searcher:
@@ -149,6 +152,7 @@ class Searcher:
         weights: Default per-leg RRF weights.
         rrf_k: Default RRF constant.
         candidates: Default per-leg candidate pool.
+        citations: The index's statute articles: a query citing one (民法典第1165条) gets it first.
     """
 
     def __init__(
@@ -160,8 +164,10 @@ class Searcher:
         weights: Mapping[str, float] | None = None,
         rrf_k: int = RRF_K,
         candidates: int = DEFAULT_CANDIDATES,
+        citations: CitationIndex | None = None,
     ) -> None:
         self.index = index
+        self.citations = citations
         self.rrf_k = rrf_k
         self.candidates = candidates
         self.embedder = embedder
@@ -273,10 +279,28 @@ class Searcher:
                 raise SearchError("reranking was asked for but no reranker is configured (--reranker / ZHRAG_RERANKER)")
             ranked = self._rerank(queries[0], ranked[: max(DEFAULT_RERANK_CANDIDATES, options.top_k)])
             reranked = True
-        hits = self._materialise(ranked, detail, options)
+        ranked, cited, verdicts = self._cited_first(queries, ranked, allowed)
+        hits = self._materialise(ranked, detail, options, cited)
         weighted = next((list(parts) for parts in options.lexical or [] if parts), None)
         lexical = weighted if options.mode != "dense" else None
-        return SearchOutcome(hits, queries, _ms(start), options.mode, reranked, lexical=lexical)
+        citations = [v.to_dict() for v in verdicts]
+        return SearchOutcome(hits, queries, _ms(start), options.mode, reranked, lexical=lexical, citations=citations)
+
+    def _cited_first(
+        self, queries: Sequence[str], ranked: list[tuple[int, float]], allowed: np.ndarray | None
+    ) -> tuple[list[tuple[int, float]], set[int], list[Verdict]]:
+        """Put the articles the query cites first (those the filter admits), at the best score."""
+        if self.citations is None:
+            return ranked, set(), []
+        rids, verdicts = self.citations.cited_rids(queries)
+        if allowed is not None:
+            admitted = set(allowed.tolist())
+            rids = [r for r in rids if r in admitted]
+        if not rids:
+            return ranked, set(), verdicts
+        cited = set(rids)
+        best = ranked[0][1] if ranked else 1.0
+        return [(r, best) for r in rids] + [(r, s) for r, s in ranked if r not in cited], cited, verdicts
 
     def _rerank(self, query: str, head: list[tuple[int, float]]) -> list[tuple[int, float]]:
         assert self.reranker is not None
@@ -290,6 +314,7 @@ class Searcher:
         ranked: list[tuple[int, float]],
         detail: dict[str, dict[int, tuple[int, float]]],
         options: SearchOptions,
+        cited: set[int] | None = None,
     ) -> list[Hit]:
         hits: list[Hit] = []
         seen_docs: set[str] = set()
@@ -315,7 +340,8 @@ class Searcher:
                     seen_passages.add(key)
                 ranks = {leg: r for leg, info in detail.items() if (r := info.get(rid, (0, 0.0))[0])}
                 leg_scores = {leg: info[rid][1] for leg, info in detail.items() if rid in info}
-                hits.append(Hit(chunk=chunk, score=score, ranks=ranks, scores=leg_scores))
+                match = "citation" if cited and rid in cited else "retrieval"
+                hits.append(Hit(chunk=chunk, score=score, ranks=ranks, scores=leg_scores, match=match))
                 if len(hits) == options.top_k:
                     return hits
         return hits

@@ -46,3 +46,5 @@ class Hit:
     score: float
     ranks: dict[str, int] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    match: str = "retrieval"
+    """``citation`` when the query cited this statute article (it is put first), else ``retrieval``."""

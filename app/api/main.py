@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
-from app.api import routes_dify, routes_documents, routes_embed, routes_search
+from app.api import routes_citations, routes_dify, routes_documents, routes_embed, routes_search
 from app.api.auth import RequireKey
 from app.api.errors import JsonOnly, install_error_handlers
 from app.api.limits import BodyLimit, Deadline
@@ -140,4 +140,5 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.include_router(routes_embed.router)
     app.include_router(routes_dify.router)
     app.include_router(routes_documents.router)
+    app.include_router(routes_citations.router)
     return app

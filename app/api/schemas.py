@@ -16,6 +16,7 @@ __all__ = [
     "MetadataCondition",
     "SearchResponse",
     "SearchResult",
+    "CitationOut",
     "ChatMessage",
     "EmbedRequest",
     "EmbedResponse",
@@ -106,6 +107,22 @@ class SearchResult(BaseModel):
     leg_scores: dict[str, float] = Field(
         default_factory=dict, description="Raw score in each retrieval leg (cosine for dense, BM25 for bm25)"
     )
+    match: Literal["retrieval", "citation"] = Field(
+        "retrieval", description="citation: the query cites this statute article, so it comes first"
+    )
+
+
+class CitationOut(BaseModel):
+    """A statute citation found in a text and whether the index holds it."""
+
+    law: str | None = Field(description="The index's full title of the law (null: not a law in the index)")
+    law_text: str = Field(description="The law as written in the text")
+    article: str = Field(description="Canonical article, e.g. 第一千一百六十五条")
+    paragraph: int | None = None
+    item: int | None = None
+    span: list[int] = Field(description="[start, end) of the citation in the text")
+    found: bool
+    reason: str | None = Field(None, description="unknown law | no law named | no such article (…)")
 
 
 class WeightedText(BaseModel):
@@ -130,6 +147,9 @@ class SearchResponse(BaseModel):
     reranked: bool = False
     took_ms: float
     session_id: str | None = None
+    citations: list[CitationOut] = Field(
+        default_factory=list, description="Statute citations in the query; a found one's article is ranked first"
+    )
 
 
 def to_search_response(outcome: SearchOutcome, query: str, session_id: str | None = None) -> SearchResponse:
@@ -145,6 +165,7 @@ def to_search_response(outcome: SearchOutcome, query: str, session_id: str | Non
             metadata=h.chunk.metadata,
             ranks=h.ranks,
             leg_scores={leg: round(value, 6) for leg, value in h.scores.items()},
+            match=h.match,
         )
         for h in outcome.hits
     ]
@@ -158,6 +179,7 @@ def to_search_response(outcome: SearchOutcome, query: str, session_id: str | Non
         mode=outcome.mode,
         reranked=outcome.reranked,
         took_ms=outcome.took_ms,
+        citations=[CitationOut(**c) for c in outcome.citations],
         session_id=session_id,
     )
 

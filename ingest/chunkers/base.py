@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from retrieval.text.numerals import cn_to_int
 from retrieval.types import Chunk
 
 __all__ = [
@@ -118,41 +119,3 @@ def text_splitter(size: int, overlap: int, length: LengthFn) -> _Splitter:
         strip_whitespace=True,
     )
     return _Splitter(splitter, size)
-
-
-_DIGITS = {
-    "零": 0,
-    "〇": 0,
-    "一": 1,
-    "二": 2,
-    "两": 2,
-    "三": 3,
-    "四": 4,
-    "五": 5,
-    "六": 6,
-    "七": 7,
-    "八": 8,
-    "九": 9,
-}
-_UNITS = {"十": 10, "百": 100, "千": 1000, "万": 10000}
-
-
-def cn_to_int(numeral: str) -> int:
-    """Chinese (or Arabic) numeral to int: ``一千二百六十`` -> 1260, ``十五`` -> 15, ``105`` -> 105."""
-    if numeral.isdigit():
-        return int(numeral)
-    total, section, digit = 0, 0, 0
-    for ch in numeral:
-        if ch in _DIGITS:
-            digit = _DIGITS[ch]
-        elif ch in _UNITS:
-            unit = _UNITS[ch]
-            if unit == 10000:
-                total += (section + digit) * unit
-                section = 0
-            else:
-                section += (digit or 1) * unit
-            digit = 0
-        else:
-            raise ValueError(f"not a Chinese numeral: {numeral!r}")
-    return total + section + digit

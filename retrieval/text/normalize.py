@@ -6,14 +6,14 @@ import re
 import unicodedata
 from functools import lru_cache
 
-__all__ = ["normalize_text", "to_simplified", "replace_surrogates", "LONE_SURROGATE"]
+__all__ = ["normalize_text", "to_simplified", "replace_surrogates", "LONE_SURROGATE", "FULLWIDTH_TABLE"]
 
 # Full-width ASCII letters/digits/symbols map to half-width by a fixed offset. CJK punctuation that
 # carries sentence structure (，。？！：；（）) is deliberately kept full-width.
 _FULLWIDTH_OFFSET = 0xFEE0
 _KEEP_FULLWIDTH = set("，。？！：；（）、")
-_FULLWIDTH_TABLE = {cp: cp - _FULLWIDTH_OFFSET for cp in range(0xFF01, 0xFF5F) if chr(cp) not in _KEEP_FULLWIDTH}
-_FULLWIDTH_TABLE[0x3000] = ord(" ")  # ideographic space
+FULLWIDTH_TABLE = {cp: cp - _FULLWIDTH_OFFSET for cp in range(0xFF01, 0xFF5F) if chr(cp) not in _KEEP_FULLWIDTH}
+FULLWIDTH_TABLE[0x3000] = ord(" ")  # ideographic space
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
@@ -44,7 +44,7 @@ def normalize_text(text: str) -> str:
         The normalised text.
     """
     text = replace_surrogates(text).replace("\r\n", "\n").replace("\r", "\n")
-    text = text.translate(_FULLWIDTH_TABLE).translate(_ZERO_WIDTH)
+    text = text.translate(FULLWIDTH_TABLE).translate(_ZERO_WIDTH)
     if any(_drop_control(ch) for ch in text):
         text = "".join(ch for ch in text if not _drop_control(ch))
     text = _SPACES.sub(" ", text)

@@ -1,0 +1,69 @@
+"""``POST /citations/verify``: check every statute citation in a text (e.g. an LLM's answer) against the index."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
+
+from app.api.deps import ServicesDep
+from app.api.errors import ERROR_RESPONSES
+from app.api.schemas import CitationOut
+from app.services import Services
+from retrieval.types import CONTINUED
+
+__all__ = ["router", "VerifyRequest", "VerifiedCitation", "VerifyResponse", "verify_text"]
+
+router = APIRouter(tags=["citations"], responses=ERROR_RESPONSES)
+MAX_TEXT_CHARS = 20_000
+
+
+class VerifyRequest(BaseModel):
+    """A text whose citations to check."""
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class VerifiedCitation(CitationOut):
+    """A citation with the article's canonical text when the index holds it."""
+
+    text: str | None = Field(None, description="The cited article's text (all its parts), when found")
+    chunk_id: str | None = Field(None, description="The article's first chunk")
+    version: str = Field(description="The index version checked against")
+
+
+class VerifyResponse(BaseModel):
+    """Every citation in the text, in order."""
+
+    citations: list[VerifiedCitation]
+
+
+def verify_text(services: Services, text: str) -> VerifyResponse:
+    """Parse and check ``text`` against the served index (shared by the route and ``zhrag citations``)."""
+    citations = services.searcher.citations
+    if citations is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="citation checking is off (ZHRAG_CITATIONS)")
+    docs = services.index.docs
+    out = []
+    for verdict in citations.check(text):
+        body = verdict.to_dict()
+        chunks = docs.get(verdict.rids) if verdict.rids else {}
+        parts = [chunks[r] for r in verdict.rids if r in chunks]
+        article_text = None
+        if parts:
+            marker = f"{parts[0].metadata.get('article', '')}{CONTINUED}"
+            article_text = "\n".join([parts[0].text, *(p.text.removeprefix(marker) for p in parts[1:])])
+        out.append(
+            VerifiedCitation(
+                **body,
+                text=article_text,
+                chunk_id=parts[0].id if parts else None,
+                version=services.index.version,
+            )
+        )
+    return VerifyResponse(citations=out)
+
+
+@router.post("/citations/verify", response_model=VerifyResponse, summary="Check the statute citations in a text")
+def verify(body: VerifyRequest, services: ServicesDep) -> VerifyResponse:
+    """Every 《law》第N条 in ``text``: found or not (``unknown law``, ``no such article``), with the article's text."""
+    return verify_text(services, body.text)
