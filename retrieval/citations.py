@@ -81,6 +81,10 @@ class Verdict:
     """``unknown law``, ``no law named`` or ``no such article`` (the law's last article is said)."""
     rids: list[int] = field(default_factory=list)
     """Row ids of the article's chunks, in order."""
+    version: str | None = None
+    """The law's version (date) the article was found in."""
+    newer_version: str | None = None
+    """A newer version of the law the index holds, where the article was not found (it may have moved)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body of one citation."""
@@ -94,6 +98,8 @@ class Verdict:
             "span": list(c.span),
             "found": self.found,
             "reason": self.reason,
+            "version": self.version,
+            "newer_version": self.newer_version,
         }
 
 
@@ -118,14 +124,26 @@ class CitationIndex:
         aliases: Extra ``{short name: full title or its name without 中华人民共和国}``.
     """
 
-    def __init__(self, articles: Iterable[tuple[str, str, int, int]], aliases: Mapping[str, str] | None = None):
-        self._rids: dict[tuple[str, int, int | None], list[int]] = defaultdict(list)
+    def __init__(
+        self,
+        articles: Iterable[tuple[str, str, int, int] | tuple[str, str, int, int, str | None, str]],
+        aliases: Mapping[str, str] | None = None,
+    ):
+        # (law, number, sub) -> version -> source document -> row ids (a law may be held twice, or in
+        # several versions; a citation resolves to the newest version's first copy)
+        self._rids: dict[tuple[str, int, int | None], dict[str, dict[str, list[int]]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(list))
+        )
         self._last: dict[str, int] = {}
-        for law, label, number, rid in articles:
+        self._versions: dict[str, set[str]] = defaultdict(set)
+        for row in articles:
+            law, label, number, rid = row[:4]
+            version, source = (row[4] or "", row[5]) if len(row) > 4 else ("", "")
             sub = re.search(rf"之({_NUM})$", label)
             key = (law, int(number), _sub(sub.group(1)) if sub else None)
-            self._rids[key].append(rid)
+            self._rids[key][version][source].append(rid)
             self._last[law] = max(self._last.get(law, 0), int(number))
+            self._versions[law].add(version)
         self.laws = sorted(self._last)
         self._aliases = self._alias_table(aliases or {})
         names = sorted(self._aliases, key=len, reverse=True)
@@ -140,7 +158,7 @@ class CitationIndex:
     def from_docstore(cls, docs: Any, alias_file: Path | None = None) -> CitationIndex:
         """Built from a docstore's statute chunks (those with ``law`` and ``article_no`` metadata)."""
         rows = (
-            (meta["law"], meta.get("article", ""), meta["article_no"], rid)
+            (meta["law"], meta.get("article", ""), meta["article_no"], rid, meta.get("version"), meta.get("source", ""))
             for rid, meta in docs.iter_metadata()
             if meta.get("law") and isinstance(meta.get("article_no"), int)
         )
@@ -204,25 +222,36 @@ class CitationIndex:
             found.append(Citation(law, law_text, article, number, sub, paragraph, item, (start, match.end())))
         return found
 
-    def verify(self, citation: Citation) -> Verdict:
-        """Whether the cited article exists in the index, and its row ids."""
+    def verify(self, citation: Citation, admitted: set[int] | None = None) -> Verdict:
+        """Whether the cited article exists in the index, and its row ids: the newest version's, or with
+        ``admitted`` (a search filter's row ids) the newest version the filter admits."""
         if citation.law is None:
             return Verdict(citation, False, "unknown law" if citation.law_text else "no law named")
-        rids = self._rids.get((citation.law, citation.article_no, citation.sub))
-        if not rids:
+        versions = self._rids.get((citation.law, citation.article_no, citation.sub))
+        if not versions:
             last = self._last.get(citation.law, 0)
             reason = f"no such article ({citation.law} has {canonical_article(last) if last else 'no articles'} last)"
             return Verdict(citation, False, reason)
-        return Verdict(citation, True, None, list(rids))
+        choices = [
+            (version, rids)
+            for version in sorted(versions, reverse=True)
+            for rids in versions[version].values()
+            if admitted is None or rids[0] in admitted
+        ]
+        if not choices:
+            return Verdict(citation, False, "the filter excludes this article")
+        matched, rids = choices[0]
+        newest = max(self._versions[citation.law])
+        return Verdict(citation, True, None, list(rids), matched or None, newest if newest > matched else None)
 
-    def check(self, text: str) -> list[Verdict]:
+    def check(self, text: str, admitted: set[int] | None = None) -> list[Verdict]:
         """Parse and verify every citation in ``text``."""
-        return [self.verify(c) for c in self.parse(text)]
+        return [self.verify(c, admitted) for c in self.parse(text)]
 
-    def cited_rids(self, texts: Sequence[str]) -> tuple[list[int], list[Verdict]]:
+    def cited_rids(self, texts: Sequence[str], admitted: set[int] | None = None) -> tuple[list[int], list[Verdict]]:
         """Row ids of the articles cited by the first text that cites any (for a search), and the verdicts."""
         for text in texts:
-            verdicts = self.check(text)
+            verdicts = self.check(text, admitted)
             if verdicts:
                 rids = [rid for v in verdicts if v.found for rid in v.rids]
                 return list(dict.fromkeys(rids)), verdicts

@@ -292,10 +292,8 @@ class Searcher:
         """Put the articles the query cites first (those the filter admits), at the best score."""
         if self.citations is None:
             return ranked, set(), []
-        rids, verdicts = self.citations.cited_rids(queries)
-        if allowed is not None:
-            admitted = set(allowed.tolist())
-            rids = [r for r in rids if r in admitted]
+        admitted = set(allowed.tolist()) if allowed is not None else None
+        rids, verdicts = self.citations.cited_rids(queries, admitted)
         if not rids:
             return ranked, set(), verdicts
         cited = set(rids)

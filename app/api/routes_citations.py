@@ -28,7 +28,7 @@ class VerifiedCitation(CitationOut):
 
     text: str | None = Field(None, description="The cited article's text (all its parts), when found")
     chunk_id: str | None = Field(None, description="The article's first chunk")
-    version: str = Field(description="The index version checked against")
+    index_version: str = Field(description="The index version checked against")
 
 
 class VerifyResponse(BaseModel):
@@ -57,7 +57,7 @@ def verify_text(services: Services, text: str) -> VerifyResponse:
                 **body,
                 text=article_text,
                 chunk_id=parts[0].id if parts else None,
-                version=services.index.version,
+                index_version=services.index.version,
             )
         )
     return VerifyResponse(citations=out)

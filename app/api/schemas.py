@@ -123,6 +123,10 @@ class CitationOut(BaseModel):
     span: list[int] = Field(description="[start, end) of the citation in the text")
     found: bool
     reason: str | None = Field(None, description="unknown law | no law named | no such article (…)")
+    version: str | None = Field(None, description="The law's version (date) the article was found in")
+    newer_version: str | None = Field(
+        None, description="A newer version of the law in the index, which does not have this article"
+    )
 
 
 class WeightedText(BaseModel):

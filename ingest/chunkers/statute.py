@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ingest.chunkers.base import ChunkSettings, LengthFn, cn_to_int, embed_text, make_chunk, text_splitter
 from ingest.document import Document
 from retrieval.types import CONTINUED, Chunk
 
-__all__ = ["chunk_statute", "is_statute", "ARTICLE_RE", "CONTINUED", "INFO_END", "parse_articles", "Article"]
+__all__ = [
+    "chunk_statute",
+    "is_statute",
+    "law_version",
+    "ARTICLE_RE",
+    "CONTINUED",
+    "INFO_END",
+    "parse_articles",
+    "Article",
+]
 
 _NUM = "零〇一二三四五六七八九十百千万两"
 ARTICLE_RE = re.compile(rf"^(第([{_NUM}\d]+)条(?:之([{_NUM}]+))?)(?:\s+|(?=[^\s]))")
@@ -126,15 +136,33 @@ def _split_article(article: Article, context: str, size: int, length: LengthFn) 
     return [texts[0]] + [f"{prefix}{t}" for t in texts[1:]]
 
 
+_FILE_DATE = re.compile(r"[(（](\d{4})-(\d{2})-(\d{2})[)）]")
+_DATED_LINE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日.*?(?:通过|修正|修订|公布|施行)")
+
+
+def law_version(doc: Document) -> str | None:
+    """The law's version date (``YYYY-MM-DD``): the file name's ``(2018-10-26)``, else the latest date of
+    the text's 通过/修正/修订/公布/施行 lines above its first article."""
+    named = _FILE_DATE.search(Path(doc.source).name if doc.source else "")
+    if named:
+        return "-".join(named.groups())
+    head = doc.text.split(INFO_END, 1)[0] if INFO_END in doc.text else doc.text[:4000]
+    head = head.split("第一条", 1)[0]
+    dates = [f"{y}-{int(m):02d}-{int(d):02d}" for y, m, d in _DATED_LINE.findall(head)]
+    return max(dates) if dates else None
+
+
 def chunk_statute(doc: Document, settings: ChunkSettings, length: LengthFn) -> list[Chunk]:
     """Chunk a statute document one article at a time.
 
     Each chunk carries metadata ``law``, ``article`` (e.g. 第五十六条), ``article_no``, ``headings``
-    (编/章/节 path) and ``source``; its embedded text is prefixed with the law title and headings.
+    (编/章/节 path), ``version`` (the law's date, when known) and ``source``; its embedded text is prefixed
+    with the law title and headings.
     """
     law, preamble, articles = parse_articles(doc.text, doc.title)
     chunks: list[Chunk] = []
-    base = {**doc.metadata, "law": law, "source": doc.source}
+    version = law_version(doc)
+    base = {**doc.metadata, "law": law, "source": doc.source, **({"version": version} if version else {})}
     if preamble:
         text = "\n".join(preamble)
         parts = (

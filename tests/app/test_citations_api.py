@@ -29,6 +29,8 @@ def test_a_cited_article_comes_first_in_every_mode(client: TestClient) -> None:
                 "span": [0, 9],
                 "found": True,
                 "reason": None,
+                "version": "2021-01-01",  # from the book's own 施行 line
+                "newer_version": None,
             }
         ]
 
@@ -82,7 +84,7 @@ def test_verify_an_answer(client: TestClient) -> None:
         ("医疗纠纷处理法", "第三条", False),
     ]
     first, second, third = citations
-    assert "过错侵害他人民事权益" in first["text"] and first["chunk_id"] and first["version"].startswith("v-")
+    assert "过错侵害他人民事权益" in first["text"] and first["chunk_id"] and first["index_version"].startswith("v-")
     assert answer[first["span"][0] : first["span"][1]] == "《民法典》第一千一百六十五条"
     assert second["reason"].startswith("no such article") and second["text"] is None
     assert third["reason"] == "unknown law" and third["law"] is None

@@ -93,3 +93,32 @@ def test_real_statute_books_abbreviations_and_zhi_yi() -> None:
     found = _found(index, "民诉法第一百二十二条")
     assert found and found[0][0] == "中华人民共和国民事诉讼法" and found[0][2]
     assert _found(index, "刑法第四百五十二条")[0][2] and not _found(index, "刑法第四百五十三条")[0][2]
+
+
+def test_versions_prefer_the_newest_and_say_when_an_article_is_only_in_an_older_one() -> None:
+    rows = [
+        # law, label, number, row id, version, source
+        ("中华人民共和国示例法", "第一条", 1, 0, "2012-01-01", "示例法(2012-01-01).md"),
+        ("中华人民共和国示例法", "第二条", 2, 1, "2012-01-01", "示例法(2012-01-01).md"),
+        ("中华人民共和国示例法", "第一条", 1, 2, "2018-06-01", "示例法(2018-06-01).md"),
+        ("中华人民共和国示例法", "第一条", 1, 3, "2018-06-01", "另一目录/示例法(2018-06-01).md"),  # a second copy
+    ]
+    index = CitationIndex(rows)
+    newest = index.check("示例法第一条")[0]
+    assert newest.found and newest.rids == [2] and newest.version == "2018-06-01" and newest.newer_version is None
+    older = index.check("《示例法》第二条")[0]
+    assert older.found and older.rids == [1] and older.version == "2012-01-01" and older.newer_version == "2018-06-01"
+    # A filter that asks for the old version gets it; one that admits neither gets nothing forced.
+    asked = index.check("示例法第一条", admitted={0, 1})[0]
+    assert asked.found and asked.rids == [0] and asked.newer_version == "2018-06-01"
+    assert not index.check("示例法第一条", admitted={1})[0].found
+
+
+def test_the_statute_chunker_records_the_version_date() -> None:
+    from ingest.chunkers.statute import law_version
+    from ingest.document import Document
+
+    text = (SAMPLE_STATUTES / "医师法.md").read_text(encoding="utf-8")
+    assert law_version(Document(id="x", text=text, source="医师法.md")) == "2021-08-20"
+    assert law_version(Document(id="x", text="第一条 x", source="lawref/广告法(2021-04-29).md")) == "2021-04-29"
+    assert law_version(Document(id="x", text="第一条 没有日期", source="x.md")) is None
