@@ -122,3 +122,17 @@ def test_the_statute_chunker_records_the_version_date() -> None:
     assert law_version(Document(id="x", text=text, source="医师法.md")) == "2021-08-20"
     assert law_version(Document(id="x", text="第一条 x", source="lawref/广告法(2021-04-29).md")) == "2021-04-29"
     assert law_version(Document(id="x", text="第一条 没有日期", source="x.md")) is None
+
+
+def test_a_user_alias_file_adds_short_names(tmp_path: Path, sample_index: Path) -> None:
+    from retrieval.index import Index
+
+    aliases = tmp_path / "aliases.tsv"
+    aliases.write_text("# short\tfull\n执医法\t中华人民共和国医师法\n药法\t药品管理法\n", encoding="utf-8")
+    index = Index(sample_index)
+    plain, extended = CitationIndex.from_docstore(index.docs), CitationIndex.from_docstore(index.docs, aliases)
+    assert not any(v.found for v in plain.check("执医法第二十三条"))
+    assert _found(extended, "执医法第二十三条；药法第九十八条") == [
+        ("中华人民共和国医师法", "第二十三条", True),
+        ("中华人民共和国药品管理法", "第九十八条", True),
+    ]
