@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-dense", type=float)
     p.add_argument("--weight-bm25", type=float)
     p.add_argument("--limit", type=int, help="Evaluate only the first N queries")
+    p.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="Dialogues also go through the LLM rewriter (ZHRAG_REWRITE_BASE_URL/_MODEL); default: LLM-free",
+    )
+    p.add_argument("--rewrite-cache", type=Path, help="SQLite cache of rewrites (ZHRAG_REWRITE_CACHE): reruns are free")
     p.add_argument("--embed-base-url", help="Override the embedding server URL recorded in the index")
     p.add_argument("--embed-cache", type=Path)
     p.add_argument("--per-query", type=Path, help="Write per-query metrics and top-10 ids as JSONL")
@@ -178,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="bm25,dense,hybrid", help="Comma-separated modes")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--embed-cache", type=Path)
+    p.add_argument(
+        "--dialogues", type=Path, help="Time the multi-turn query builder on these dialogues (JSONL) instead"
+    )
     g = p.add_argument_group("ingest throughput (--ingest PATH...)")
     g.add_argument("--ingest", type=Path, nargs="+", metavar="PATH", help="Ingest these into throwaway indexes")
     g.add_argument("--model", help="Embedding model of the ingest runs (default Qwen/Qwen3-Embedding-0.6B)")
@@ -445,6 +454,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         embed_cache=args.embed_cache,
         weight_dense=args.weight_dense,
         weight_bm25=args.weight_bm25,
+        rewrite_cache=args.rewrite_cache,
     )
     services = build_services(settings, load_model=args.mode != "bm25")
     config = EvalConfig(
@@ -456,6 +466,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rerank=args.rerank,
         doc_id=args.doc_id,
         limit=args.limit,
+        rewrite=args.rewrite,
     )
     result = run_eval(services, config, progress=not args.json)
     per_query = result.pop("per_query")
@@ -496,12 +507,46 @@ def _ints(text: str, flag: str) -> list[int]:
     return values
 
 
+def _bench_dialogues(args: argparse.Namespace) -> dict[str, Any]:
+    """Milliseconds the LLM-free query builder takes per conversation (auto mode), per search mode."""
+    import time
+
+    from app.bench.machine import machine_info, percentile
+    from app.evaluate import load_dialogues
+    from app.services import build_services
+
+    services = build_services(_settings(args, rewrite_base_url=None), load_model=False)
+    dialogues = list(load_dialogues(args.dialogues).values())[: args.limit]
+    if not dialogues:
+        raise CliError(f"no dialogues in {args.dialogues}")
+    builder = services.dialogue
+    builder.rewriter = None  # the default, LLM-free builder
+    result: dict[str, Any] = {"dialogues": len(dialogues), "dialogue_mode": "auto"}
+    for mode in ("bm25", "hybrid"):
+        builder.build(dialogues[0], "auto", mode)  # warm-up (jieba, TF-IDF)
+        times = []
+        for messages in dialogues:
+            start = time.perf_counter()
+            builder.build(messages, "auto", mode)
+            times.append((time.perf_counter() - start) * 1000)
+        result[mode] = {
+            "mean_ms": round(sum(times) / len(times), 3),
+            "p50_ms": round(percentile(times, 0.5), 3),
+            "p99_ms": round(percentile(times, 0.99), 3),
+        }
+    services.close()
+    result["machine"] = machine_info()
+    return result
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """``zhrag bench``."""
     if args.ann:
         result = _bench_ann(args)
     elif args.ingest:
         result = _bench_ingest(args)
+    elif args.dialogues:
+        result = _bench_dialogues(args)
     else:
         queries = _bench_queries(args.queries)[: args.limit]
         if not queries:

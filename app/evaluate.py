@@ -56,6 +56,8 @@ class EvalConfig:
     doc_id: str = "{doc_id}"
     limit: int | None = None
     weights: dict[str, float] = field(default_factory=dict)
+    rewrite: bool = False
+    """Dialogues also go through the configured LLM rewriter (``ZHRAG_REWRITE_*``); off, the builder is LLM-free."""
 
 
 def load_dialogues(path: Path) -> dict[str, list[dict[str, str]]]:
@@ -104,6 +106,13 @@ def qrels_coverage(services: Services, template: str, relevant: set[str]) -> tup
     return found, next(iter(sorted(keys)), None)
 
 
+def _rewrite_stats(services: Services) -> dict[str, int] | None:
+    rewriter = services.dialogue.rewriter
+    if not hasattr(rewriter, "hits"):
+        return None
+    return {"cached": rewriter.hits, "asked": rewriter.misses, "failed": rewriter.failures}  # type: ignore[union-attr]
+
+
 def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Score the index behind ``services``; returns metrics plus a ``per_query`` list.
 
@@ -116,6 +125,11 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     if config.dialogues:
         dialogues = load_dialogues(config.dialogues)
         builder, search_mode = services.dialogue, services.searcher.effective_mode(config.mode)
+        if config.rewrite and builder.rewriter is None:
+            raise EvalInputError("--rewrite needs an LLM endpoint: set ZHRAG_REWRITE_BASE_URL and ZHRAG_REWRITE_MODEL")
+        if not config.rewrite:
+            builder = copy.copy(builder)  # the served builder keeps its rewriter
+            builder.rewriter = None
         work = {
             qid: builder.build(msgs, config.dialogue_mode, search_mode)
             for qid, msgs in dialogues.items()
@@ -175,6 +189,7 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
         "mode": config.mode,
         "rerank": config.rerank,
         "dialogue_mode": config.dialogue_mode if config.dialogues else None,
+        "rewrite": _rewrite_stats(services) if config.rewrite else None,
         "model": services.index.manifest["embedder"]["model"],
         "index": str(services.index.root),
         "seconds": round(time.perf_counter() - start, 1),

@@ -16,7 +16,7 @@ from retrieval.embedders.cache import CachedEmbedder
 from retrieval.embedders.microbatch import MicroBatcher, QueryCache
 from retrieval.index import Index, check_embedder, current_version, read_manifest
 from retrieval.rerankers import create_reranker
-from retrieval.rewriter import LLMQueryRewriter
+from retrieval.rewriter import CachedRewriter, LLMQueryRewriter
 from retrieval.searcher import Reranker, Searcher, SearchOptions
 from retrieval.text import Analyzer
 
@@ -256,6 +256,8 @@ def build_dialogue(settings: Settings, analyzer: Analyzer, embedder: Embedder | 
         rewriter = LLMQueryRewriter(
             settings.rewrite_base_url, settings.rewrite_model, settings.rewrite_api_key, settings.rewrite_timeout
         )
+        if settings.rewrite_cache:
+            rewriter = CachedRewriter(rewriter, settings.rewrite_cache)
     similarity = None
     if settings.topic_min_similarity is not None and embedder is not None:
         similarity = embedding_similarity(embedder)

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     rewrite_model: str | None = None
     rewrite_api_key: str | None = None
     rewrite_timeout: float = 3.0
+    rewrite_cache: Path | None = Field(None, description="SQLite cache of LLM rewrites (reruns are free)")
     topic_min_similarity: float | None = Field(
         None, description="Also split topics where consecutive user turns embed less similar than this (cosine)"
     )

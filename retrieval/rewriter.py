@@ -6,12 +6,23 @@ empty or over-long answer) returns ``None`` and the caller falls back to the bui
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import sqlite3
+import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import httpx
 
-__all__ = ["LLMQueryRewriter", "CONDENSE_SYSTEM_PROMPT", "DEFAULT_REWRITE_TIMEOUT_S", "render_history"]
+__all__ = [
+    "LLMQueryRewriter",
+    "CachedRewriter",
+    "CONDENSE_SYSTEM_PROMPT",
+    "DEFAULT_REWRITE_TIMEOUT_S",
+    "render_history",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +105,43 @@ def _strip_thinking(text: str) -> str:
     if "</think>" in text:
         return text.split("</think>", 1)[1]
     return text
+
+
+class CachedRewriter:
+    """A persistent cache (SQLite) of rewrites: the same conversation, model and prompt is asked once.
+
+    Only answers are stored; a failed call is not, so a rerun tries it again. ``hits``, ``misses`` and
+    ``failures`` count what happened (``zhrag eval --rewrite`` reports them).
+    """
+
+    def __init__(self, inner: LLMQueryRewriter, path: Path | str) -> None:
+        self.inner = inner
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS rewrites (key TEXT PRIMARY KEY, text TEXT NOT NULL)")
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.failures = 0
+
+    def _key(self, messages: Sequence[Mapping[str, str]]) -> str:
+        turns = [[m.get("role", ""), m.get("content", "")] for m in messages]
+        payload = json.dumps([self.inner.model, CONDENSE_SYSTEM_PROMPT, turns], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def rewrite(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        """The cached rewrite, else the model's (stored when it answers)."""
+        key = self._key(messages)
+        with self._lock:
+            row = self._db.execute("SELECT text FROM rewrites WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            self.hits += 1
+            return row[0]
+        self.misses += 1
+        text = self.inner.rewrite(messages)
+        if text is None:
+            self.failures += 1
+            return None
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO rewrites VALUES (?, ?)", (key, text))
+            self._db.commit()
+        return text

@@ -86,3 +86,50 @@ def test_search_api_uses_rewriter_and_falls_back(server: str, sample_index) -> N
         FakeChat.behaviour = "error"
         fallback = client.post("/search", json={"messages": CHAT, "mode": "bm25"}).json()
         assert "个体工商户" in fallback["queries"][0] and fallback["queries"][0].endswith("那他欠的钱谁来还？")
+
+
+def test_rewrites_are_cached_across_runs_and_failures_are_not(server: str, tmp_path) -> None:
+    from retrieval.rewriter import CachedRewriter
+
+    FakeChat.behaviour, FakeChat.seen = "ok", []
+    cache = tmp_path / "rewrites.sqlite"
+    first = CachedRewriter(LLMQueryRewriter(server, "m"), cache)
+    assert first.rewrite(CHAT) == "个体工商户的债务应当由谁承担？" and len(FakeChat.seen) == 1
+    again = CachedRewriter(LLMQueryRewriter(server, "m"), cache)  # a new run
+    assert again.rewrite(CHAT) == "个体工商户的债务应当由谁承担？" and len(FakeChat.seen) == 1
+    assert (again.hits, again.misses) == (1, 0)
+    other_model = CachedRewriter(LLMQueryRewriter(server, "other"), cache)
+    assert other_model.rewrite(CHAT) and len(FakeChat.seen) == 2  # the model is part of the key
+    FakeChat.behaviour = "error"
+    changed = [*CHAT[:-1], {"role": "user", "content": "那她呢？"}]
+    assert again.rewrite(changed) is None and again.failures == 1
+    FakeChat.behaviour = "ok"
+    assert again.rewrite(changed) == "个体工商户的债务应当由谁承担？"  # the failure was not stored
+
+
+def test_eval_rewrite_mode_uses_the_llm_only_when_asked(server: str, sample_index, tmp_path) -> None:
+    import json
+
+    from app.evaluate import EvalConfig, EvalInputError, run_eval
+    from app.services import build_services
+    from app.settings import Settings
+
+    dialogues = tmp_path / "d.jsonl"
+    dialogues.write_text(json.dumps({"id": "d1", "messages": CHAT}, ensure_ascii=False) + "\n", encoding="utf-8")
+    qrels = tmp_path / "q.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nd1\t医师法.md\t1\n", encoding="utf-8")
+    FakeChat.behaviour, FakeChat.seen = "ok", []
+    settings = Settings(
+        index=sample_index, rewrite_base_url=server, rewrite_model="m", rewrite_cache=tmp_path / "r.sqlite"
+    )
+    services = build_services(settings, load_model=False)
+    config = EvalConfig(qrels=qrels, dialogues=dialogues, mode="bm25")
+    plain = run_eval(services, config, progress=False)
+    assert plain["rewrite"] is None and FakeChat.seen == []  # LLM-free by default
+    rewritten = run_eval(services, EvalConfig(qrels=qrels, dialogues=dialogues, mode="bm25", rewrite=True), False)
+    assert rewritten["rewrite"] == {"cached": 0, "asked": 1, "failed": 0} and len(FakeChat.seen) == 1
+    again = run_eval(services, EvalConfig(qrels=qrels, dialogues=dialogues, mode="bm25", rewrite=True), False)
+    assert again["rewrite"]["cached"] == 1 and len(FakeChat.seen) == 1
+    bare = build_services(Settings(index=sample_index), load_model=False)
+    with pytest.raises(EvalInputError, match="ZHRAG_REWRITE_BASE_URL"):
+        run_eval(bare, EvalConfig(qrels=qrels, dialogues=dialogues, mode="bm25", rewrite=True), False)
