@@ -10,9 +10,36 @@ from retrieval.searcher import Searcher, SearchError, SearchOptions
 from tests.conftest import SAMPLE_STATUTES
 
 
-@pytest.fixture(scope="module")
-def searcher(sample_index: Path, tiny_embedder, analyzer) -> Searcher:
-    return Searcher(Index(sample_index), tiny_embedder, analyzer)
+def _milvus_available() -> bool:
+    try:
+        import milvus_lite  # noqa: F401
+        import pymilvus  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+STORES = [
+    "faiss",
+    pytest.param("milvus", marks=pytest.mark.skipif(not _milvus_available(), reason="pip install 'zhrag[milvus]'")),
+]
+
+
+@pytest.fixture(scope="module", params=STORES)
+def searcher(request, sample_index: Path, tmp_path_factory, tiny_embedder, analyzer) -> Searcher:
+    """The sample statutes searched through each vector store (Milvus Lite: the same index, its vectors moved)."""
+    index = sample_index
+    if request.param == "milvus":
+        import shutil
+
+        from retrieval.index import migrate_store
+
+        index = tmp_path_factory.mktemp("milvus") / "sample"
+        shutil.copytree(sample_index, index)
+        migrate_store(index, {"backend": "milvus", "uri": str(index.parent / "m.db"), "collection": "sample"})
+    view = Index(index)
+    assert view.manifest["store"]["backend"] == request.param
+    return Searcher(view, tiny_embedder, analyzer)
 
 
 def _labels(outcome) -> list[tuple[str, str]]:
