@@ -22,6 +22,7 @@ WHEELS=(
   uvicorn bm25s opencc cachetools beautifulsoup4 soupsieve
   langchain-text-splitters langchain-core langchain-protocol langsmith jsonpatch jsonpointer tenacity
   orjson requests-toolbelt uuid-utils zstandard sniffio distro httpx2 httpcore2 websockets opentelemetry-api
+  prometheus-client fastapi-offline python-multipart
 )
 PLATFORMS=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
@@ -29,7 +30,8 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manyl
 done
 # Resolve the versions together (as one environment would), then keep only the wheels listed above.
 "$PY" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp "${PLATFORMS[@]}" \
-  -d .gpu/tmp fastapi uvicorn pydantic-settings bm25s opencc langchain-text-splitters cachetools beautifulsoup4
+  -d .gpu/tmp fastapi uvicorn pydantic-settings bm25s opencc langchain-text-splitters cachetools beautifulsoup4 \
+  prometheus-client fastapi-offline python-multipart
 for name in "${WHEELS[@]}"; do
   file=$(ls .gpu/tmp | grep -i "^${name//-/_}-[0-9]" | head -1 || true)
   [ -n "$file" ] || { echo "prepare-gpu: no wheel for $name" >&2; exit 1; }
