@@ -10,9 +10,10 @@ turns of the current topic forward and stops at a topic switch: a turn that open
 - BM25 leg: one weighted query over the topic's turns (:func:`lexical_parts`): the last turn at full
   weight, earlier user turns lighter the older they are, the assistant's replies lighter still. BM25 sums
   over query terms, so recency weighting is a term weight rather than a separate fused list.
-- A self-contained last turn is also searched alone (both legs) and fused with RRF at equal weight, so
-  it never gets worse; an elliptical one is not (alone it lacks its subject, and fusing it in measurably
-  hurt). An optional LLM rewriter adds its standalone question as another query.
+- With a dense leg, a self-contained last turn is also searched alone (both legs) and fused with RRF at
+  equal weight; an elliptical one is not (alone it lacks its subject, and fusing it in measurably hurt),
+  and in pure BM25 mode neither is (the weighted turns query already holds it at full weight; a separate
+  list hurt on the tuning dialogues). An optional LLM rewriter adds its standalone question as another query.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ OLDER_KEYWORDS = 6
 KEYWORD_DECAY = 0.5
 MAX_CONTEXT_TURNS = 4
 # Fusion weights: the contextual query, the most recent turn + last turn (recency), the last turn alone
-# when self-contained, the LLM rewrite. The recent-turn query runs only with a dense leg: there its two
-# legs helped (on the public dialogues and on 32 held-out ones), while in pure BM25 mode a second BM25
-# list next to the recency-weighted turns query hurt on both.
+# when self-contained, the LLM rewrite. The recent-turn and last-turn-alone queries run only with a dense
+# leg: in pure BM25 mode a second BM25 list next to the recency-weighted turns query (which already holds
+# the last turn at full weight) hurt (recent turn: on the public and 32 held-out dialogues; last turn
+# alone: on the tuning part of multiturn_legal_more).
 CONTEXT_WEIGHT = 1.0
 RECENT_WEIGHT = 0.5
 SELF_CONTAINED_LAST_WEIGHT = 1.0
@@ -226,7 +228,7 @@ class DialogueQueryBuilder:
             queries.append(f"{context[-1]} {last}")
             weights.append(RECENT_WEIGHT)
             lexical.append(None)
-        if not elliptical:
+        if not elliptical and search_mode != "bm25":
             queries.append(last)
             weights.append(SELF_CONTAINED_LAST_WEIGHT)
             lexical.append(None)

@@ -104,8 +104,8 @@ class SearchOptions:
         rrf_k: The RRF constant (``None`` = the searcher's default, 60).
         query_weights: With several queries, a fusion weight per query (multiplies the leg weight).
         lexical: Per query, how its BM25 leg is scored: ``None`` tokenises the query text; a list of
-            (text, weight) parts scores one BM25 query ``sum(weight * BM25(part))`` with each part's terms
-            counted once (e.g. a conversation's turns, older ones lighter); an empty list runs no BM25 leg
+            (text, weight) parts scores one BM25 query ``sum(weight * BM25(part))``, each part scored as a plain
+            query (e.g. a conversation's turns, older ones lighter); an empty list runs no BM25 leg
             for that query (dense only).
     """
 
@@ -208,7 +208,9 @@ class Searcher:
         else:
             term_weights: dict[str, float] = {}
             for text, weight in parts:
-                for token in set(tokenize(text)):
+                # A repeated word counts again, as in a plain query (counting it once per turn lost to a
+                # plain concatenation of the turns on the tuning dialogues).
+                for token in tokenize(text):
                     term_weights[token] = term_weights.get(token, 0.0) + weight
             scores, rids = self.index.bm25.search_weighted(term_weights, pool, allowed)
         return [(int(r), float(s)) for r, s in zip(rids, scores, strict=True)]

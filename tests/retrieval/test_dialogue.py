@@ -47,6 +47,9 @@ def test_self_contained_last_turn_is_also_searched_alone(builder: DialogueQueryB
     assert not plan.elliptical
     assert plan.queries == ["我在一家装修公司干活。 " + last, last] and plan.weights == [1.0, 1.0]
     assert plan.lexical[1] is None  # the last turn alone: plain BM25 over its text
+    # In pure BM25 mode the weighted turns query already holds the last turn at full weight.
+    lexical_only = builder.build(_msgs("我在一家装修公司干活。", last), search_mode="bm25")
+    assert lexical_only.queries == plan.queries[:1] and lexical_only.lexical[0][-1] == (last, 1.0)
 
 
 def test_older_turns_are_reduced_to_keywords(builder: DialogueQueryBuilder) -> None:
