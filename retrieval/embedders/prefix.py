@@ -49,10 +49,27 @@ class PrefixCache:
             return None
         return list(ids[n:])
 
+    def _after(self, ids: Any, mask: Any, positions: Any) -> Any:
+        """The model's last hidden states for ``ids`` (batch x length) following the cached prefix."""
+        import torch
+        from transformers import DynamicCache
+
+        batch = ids.shape[0]
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(self._layers):
+            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), layer)
+        with torch.inference_mode():
+            return self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                **{self._cache_arg: cache},
+            ).last_hidden_state
+
     def last_hidden(self, suffixes: Sequence[Sequence[int]], pad_id: int) -> Any:
         """The final hidden state of ``prefix + suffix`` for each suffix (one forward pass, right-padded)."""
         import torch
-        from transformers import DynamicCache
 
         batch, width, n = len(suffixes), max(len(s) for s in suffixes), len(self.prefix)
         ids = np.full((batch, width), pad_id, dtype=np.int64)
@@ -61,18 +78,8 @@ class PrefixCache:
         for row, suffix in enumerate(suffixes):
             ids[row, : len(suffix)] = suffix
             mask[row, n : n + len(suffix)] = 1
-        positions = torch.arange(n, n + width, device=self.device).expand(batch, width)
-        cache = DynamicCache()
-        for layer, (k, v) in enumerate(self._layers):
-            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), layer)
-        with torch.inference_mode():
-            hidden = self.model(
-                input_ids=torch.from_numpy(ids).to(self.device),
-                attention_mask=torch.from_numpy(mask).to(self.device),
-                position_ids=positions,
-                use_cache=True,
-                **{self._cache_arg: cache},
-            ).last_hidden_state
+        positions = torch.arange(n, n + width).expand(batch, width)
+        hidden = self._after(torch.from_numpy(ids), torch.from_numpy(mask), positions)
         last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
         return hidden[torch.arange(batch, device=self.device), last]
 
@@ -84,7 +91,6 @@ class PrefixCache:
         attention over the packed sequence grows with its square, so keep it to a few hundred tokens.
         """
         import torch
-        from transformers import DynamicCache
 
         lengths = np.fromiter((len(s) for s in suffixes), dtype=np.int64, count=len(suffixes))
         total, n = int(lengths.sum()), len(self.prefix)
@@ -97,18 +103,7 @@ class PrefixCache:
         mask = torch.zeros((1, 1, total, n + total), dtype=dtype)
         mask.masked_fill_(torch.from_numpy(~allowed)[None, None], torch.finfo(dtype).min)
         ids = torch.from_numpy(np.concatenate([np.asarray(s, dtype=np.int64) for s in suffixes]))[None]
-        positions = torch.from_numpy(n + offset)[None]
-        cache = DynamicCache()
-        for layer, (k, v) in enumerate(self._layers):
-            cache.update(k, v, layer)
-        with torch.inference_mode():
-            hidden = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device),
-                use_cache=True,
-                **{self._cache_arg: cache},
-            ).last_hidden_state
+        hidden = self._after(ids, mask, torch.from_numpy(n + offset)[None])
         ends = torch.from_numpy(starts + lengths - 1).to(self.device)
         return hidden[0, ends]
 
