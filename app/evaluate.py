@@ -100,7 +100,7 @@ MIN_COVERAGE = 0.5
 
 def qrels_coverage(services: Services, template: str, relevant: set[str]) -> tuple[float, str | None]:
     """Share of ``relevant`` ids that some chunk of the index formats to, and one id the index does give."""
-    keys = {doc_key(template, doc_id, title, meta) for doc_id, title, meta in services.index.docs.iter_fields()}
+    keys = {doc_key(template, doc_id, title, meta) for _, doc_id, title, meta in services.index.docs.iter_fields()}
     keys.discard("")
     found = len(relevant & keys) / len(relevant) if relevant else 0.0
     return found, next(iter(sorted(keys)), None)

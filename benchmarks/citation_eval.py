@@ -53,7 +53,7 @@ def _numeral(label: str, number: int, rng: random.Random) -> str:
 def build_set(services, n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     articles: dict[str, list[tuple[str, int]]] = {}
-    for _, meta in services.index.docs.iter_metadata():
+    for _, _, _, meta in services.index.docs.iter_fields():
         if meta.get("law") and isinstance(meta.get("article_no"), int) and meta.get("part", 1) == 1:
             articles.setdefault(meta["law"], []).append((meta["article"], meta["article_no"]))
     laws = sorted(law for law in articles if law.startswith(COUNTRY_PREFIX))

@@ -113,7 +113,7 @@ def _same_length_simplified(text: str) -> str:
     converted = to_simplified(text)
     if len(converted) == len(text):
         return converted
-    return "".join(to_simplified(ch) if len(to_simplified(ch)) == 1 else ch for ch in text)
+    return "".join(one if len(one := to_simplified(ch)) == 1 else ch for ch in text)
 
 
 class CitationIndex:
@@ -159,7 +159,7 @@ class CitationIndex:
         """Built from a docstore's statute chunks (those with ``law`` and ``article_no`` metadata)."""
         rows = (
             (meta["law"], meta.get("article", ""), meta["article_no"], rid, meta.get("version"), meta.get("source", ""))
-            for rid, meta in docs.iter_metadata()
+            for rid, _, _, meta in docs.iter_fields()
             if meta.get("law") and isinstance(meta.get("article_no"), int)
         )
         aliases = {}
@@ -248,11 +248,16 @@ class CitationIndex:
         """Parse and verify every citation in ``text``."""
         return [self.verify(c, admitted) for c in self.parse(text)]
 
-    def cited_rids(self, texts: Sequence[str], admitted: set[int] | None = None) -> tuple[list[int], list[Verdict]]:
-        """Row ids of the articles cited by the first text that cites any (for a search), and the verdicts."""
+    def cited_rids(self, texts: Sequence[str], allowed: Iterable[int] | None = None) -> tuple[list[int], list[Verdict]]:
+        """Row ids of the articles cited by the first text that cites any (for a search), and the verdicts.
+
+        ``allowed`` (a search filter's row ids) is only turned into a set when a text cites something.
+        """
         for text in texts:
-            verdicts = self.check(text, admitted)
-            if verdicts:
+            citations = self.parse(text)
+            if citations:
+                admitted = set(map(int, allowed)) if allowed is not None else None
+                verdicts = [self.verify(c, admitted) for c in citations]
                 rids = [rid for v in verdicts if v.found for rid in v.rids]
                 return list(dict.fromkeys(rids)), verdicts
         return [], []

@@ -165,15 +165,10 @@ class DocStore:
         rows = self._query(f"SELECT {_COLUMNS} FROM chunks WHERE doc_id=? ORDER BY seq", (doc_id,))
         return [_row_to_chunk(r) for r in rows]
 
-    def iter_fields(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """(doc_id, title, metadata) of every chunk: what qrels ids are formatted from."""
-        for doc_id, title, metadata in self._query("SELECT doc_id, title, metadata FROM chunks ORDER BY rid"):
-            yield doc_id, title, json.loads(metadata)
-
-    def iter_metadata(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(row id, metadata) of every chunk, by row id."""
-        for rid, metadata in self._query("SELECT rid, metadata FROM chunks ORDER BY rid"):
-            yield rid, json.loads(metadata)
+    def iter_fields(self) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+        """(row id, doc_id, title, metadata) of every chunk, by row id (qrels ids, the citation index)."""
+        for rid, doc_id, title, metadata in self._query("SELECT rid, doc_id, title, metadata FROM chunks ORDER BY rid"):
+            yield rid, doc_id, title, json.loads(metadata)
 
     def iter_tokens(self, below: int | None = None) -> Iterator[tuple[list[int], list[list[str]]]]:
         """(row ids, BM25 tokens) of every chunk (with row id < ``below``), by row id, in batches."""

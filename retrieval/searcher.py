@@ -294,8 +294,7 @@ class Searcher:
         """Put the articles the query cites first (those the filter admits), at the best score."""
         if self.citations is None:
             return ranked, set(), []
-        admitted = set(allowed.tolist()) if allowed is not None else None
-        rids, verdicts = self.citations.cited_rids(queries, admitted)
+        rids, verdicts = self.citations.cited_rids(queries, allowed)
         if not rids:
             return ranked, set(), verdicts
         cited = set(rids)
