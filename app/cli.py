@@ -264,9 +264,8 @@ def _filters(pairs: list[str]) -> dict[str, Any]:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """``zhrag ingest``."""
-    from app.services import build_analyzer, build_embedder
+    from app.services import build_analyzer, build_embedder, ingest_limits
     from ingest.chunkers import ChunkSettings
-    from ingest.limits import FileLimits
     from ingest.pipeline import IngestOptions, ingest
     from ingest.stages import default_workers
     from retrieval.index import read_manifest
@@ -309,11 +308,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             devices=settings.devices or None,
             max_batch_tokens=settings.max_batch_tokens,
             cancel=STOP,
-            limits=FileLimits(
-                max_file_mb=settings.ingest_max_file_mb,
-                max_doc_chars=settings.ingest_max_doc_chars,
-                max_seconds=settings.ingest_file_timeout_s,
-            ),
+            limits=ingest_limits(settings),
         ),
     )
     if args.json:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
+from ingest.limits import FileLimits
 from retrieval.citations import CitationIndex
 from retrieval.dialogue import DialogueQueryBuilder
 from retrieval.embedders import Embedder, create_embedder
@@ -29,6 +30,7 @@ __all__ = [
     "build_dialogue",
     "serving_embedder",
     "build_searcher",
+    "ingest_limits",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,16 @@ class Services:
         if close is not None:
             close()
         self.index.close()
+
+
+def ingest_limits(settings: Settings) -> FileLimits:
+    """Per-file ingest limits from ``ZHRAG_INGEST_*`` (the time limit applies where a file runs in a main
+    thread: the CLI's workers, not the API's upload thread)."""
+    return FileLimits(
+        max_file_mb=settings.ingest_max_file_mb,
+        max_doc_chars=settings.ingest_max_doc_chars,
+        max_seconds=settings.ingest_file_timeout_s,
+    )
 
 
 def build_analyzer(settings: Settings, manifest: dict[str, Any] | None = None) -> Analyzer:

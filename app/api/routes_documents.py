@@ -23,9 +23,8 @@ from starlette.datastructures import UploadFile
 from app.api.deps import ServicesDep
 from app.api.errors import ERROR_RESPONSES
 from app.api.serving import serve_latest
-from app.services import Services
+from app.services import Services, ingest_limits
 from ingest.chunkers import ChunkSettings
-from ingest.limits import FileLimits
 from ingest.loaders import SUPPORTED_SUFFIXES
 from ingest.pipeline import IngestOptions, IngestRejected, NothingToIngest, ingest, remove_documents
 from retrieval.index import IndexLockedError
@@ -203,7 +202,7 @@ async def add_documents(request: Request, services: ServicesDep) -> DocumentsCha
             names = await _text_documents(request, folder)
         options = IngestOptions(
             workers=1,  # never fork a serving process
-            limits=FileLimits(max_file_mb=settings.ingest_max_file_mb, max_doc_chars=settings.ingest_max_doc_chars),
+            limits=ingest_limits(settings),
             all_or_nothing=True,
             source_names=names,
         )
