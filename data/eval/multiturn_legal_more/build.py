@@ -6,12 +6,14 @@ dialogues below (source queries drawn from ../shared/eval/stard_lawref_core with
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from dialogue_sets import assemble, read_qrels, write_set  # noqa: E402
+
 ASSISTANT = [
     "明白了。",
     "理解您的担心。",
@@ -1228,35 +1230,8 @@ D += [
 def main() -> None:
     shared = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[2].parent / "shared"
     stard = shared / "eval" / "stard_lawref_core"
-    by_id: dict[str, list[str]] = {}
-    by_article: dict[str, list[str]] = {}
-    for name, target in (("qrels.tsv", by_id), ("qrels_by_article.tsv", by_article)):
-        with open(stard / name, encoding="utf-8") as fh:
-            for row in csv.reader(fh, delimiter="\t"):
-                if row[0] != "query-id":
-                    target.setdefault(row[0], []).append(row[1])
-    dialogues, qrels, qrels_article = [], [], []
-    for n, (qid, switch, context, last, statute) in enumerate(D):
-        did = f"mt-more-{n:03d}"
-        users = ([switch] if switch else []) + context + [last]
-        messages = []
-        for i, text in enumerate(users):
-            messages.append({"role": "user", "content": text})
-            if i < len(users) - 1:
-                reply = ASSISTANT[(n + i) % len(ASSISTANT)]
-                if statute and i == len(users) - 2:
-                    reply = f"这个问题要看《{statute}》的相关规定。"
-                messages.append({"role": "assistant", "content": reply})
-        dialogues.append({"id": did, "source_query": qid, "messages": messages, "topic_switch": bool(switch)})
-        qrels += [(did, c) for c in by_id[qid]]
-        qrels_article += [(did, c) for c in by_article[qid]]
-    with open(HERE / "dialogues.jsonl", "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogues)
-    for name, rows in (("qrels.tsv", qrels), ("qrels_by_article.tsv", qrels_article)):
-        with open(HERE / name, "w", encoding="utf-8") as fh:
-            fh.write("query-id\tcorpus-id\tscore\n")
-            fh.writelines(f"{d}\t{c}\t1\n" for d, c in rows)
-    print(f"{len(dialogues)} dialogues, {len(qrels)} qrels rows")
+    qrels = {name: read_qrels(stard / name) for name in ("qrels.tsv", "qrels_by_article.tsv")}
+    write_set(HERE, assemble("mt-more", D, ASSISTANT), qrels)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ questions drawn from ../shared/eval/toyhom_neike with a fixed seed; see README).
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from dialogue_sets import assemble, read_qrels, write_set  # noqa: E402
+
 ASSISTANT = [
     "明白了。",
     "理解您的担心。",
@@ -449,28 +451,8 @@ D: list[tuple[str, str | None, list[str], str]] = [
 
 def main() -> None:
     shared = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[2].parent / "shared"
-    qrels_in: dict[str, list[str]] = {}
-    with open(shared / "eval" / "toyhom_neike" / "qrels.tsv", encoding="utf-8") as fh:
-        for row in csv.reader(fh, delimiter="\t"):
-            if row[0] != "query-id":
-                qrels_in.setdefault(row[0], []).append(row[1])
-    dialogues, qrels = [], []
-    for n, (qid, switch, context, last) in enumerate(D):
-        did = f"mt-med-{n:03d}"
-        users = ([switch] if switch else []) + context + [last]
-        messages = []
-        for i, text in enumerate(users):
-            messages.append({"role": "user", "content": text})
-            if i < len(users) - 1:
-                messages.append({"role": "assistant", "content": ASSISTANT[(n + i) % len(ASSISTANT)]})
-        dialogues.append({"id": did, "source_query": qid, "messages": messages, "topic_switch": bool(switch)})
-        qrels += [(did, c) for c in qrels_in[qid]]
-    with open(HERE / "dialogues.jsonl", "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogues)
-    with open(HERE / "qrels.tsv", "w", encoding="utf-8") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        fh.writelines(f"{d}\t{c}\t1\n" for d, c in qrels)
-    print(f"{len(dialogues)} dialogues, {len(qrels)} qrels rows")
+    qrels = {"qrels.tsv": read_qrels(shared / "eval" / "toyhom_neike" / "qrels.tsv")}
+    write_set(HERE, assemble("mt-med", D, ASSISTANT), qrels)
 
 
 if __name__ == "__main__":
