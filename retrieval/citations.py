@@ -194,6 +194,8 @@ class CitationIndex:
 
     def parse(self, text: str) -> list[Citation]:
         """Every citation in ``text``, in order (spans index the original text)."""
+        if "条" not in text and "條" not in text:  # no article, no citation: skip the conversion and the scan
+            return []
         work = _same_length_simplified(text)
         mentions = [(m.end(), m.group("quoted") or m.group("bare")) for m in self._mention.finditer(work)]
         found: list[Citation] = []
