@@ -14,6 +14,7 @@ from typing import Any
 from app import __version__
 from app.settings import MAX_TOP_K, Settings
 from retrieval.dialogue import DIALOGUE_MODES
+from retrieval.stores import MILVUS_INDEX_TYPES
 from retrieval.stores.faiss import FAISS_INDEX_TYPES
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_SKIPPED"]
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--index-type",
         choices=list(FAISS_INDEX_TYPES),
         default=None,
-        help="FAISS layout of a new index (auto: exact below 200k chunks, HNSW above)",
+        help="Vector index of a new index: FAISS auto = exact below 200k chunks, HNSW above; Milvus auto = "
+        "AUTOINDEX, flat = exact",
     )
     p.add_argument("--workers", type=int, help="Processes for loading, chunking and tokenising (default: the cores)")
     p.add_argument("--devices", help="One model replica per device, e.g. cuda:0,cuda:1")
@@ -114,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Milvus server (http://…) or Milvus Lite file (ZHRAG_MILVUS_URI; --store milvus)",
     )
     p.add_argument("--milvus-collection", default=None, help="Collection name (default: from the index directory)")
+    p.add_argument(
+        "--milvus-bm25",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Keep the BM25 leg in Milvus too (default; ZHRAG_MILVUS_BM25); --no-milvus-bm25 keeps a local file",
+    )
     p.add_argument("--user-dict", type=Path, action="append", default=[], help="Extra jieba dictionary for BM25")
     p.add_argument("--prune", action="store_true", help="Remove indexed documents not found under PATH... any more")
     p.add_argument("--json", action="store_true", help="Print the summary as one JSON object on stdout")
@@ -219,9 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="Move an index's vectors to another store without re-embedding them")
     p.add_argument("--index", type=Path, help=INDEX_HELP)
     p.add_argument("--to", dest="store", choices=["faiss", "numpy", "milvus"], required=True)
-    p.add_argument("--index-type", choices=list(FAISS_INDEX_TYPES), default=None, help="FAISS layout (with --to faiss)")
+    p.add_argument(
+        "--index-type",
+        choices=list(FAISS_INDEX_TYPES),
+        default=None,
+        help="Vector index (faiss; milvus: auto/flat/hnsw)",
+    )
     p.add_argument("--milvus-uri", default=None, help="Milvus server (http://…) or Milvus Lite file (ZHRAG_MILVUS_URI)")
     p.add_argument("--milvus-collection", default=None, help="Collection name (default: from the index directory)")
+    p.add_argument(
+        "--milvus-bm25",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Keep the BM25 leg in Milvus too (default; ZHRAG_MILVUS_BM25); --no-milvus-bm25 keeps a local file",
+    )
 
     p = sub.add_parser("citations", help="Check the statute citations in a text against an index")
     p.add_argument("text", help="The text (e.g. an LLM's answer); - reads standard input")
@@ -343,13 +362,19 @@ def _store_options(args: argparse.Namespace, settings: Settings) -> dict[str, An
     store = args.store or settings.store
     if store == "faiss":
         return {"backend": "faiss", "kind": args.index_type or "auto"}
-    if args.index_type:
-        raise CliError(f"--index-type applies to the faiss store, not {store}")
     if store != "milvus":
+        if args.index_type:
+            raise CliError(f"--index-type applies to the faiss and milvus stores, not {store}")
         return {"backend": store}
+    if args.index_type not in (None, *MILVUS_INDEX_TYPES):
+        raise CliError(
+            f"--index-type {args.index_type} is not offered for Milvus; choose one of {list(MILVUS_INDEX_TYPES)}"
+        )
     uri = args.milvus_uri or settings.milvus_uri or str((settings.index / "milvus.db").resolve())
     collection = args.milvus_collection or settings.milvus_collection or milvus_collection(settings.index)
-    return {"backend": "milvus", "uri": uri, "collection": collection}
+    bm25 = settings.milvus_bm25 if args.milvus_bm25 is None else args.milvus_bm25
+    kind = args.index_type or "auto"
+    return {"backend": "milvus", "uri": uri, "collection": collection, "kind": kind, "bm25": bm25}
 
 
 def _read_messages(path: Path) -> list[dict[str, str]]:

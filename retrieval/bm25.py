@@ -9,10 +9,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["BM25Index", "BM25Builder", "ChunkTerms", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
+__all__ = ["LexicalIndex", "BM25Index", "BM25Builder", "ChunkTerms", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,24 @@ log = logging.getLogger(__name__)
 def _quiet_bm25s() -> None:
     """bm25s sets its logger to DEBUG on import ("Building index from tokens"); keep it quiet."""
     logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+
+class LexicalIndex(Protocol):
+    """The searcher's BM25 leg: local (:class:`BM25Index`) or inside a store (Milvus)."""
+
+    def count(self) -> int:
+        """Number of indexed chunks."""
+        ...
+
+    def search(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, row ids) for one tokenised query."""
+        ...
+
+    def search_weighted(
+        self, term_weights: Mapping[str, float], k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, row ids) scoring ``sum(weight * BM25 term score)``."""
+        ...
 
 
 BM25_DIR = "bm25"
@@ -55,6 +74,23 @@ class BM25Index:
         """Number of indexed chunks."""
         return len(self.rids)
 
+    def vocabulary(self) -> list[str]:
+        """The indexed terms, position = term id."""
+        terms = [""] * len(self._vocab)
+        for term, term_id in self._vocab.items():
+            terms[term_id] = term
+        return terms
+
+    def postings_by_document(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, term ids, weights) of every stored score, grouped by document position ascending."""
+        if getattr(self._retriever, "nonoccurrence_array", None) is not None:
+            raise ValueError("only Lucene BM25 scores are plain postings (this index has a per-term floor)")
+        matrix = self._retriever.scores  # type: ignore[attr-defined]
+        indptr = np.asarray(matrix["indptr"])
+        terms = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+        order = np.argsort(matrix["indices"], kind="stable")
+        return np.asarray(matrix["indices"])[order], terms[order], np.asarray(matrix["data"])[order]
+
     def search(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, row ids) for one tokenised query; only positive scores are returned.
 
@@ -71,7 +107,7 @@ class BM25Index:
         turns of a conversation, older ones weighing less). Unknown terms are ignored.
         """
         known = {self._vocab[t]: w for t, w in term_weights.items() if t in self._vocab and w}
-        if not known or not len(self.rids):
+        if not known or not len(self.rids) or k <= 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         matrix = self._retriever.scores  # type: ignore[attr-defined]
         data, indices, indptr = matrix["data"], matrix["indices"], matrix["indptr"]
@@ -85,9 +121,10 @@ class BM25Index:
         if allowed is not None:
             scores *= np.isin(self.rids, allowed)
         k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        top = top[scores[top] > 0]
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        tied_or_better = np.flatnonzero(scores >= max(kth, np.float32(1e-30)))
+        # Ties go to the lower row id, so every backend of this leg (Milvus too) returns the same list.
+        top = tied_or_better[np.lexsort((tied_or_better, -scores[tied_or_better]))][:k]
         return scores[top], self.rids[top]
 
     def save(self, path: Path) -> None:

@@ -3,7 +3,8 @@
 Layout::
 
     DIR/CURRENT            name of the live version (replaced atomically)
-    DIR/v-<time>-<rand>/   manifest.json, chunks.sqlite, vectors.*, bm25/
+    DIR/v-<time>-<rand>/   manifest.json, chunks.sqlite, vectors.*, bm25/ (milvus.json: the version's
+                           vector and BM25 collections when they live in Milvus)
     DIR/.staging-*/        a write in progress (removed on failure, or by the next writer if it died)
     DIR/.writer.lock       held by the one writer at a time (a POSIX lock: released when its process dies)
 
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Builder, BM25Index, ChunkTerms
+from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Builder, BM25Index, ChunkTerms, LexicalIndex
 from retrieval.docstore import DOCSTORE_FILE, DocStore
 from retrieval.stores import VectorStore, create_store, discard_store, load_store
 from retrieval.types import Chunk
@@ -219,7 +220,12 @@ class Index:
         self.docs = DocStore(self.version_dir / DOCSTORE_FILE)
         self.store = _load_store(self.version_dir, self.manifest)
         bm25_dir = self.version_dir / BM25_DIR
-        self.bm25 = BM25Index.load(bm25_dir) if bm25_dir.is_dir() else None
+        self.bm25: LexicalIndex | None
+        if bm25_dir.is_dir():
+            self.bm25 = BM25Index.load(bm25_dir)
+        else:  # the store may keep the BM25 leg itself (Milvus)
+            in_store = getattr(self.store, "bm25_index", None)
+            self.bm25 = in_store() if in_store is not None else None
 
     @property
     def dim(self) -> int:
@@ -390,7 +396,11 @@ class IndexWriter:
         for rids, tokens in self.docs.iter_tokens(below=self._first_new_rid):
             self._bm25.add(rids, ChunkTerms.count(tokens))
         if len(self._bm25):
-            self._bm25.build().save(self.staging / BM25_DIR)
+            built = self._bm25.build()
+            if getattr(self.store, "keeps_bm25", False):
+                self.store.put_bm25(built)  # type: ignore[attr-defined]
+            else:
+                built.save(self.staging / BM25_DIR)
         self.store.save(self.staging)
         describe = getattr(self.store, "describe", None)
         if describe is not None:  # e.g. the FAISS layout ``auto`` resolved to

@@ -15,9 +15,12 @@ __all__ = [
     "load_store",
     "discard_store",
     "STORE_BACKENDS",
+    "MILVUS_INDEX_TYPES",
 ]
 
 STORE_BACKENDS = ("faiss", "numpy", "milvus")
+MILVUS_INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "hnsw")
+"""``--index-type`` values a Milvus store takes (``auto``: Milvus' AUTOINDEX; ``flat``: exact)."""
 _INSTALL_HINTS = {
     "faiss": "pip install faiss-cpu",
     "milvus": "pip install 'zhrag[milvus]'",

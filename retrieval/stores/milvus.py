@@ -6,6 +6,9 @@ changes there and records the new name in the version it publishes. Search reads
 version names, so a crashed or failed ingest never shows half-written rows; generations of pruned
 versions, and orphans of dead writers, are dropped by the next writer.
 
+With ``bm25=True`` (the default) the BM25 leg lives in Milvus too: each version also owns
+``<generation>__bm25``, written in full when it is published (see :mod:`retrieval.stores.milvus_bm25`).
+
 The server's token is never written to the index: it comes from ``token=`` or ``ZHRAG_MILVUS_TOKEN``.
 """
 
@@ -16,13 +19,19 @@ import os
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pymilvus import MilvusClient
 
+from retrieval.stores import MILVUS_INDEX_TYPES
 from retrieval.stores.base import MISSING_ID, StoreError, check_vectors
+from retrieval.stores.milvus_bm25 import BM25_SUFFIX, MilvusBM25, write_bm25_collection
+
+if TYPE_CHECKING:
+    from retrieval.bm25 import BM25Index
 
 __all__ = [
     "MilvusStore",
@@ -32,6 +41,7 @@ __all__ = [
     "GENERATION_SEPARATOR",
     "TOKEN_ENV",
     "referenced_generations",
+    "search_in_parts",
 ]
 
 MILVUS_FILE = "milvus.json"
@@ -43,6 +53,11 @@ _ID, _VECTOR = "id", "vector"
 _INSERT_BATCH = 1000
 _COPY_BATCH = 1000
 _MAX_FILTER_IDS = 16384
+# zhrag's ``--index-type`` names (MILVUS_INDEX_TYPES): ``auto`` lets Milvus choose (HNSW in Milvus Lite, so
+# approximate), ``flat`` searches exactly (FAISS flat's results), ``hnsw`` builds HNSW with fixed parameters.
+_MILVUS_INDEX = {"auto": "AUTOINDEX", "flat": "FLAT", "hnsw": "HNSW"}
+_BUILD: dict[str, dict[str, int]] = {"auto": {}, "flat": {}, "hnsw": {"M": 32, "efConstruction": 200}}
+_HNSW_MIN_EF = 128
 
 
 _LITE_LOCK = threading.Lock()
@@ -76,13 +91,54 @@ def _generation_name(base: str) -> str:
 
 
 def referenced_generations(version_dirs: Iterable[Path]) -> set[str]:
-    """The generation collections the given index versions point at."""
+    """The generation collections (vectors and BM25) the given index versions point at."""
     names = set()
     for version in version_dirs:
         file = version / MILVUS_FILE
         if file.is_file():
-            names.add(json.loads(file.read_text())["collection"])
+            conf = json.loads(file.read_text())
+            names.add(conf["collection"])
+            if conf.get("bm25_collection"):
+                names.add(conf["bm25_collection"])
     return names
+
+
+Search = Callable[..., list[list[dict[str, Any]]]]
+
+
+def search_in_parts(
+    search: Search, n_queries: int, k: int, allowed: np.ndarray | None, *args: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) per query from ``search(k, expr, *args)``; ``allowed`` becomes ``id in [...]``.
+
+    Milvus takes a bounded expression, so a long ``allowed`` list is searched in parts of ``_MAX_FILTER_IDS``
+    ids whose top-``k`` lists are merged by score: still exact, one search per part.
+    """
+    if allowed is None:
+        return _collect(search(k, "", *args), n_queries, k)
+    allowed = np.asarray(allowed, dtype=np.int64)
+    if len(allowed) == 0:
+        return np.full((n_queries, k), -np.inf, dtype=np.float32), np.full((n_queries, k), MISSING_ID, dtype=np.int64)
+    parts = [allowed[i : i + _MAX_FILTER_IDS] for i in range(0, len(allowed), _MAX_FILTER_IDS)]
+    found = [
+        _collect(search(k, f"{_ID} in [{','.join(map(str, part.tolist()))}]", *args), n_queries, k) for part in parts
+    ]
+    if len(found) == 1:
+        return found[0]
+    scores = np.concatenate([s for s, _ in found], axis=1)
+    ids = np.concatenate([i for _, i in found], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def _collect(results: list[list[dict[str, Any]]], n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    ids = np.full((n_queries, k), MISSING_ID, dtype=np.int64)
+    for row, hits in enumerate(results):
+        for col, hit in enumerate(hits[:k]):
+            scores[row, col] = hit["distance"]
+            ids[row, col] = hit[_ID] if _ID in hit else hit["entity"][_ID]
+    return scores, ids
 
 
 class MilvusStore:
@@ -94,6 +150,9 @@ class MilvusStore:
         collection: The index's collection name; a new store writes a fresh generation of it.
         token: ``user:password`` or an API token (default: ``ZHRAG_MILVUS_TOKEN``).
         generation: Open this existing generation instead of creating one.
+        kind: Vector index of new generations: ``auto`` (Milvus' AUTOINDEX), ``flat`` (exact) or ``hnsw``.
+        bm25: Keep the BM25 leg in Milvus as well (written at :meth:`put_bm25`); ``False`` keeps it local.
+        bm25_collection: The BM25 collection of an existing generation.
     """
 
     def __init__(
@@ -103,8 +162,15 @@ class MilvusStore:
         collection: str = DEFAULT_COLLECTION,
         token: str | None = None,
         generation: str | None = None,
+        kind: str = "auto",
+        bm25: bool = True,
+        bm25_collection: str | None = None,
     ) -> None:
-        self.dim, self.uri, self.base = dim, uri, collection
+        if kind not in MILVUS_INDEX_TYPES:
+            raise StoreError(f"unknown Milvus index type {kind!r}; choose one of {tuple(MILVUS_INDEX_TYPES)}")
+        self.dim, self.uri, self.base, self.kind, self.keeps_bm25 = dim, uri, collection, kind, bm25
+        self.bm25_collection = bm25_collection
+        self.bm25_stats: dict[str, int] = {}
         self._client = _connect(uri, token)
         if generation is not None:
             if not self._client.has_collection(generation):
@@ -116,15 +182,16 @@ class MilvusStore:
             self._create(self.collection)
 
     def _create(self, name: str) -> None:
-        self._client.create_collection(
-            collection_name=name,
-            dimension=self.dim,
-            metric_type="IP",
-            primary_field_name=_ID,
-            vector_field_name=_VECTOR,
-            id_type="int",
-            auto_id=False,
+        from pymilvus import DataType
+
+        schema = self._client.create_schema(auto_id=False)
+        schema.add_field(_ID, DataType.INT64, is_primary=True)
+        schema.add_field(_VECTOR, DataType.FLOAT_VECTOR, dim=self.dim)
+        params = self._client.prepare_index_params()
+        params.add_index(
+            field_name=_VECTOR, index_type=_MILVUS_INDEX[self.kind], metric_type="IP", params=_BUILD[self.kind]
         )
+        self._client.create_collection(name, schema=schema, index_params=params)
 
     # -- generations -----------------------------------------------------------------------------
     def begin_write(self, versions: Iterable[Path]) -> None:
@@ -145,7 +212,23 @@ class MilvusStore:
                 self._client.insert(target, [{_ID: r[_ID], _VECTOR: r[_VECTOR]} for r in rows])
         finally:
             iterator.close()
-        self.collection = target
+        self.collection, self.bm25_collection = target, None  # the new BM25 collection is written at publish
+
+    def put_bm25(self, index: BM25Index) -> None:
+        """Write this generation's BM25 collection from the index's final BM25 weights."""
+        name = self.collection + BM25_SUFFIX
+        if self._client.has_collection(name):
+            self._client.drop_collection(name)
+        self.bm25_stats = write_bm25_collection(self._client, name, index)
+        self.bm25_collection = name
+
+    def bm25_index(self) -> MilvusBM25 | None:
+        """The BM25 leg this generation keeps in Milvus (``None``: it has none)."""
+        if not self.bm25_collection:
+            return None
+        if not self._client.has_collection(self.bm25_collection):
+            raise StoreError(f"Milvus collection {self.bm25_collection!r} at {self.uri} is gone")
+        return MilvusBM25(self._client, self.bm25_collection, search_in_parts)
 
     def close(self) -> None:
         """Release the connection; the last store of a Milvus Lite file in this process stops its server,
@@ -162,9 +245,10 @@ class MilvusStore:
                 server_manager_instance.release_server(path)
 
     def drop(self) -> None:
-        """Drop this generation (a writer that publishes nothing)."""
-        if self._client.has_collection(self.collection):
-            self._client.drop_collection(self.collection)
+        """Drop this generation and its BM25 collection (a writer that publishes nothing)."""
+        for name in (self.collection, self.bm25_collection):
+            if name and self._client.has_collection(name):
+                self._client.drop_collection(name)
 
     @classmethod
     def discard(cls, path: Path, kept: Iterable[Path]) -> None:
@@ -173,12 +257,14 @@ class MilvusStore:
         if not file.is_file():
             return
         conf = json.loads(file.read_text())
-        if conf["collection"] in referenced_generations(kept):
+        names = referenced_generations([path]) - referenced_generations(kept)
+        if not names:
             return
         client = MilvusClient(uri=conf["uri"], token=os.environ.get(TOKEN_ENV, ""))
         try:
-            if client.has_collection(conf["collection"]):
-                client.drop_collection(conf["collection"])
+            for name in sorted(names):
+                if client.has_collection(name):
+                    client.drop_collection(name)
         finally:
             client.close()
 
@@ -200,38 +286,19 @@ class MilvusStore:
         return len(present)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product; ``allowed`` becomes ``id in [...]`` filters inside Milvus.
-
-        Milvus takes a bounded expression, so a long ``allowed`` list is searched in parts of
-        ``_MAX_FILTER_IDS`` ids whose top-``k`` lists are merged by score: still exact, one search per part.
-        """
+        """Top-``k`` by inner product; ``allowed`` becomes ``id in [...]`` filters inside Milvus."""
         queries = check_vectors(queries, self.dim)
-        if allowed is None:
-            return self._search(queries, k, "")
-        allowed = np.asarray(allowed, dtype=np.int64)
-        if len(allowed) == 0:
-            n = len(queries)
-            return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), MISSING_ID, dtype=np.int64)
-        parts = [allowed[i : i + _MAX_FILTER_IDS] for i in range(0, len(allowed), _MAX_FILTER_IDS)]
-        found = [self._search(queries, k, f"{_ID} in [{','.join(map(str, part.tolist()))}]") for part in parts]
-        if len(found) == 1:
-            return found[0]
-        scores = np.concatenate([s for s, _ in found], axis=1)
-        ids = np.concatenate([i for _, i in found], axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+        return search_in_parts(self._search, len(queries), k, allowed, queries)
 
-    def _search(self, queries: np.ndarray, k: int, expr: str) -> tuple[np.ndarray, np.ndarray]:
-        results = self._client.search(
-            self.collection, data=queries.tolist(), limit=k, filter=expr, search_params={"metric_type": "IP"}
+    def _search(self, k: int, expr: str, queries: np.ndarray) -> list[list[dict[str, Any]]]:
+        return self._client.search(
+            self.collection,
+            data=queries.tolist(),
+            anns_field=_VECTOR,
+            limit=k,
+            filter=expr,
+            search_params={"metric_type": "IP", "params": {"ef": max(k, _HNSW_MIN_EF)} if self.kind == "hnsw" else {}},
         )
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(queries), k), MISSING_ID, dtype=np.int64)
-        for row, hits in enumerate(results):
-            for col, hit in enumerate(hits[:k]):
-                scores[row, col] = hit["distance"]
-                ids[row, col] = hit[_ID] if _ID in hit else hit["entity"][_ID]
-        return scores, ids
 
     def count(self) -> int:
         """Rows in this generation."""
@@ -253,23 +320,38 @@ class MilvusStore:
         self._client.flush(self.collection)
         path.mkdir(parents=True, exist_ok=True)
         conf = {"uri": self.uri, "collection": self.collection, "base": self.base}
+        if self.bm25_collection:
+            conf["bm25_collection"] = self.bm25_collection
+        if self.bm25_stats:
+            conf["bm25_stats"] = self.bm25_stats
         (path / MILVUS_FILE).write_text(json.dumps(conf, ensure_ascii=False))
 
-    def describe(self) -> dict[str, str]:
-        """Manifest entry: where the index's collection lives (never the token)."""
-        return {"backend": "milvus", "uri": self.uri, "collection": self.base}
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry: where the index's collection lives and whether BM25 is kept there (never the token)."""
+        return {
+            "backend": "milvus",
+            "uri": self.uri,
+            "collection": self.base,
+            "kind": self.kind,
+            "bm25": self.keeps_bm25,
+        }
 
     @classmethod
-    def load(cls, path: Path, dim: int, **options: str) -> MilvusStore:
+    def load(cls, path: Path, dim: int, **options: Any) -> MilvusStore:
         """Reconnect to the generation recorded by :meth:`save`."""
         file = path / MILVUS_FILE
         if not file.is_file():
             raise StoreError(f"missing {file}")
         conf = json.loads(file.read_text())
-        return cls(
+        store = cls(
             dim,
             uri=options.get("uri") or conf["uri"],
             collection=conf.get("base", options.get("collection", DEFAULT_COLLECTION)),
             token=options.get("token"),
             generation=conf["collection"],
+            kind=options.get("kind", "auto"),
+            bm25=bool(options.get("bm25", True)),
+            bm25_collection=conf.get("bm25_collection"),
         )
+        store.bm25_stats = conf.get("bm25_stats", {})
+        return store

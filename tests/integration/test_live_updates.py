@@ -200,7 +200,7 @@ def test_sigterm_stops_an_ingest_like_ctrl_c(index: Path, tiny_model_dir) -> Non
 def test_milvus_ingest_killed_at_any_point_leaves_the_previous_generation(
     tmp_path: Path, tiny_model_dir, after_s: float
 ) -> None:
-    """``kill -9`` of an ingest into Milvus Lite: search answers from the previous generation, unchanged."""
+    """``kill -9`` of an ingest into Milvus Lite: both legs answer from the previous generation, unchanged."""
     pytest.importorskip("milvus_lite")
     from retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder
     from retrieval.index import Index
@@ -216,7 +216,11 @@ def test_milvus_ingest_killed_at_any_point_leaves_the_previous_generation(
     def served() -> tuple[str | None, list[list[str]]]:
         view = Index(index)  # Milvus Lite: one process per file, so the view is closed before the writer runs
         searcher = Searcher(view, embedder, default_analyzer())
-        results = [[h.chunk.id for h in searcher.search(q, SearchOptions(mode="dense")).hits] for q in ("医师", "义务")]
+        results = [
+            [h.chunk.id for h in searcher.search(q, SearchOptions(mode=mode)).hits]
+            for q in ("医师", "义务")
+            for mode in ("dense", "bm25")  # both legs live in Milvus
+        ]
         view.close()
         return view.version, results
 
@@ -231,5 +235,5 @@ def test_milvus_ingest_killed_at_any_point_leaves_the_previous_generation(
         assert after == before  # killed before publishing: the previous generation answers, unchanged
     else:  # killed after publishing (or finished): the new version is whole
         view = Index(index)
-        assert view.docs.count_documents() == 6 and view.store.count() == view.docs.count()
+        assert view.docs.count_documents() == 6 and view.store.count() == view.docs.count() == view.bm25.count()
         view.close()
