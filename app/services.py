@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,39 @@ class Services:
     searcher: Searcher
     reranker: Reranker | None
     dialogue: DialogueQueryBuilder
+    # Requests using these services; a version swapped out is released when its last request ends.
+    _leases: int = field(default=0, init=False, repr=False)
+    _retired: bool = field(default=False, init=False, repr=False)
+    _lease_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def acquire(self) -> Services:
+        """Count a request using these services (pair with :meth:`release`)."""
+        with self._lease_lock:
+            self._leases += 1
+        return self
+
+    def release(self) -> None:
+        """A request is done; the index of retired services is closed after their last request."""
+        with self._lease_lock:
+            self._leases -= 1
+            close = self._retired and self._leases == 0
+        if close:
+            self._close_index()
+
+    def retire(self) -> None:
+        """These services were swapped for a newer version: release the index (the model is shared with the
+        new services and stays) as soon as no request uses it. Calling it again does nothing."""
+        with self._lease_lock:
+            close = not self._retired and self._leases == 0
+            self._retired = True
+        if close:
+            self._close_index()
+
+    def _close_index(self) -> None:
+        try:
+            self.index.close()
+        except Exception as exc:  # noqa: BLE001 - releasing an old version must not break serving
+            log.warning("could not release index version %s: %s", self.index.version, exc)
 
     def warm_up(self) -> None:
         """Run one query through each leg so the first request does not pay for lazy initialisation."""

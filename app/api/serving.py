@@ -47,6 +47,7 @@ async def serve_latest(app: FastAPI) -> bool:
     if fresh is None:
         return False
     await anyio.to_thread.run_sync(fresh.warm_up)
-    app.state.services = fresh
+    replaced, app.state.services = app.state.services, fresh
+    replaced.retire()  # its index is closed when the requests still using it are done
     announce(app, fresh, "now serving")
     return True

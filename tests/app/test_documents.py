@@ -142,3 +142,23 @@ def test_cli_list_and_delete(index_copy: Path, capsys) -> None:
     assert main(["list", "--index", str(index_copy)]) == 0
     out = capsys.readouterr().out
     assert "医师法.md" not in out and "药品管理法.md" in out
+
+
+def test_a_swapped_out_version_is_released_after_its_last_request(client: TestClient) -> None:
+    """A live swap closes the old version's index once no request holds it (not at garbage collection)."""
+    import sqlite3
+
+    old = client.app.state.services
+    old.acquire()  # a request still running on the old version
+    response = client.post("/documents", json={"id": "d-1", "text": "罕见病患者的用药保障。"})
+    assert response.status_code == 200, response.text
+    assert client.app.state.services is not old
+    assert old.index.docs.count() > 0  # still usable by the request that holds it
+    old.release()
+    with pytest.raises(sqlite3.ProgrammingError):
+        old.index.docs.count()
+    fresh = client.app.state.services
+    assert client.delete("/documents/d-1").status_code == 200  # swapped again: no lease, closed at once
+    with pytest.raises(sqlite3.ProgrammingError):
+        fresh.index.docs.count()
+    assert len(_bm25(client, "医师的义务")) == 3  # the newest version serves
