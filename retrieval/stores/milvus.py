@@ -53,6 +53,7 @@ _ID, _VECTOR = "id", "vector"
 _INSERT_BATCH = 1000
 _COPY_BATCH = 1000
 _MAX_FILTER_IDS = 16384
+_MAX_TOPK = 16384  # Milvus' largest search limit
 # zhrag's ``--index-type`` names (MILVUS_INDEX_TYPES): ``auto`` lets Milvus choose (HNSW in Milvus Lite, so
 # approximate), ``flat`` searches exactly (FAISS flat's results), ``hnsw`` builds HNSW with fixed parameters.
 _MILVUS_INDEX = {"auto": "AUTOINDEX", "flat": "FLAT", "hnsw": "HNSW"}
@@ -107,28 +108,54 @@ Search = Callable[..., list[list[dict[str, Any]]]]
 
 
 def search_in_parts(
-    search: Search, n_queries: int, k: int, allowed: np.ndarray | None, *args: Any
+    search: Search, n_queries: int, k: int, allowed: np.ndarray | None, *args: Any, total: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, ids) per query from ``search(k, expr, *args)``; ``allowed`` becomes ``id in [...]``.
+    """Top-``k`` (scores, ids) per query from ``search(limit, expr, *args)``; ``allowed`` restricts the ids.
 
-    Milvus takes a bounded expression, so a long ``allowed`` list is searched in parts of ``_MAX_FILTER_IDS``
-    ids whose top-``k`` lists are merged by score: still exact, one search per part.
+    Milvus takes a bounded expression. A filter longer than ``_MAX_FILTER_IDS`` ids is answered, when the
+    collection's ``total`` rows make it cheap, by one unfiltered search deep enough to expect ``k`` admitted
+    ids among its results (kept when every query found them, or saw every row that matches at all), else
+    in parts of ``_MAX_FILTER_IDS`` ids whose top-``k`` lists are merged by score. Both are exact.
     """
     if allowed is None:
         return _collect(search(k, "", *args), n_queries, k)
     allowed = np.asarray(allowed, dtype=np.int64)
     if len(allowed) == 0:
         return np.full((n_queries, k), -np.inf, dtype=np.float32), np.full((n_queries, k), MISSING_ID, dtype=np.int64)
+    if len(allowed) > _MAX_FILTER_IDS and total:
+        depth = min(total, 2 * k * total // len(allowed) + k)
+        if depth <= _MAX_TOPK:
+            found = _admitted(*_collect(search(depth, "", *args), n_queries, depth), allowed, k, depth >= total)
+            if found is not None:
+                return found
     parts = [allowed[i : i + _MAX_FILTER_IDS] for i in range(0, len(allowed), _MAX_FILTER_IDS)]
-    found = [
+    found_parts = [
         _collect(search(k, f"{_ID} in [{','.join(map(str, part.tolist()))}]", *args), n_queries, k) for part in parts
     ]
-    if len(found) == 1:
-        return found[0]
-    scores = np.concatenate([s for s, _ in found], axis=1)
-    ids = np.concatenate([i for _, i in found], axis=1)
+    if len(found_parts) == 1:
+        return found_parts[0]
+    scores = np.concatenate([s for s, _ in found_parts], axis=1)
+    ids = np.concatenate([i for _, i in found_parts], axis=1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def _admitted(
+    scores: np.ndarray, ids: np.ndarray, allowed: np.ndarray, k: int, every_row: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first ``k`` admitted results of each row of a deeper unfiltered search; ``None`` when a row has
+    fewer than ``k`` admitted ones but more results may exist beyond the depth searched (``every_row``: the
+    search was as deep as the collection)."""
+    admitted = np.isin(ids, allowed)
+    exhausted = (ids == MISSING_ID).any(axis=1) | every_row  # it returned everything that matches
+    if not ((admitted.sum(axis=1) >= k) | exhausted).all():
+        return None
+    out_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(ids), k), MISSING_ID, dtype=np.int64)
+    for row in range(len(ids)):
+        keep = np.flatnonzero(admitted[row])[:k]
+        out_scores[row, : len(keep)], out_ids[row, : len(keep)] = scores[row, keep], ids[row, keep]
+    return out_scores, out_ids
 
 
 def _collect(results: list[list[dict[str, Any]]], n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +198,7 @@ class MilvusStore:
         self.dim, self.uri, self.base, self.kind, self.keeps_bm25 = dim, uri, collection, kind, bm25
         self.bm25_collection = bm25_collection
         self.bm25_stats: dict[str, int] = {}
+        self._rows: int | None = None  # rows of this generation, cached while nothing is written
         self._client = _connect(uri, token)
         if generation is not None:
             if not self._client.has_collection(generation):
@@ -272,6 +300,7 @@ class MilvusStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert vectors under int64 ids."""
         vectors = check_vectors(vectors, self.dim)
+        self._rows = None
         rows = [{_ID: int(i), _VECTOR: v.tolist()} for i, v in zip(ids, vectors, strict=True)]
         for start in range(0, len(rows), _INSERT_BATCH):
             self._client.insert(self.collection, rows[start : start + _INSERT_BATCH])
@@ -281,6 +310,7 @@ class MilvusStore:
         ids = [int(i) for i in ids]
         if not ids:
             return 0
+        self._rows = None
         present = self._client.get(self.collection, ids=ids, output_fields=[_ID])
         self._client.delete(self.collection, ids=ids)
         return len(present)
@@ -288,7 +318,13 @@ class MilvusStore:
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product; ``allowed`` becomes ``id in [...]`` filters inside Milvus."""
         queries = check_vectors(queries, self.dim)
-        return search_in_parts(self._search, len(queries), k, allowed, queries)
+        total = self._total() if allowed is not None and len(allowed) > _MAX_FILTER_IDS else 0
+        return search_in_parts(self._search, len(queries), k, allowed, queries, total=total)
+
+    def _total(self) -> int:
+        if self._rows is None:
+            self._rows = self.count()
+        return self._rows
 
     def _search(self, k: int, expr: str, queries: np.ndarray) -> list[list[dict[str, Any]]]:
         return self._client.search(

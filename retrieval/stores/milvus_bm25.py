@@ -96,10 +96,13 @@ class MilvusBM25:
     ) -> None:
         self._client, self.collection, self._search_parts = client, collection, search_parts
         self._client.load_collection(collection)
+        self._rows: int | None = None  # a published BM25 collection never changes
 
     def count(self) -> int:
         """Chunks in the collection."""
-        return int(self._client.get_collection_stats(self.collection)["row_count"])
+        if self._rows is None:
+            self._rows = int(self._client.get_collection_stats(self.collection)["row_count"])
+        return self._rows
 
     def search(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, row ids) for one tokenised query, a repeated token counting again."""
@@ -117,7 +120,8 @@ class MilvusBM25:
         if not query or k <= 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         # A few more than k, then ties to the lower row id, as the local leg orders them.
-        scores, rids = self._search_parts(self._search_one, 1, k + _TIE_MARGIN, allowed, query)
+        total = self.count() if allowed is not None else 0
+        scores, rids = self._search_parts(self._search_one, 1, k + _TIE_MARGIN, allowed, query, total=total)
         keep = (rids[0] >= 0) & (scores[0] > 0)
         scores, rids = scores[0][keep], rids[0][keep]
         order = np.lexsort((rids, -scores))[:k]

@@ -157,7 +157,7 @@ def test_migrate_to_milvus_and_back_keeps_the_results(sample_index: Path, tmp_pa
     same({mode: results(mode) for mode in before}, before)
 
 
-def test_bm25_leg_in_milvus_scores_like_the_local_leg(tmp_path: Path, tiny_embedder, analyzer) -> None:
+def test_bm25_leg_in_milvus_scores_like_the_local_leg(tmp_path: Path, tiny_embedder, analyzer, monkeypatch) -> None:
     """The same statutes indexed with the BM25 leg in Milvus and in a local file: the same chunks with the
     same scores (float32 rounding aside), for plain queries, weighted multi-turn queries and id filters."""
     uri = tmp_path / "m.db"
@@ -188,6 +188,14 @@ def test_bm25_leg_in_milvus_scores_like_the_local_leg(tmp_path: Path, tiny_embed
     assert len(r2) == 8 and r1.tolist() == r2.tolist() and set(r1.tolist()) <= set(allowed.tolist())
     np.testing.assert_allclose(s1, s2, rtol=1e-5)
     assert remote.bm25.search(["从未出现过的词"], 5)[1].size == 0
+    import retrieval.stores.milvus as milvus
+
+    for wide in (50, 10):  # a filter longer than one expression: one deeper search, or parts of 10 ids
+        monkeypatch.setattr(milvus, "_MAX_FILTER_IDS", wide)
+        monkeypatch.setattr(milvus, "_MAX_TOPK", 16384 if wide == 50 else 8)
+        s1, r1 = remote.bm25.search_weighted(weights, 8, allowed)
+        assert r1.tolist() == r2.tolist()
+        np.testing.assert_allclose(s1, s2, rtol=1e-5)
 
 
 def test_cli_milvus_options_are_recorded_and_checked(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:

@@ -127,20 +127,35 @@ def test_faiss_auto_is_exact_below_the_threshold(tmp_path: Path, vectors: np.nda
 
 
 @pytest.mark.skipif(not HAVE_MILVUS, reason="pip install 'zhrag[milvus]'")
+@pytest.mark.parametrize("deep_search", [True, False])
 def test_milvus_filters_longer_than_one_expression_are_searched_in_parts(
-    vectors: np.ndarray, tmp_path: Path, monkeypatch
+    vectors: np.ndarray, tmp_path: Path, monkeypatch, deep_search: bool
 ) -> None:
-    """A filter admitting more ids than one Milvus expression holds is split, and the merged result is exact."""
+    """A filter admitting more ids than one Milvus expression holds: answered exactly by one deeper unfiltered
+    search when that is cheap, else by expressions in parts merged by score."""
     import retrieval.stores.milvus as milvus
 
     monkeypatch.setattr(milvus, "_MAX_FILTER_IDS", 7)
+    if not deep_search:
+        monkeypatch.setattr(milvus, "_MAX_TOPK", 8)
     ids = np.arange(100, 100 + len(vectors), dtype=np.int64)
     store, reference = _create("milvus", tmp_path), create_store("numpy", DIM)
     store.add(ids, vectors)
     reference.add(ids, vectors)
+    calls: list[str] = []
+    search = store._search
+    monkeypatch.setattr(store, "_search", lambda k, expr, q: calls.append(expr) or search(k, expr, q))
     allowed = ids[::2]  # 25 ids: four expressions
     for query in vectors[:5]:
+        calls.clear()
         got_scores, got_ids = store.search(query[None], 6, allowed)
         want_scores, want_ids = reference.search(query[None], 6, allowed)
         assert got_ids.tolist() == want_ids.tolist() and np.allclose(got_scores, want_scores, atol=1e-5)
+        assert calls == [""] if deep_search else len(calls) == 4 and all(c.startswith("id in [") for c in calls)
+    # The 10 ids least like the query: a search 22 deep finds none of them, so the parts answer after it.
+    far = reference.search(vectors[40:41], len(ids))[1][0][-10:]
+    calls.clear()
+    got_ids = store.search(vectors[40:41], 2, far)[1]
+    assert got_ids.tolist() == reference.search(vectors[40:41], 2, far)[1].tolist()
+    assert [c.startswith("id in [") for c in calls] == [False] * deep_search + [True, True]  # 10 ids: 2 parts
     assert (store.search(vectors[:1], 3, np.array([], dtype=np.int64))[1] == MISSING_ID).all()
