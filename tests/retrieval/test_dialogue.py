@@ -117,7 +117,7 @@ def test_related_history_is_kept(builder: DialogueQueryBuilder) -> None:
     assert "装修" in plan.queries[0] and "梯子" in plan.queries[0]
     # With a dense leg the most recent turn + last turn run as a lighter second query (both legs) ...
     recent = "干活时从梯子上摔伤了，老板说我不算公司员工，不给工伤。 那我这种情况怎么办？"
-    assert plan.queries[1:] == [recent] and plan.weights == [1.0, 0.5] and plan.lexical[1] is None
+    assert plan.queries[1:] == [recent] and plan.weights == [1.0, 0.25] and plan.lexical[1] is None
     # ... in pure BM25 mode only the recency-weighted turns query runs.
     lexical_only = builder.build(msgs, search_mode="bm25")
     assert lexical_only.queries == plan.queries[:1] and len(lexical_only.lexical[0]) == 5
