@@ -15,6 +15,7 @@ The server's token is never written to the index: it comes from ``token=`` or ``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import uuid
@@ -69,6 +70,25 @@ def _is_lite(uri: str) -> bool:
     return "://" not in uri
 
 
+class _LiteTimestampNoise(logging.Filter):
+    """Milvus Lite does not implement AllocTimestamp, so every query iterator logs a server traceback and a
+    client warning before pymilvus falls back to a client-side timestamp (results are unaffected)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message == "Exception calling application: Method not implemented!"
+            or message.startswith("failed to get mvccTs from milvus server")
+        )
+
+
+def _quiet_lite_noise() -> None:
+    for name in ("grpc._server", "pymilvus.client.iterator.query_iterator"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _LiteTimestampNoise) for f in logger.filters):
+            logger.addFilter(_LiteTimestampNoise())
+
+
 def _connect(uri: str, token: str | None) -> MilvusClient:
     """A client; a Milvus Lite file another process holds gets a message saying what to do."""
     try:
@@ -82,6 +102,7 @@ def _connect(uri: str, token: str | None) -> MilvusClient:
             ) from exc
         raise StoreError(f"cannot reach Milvus at {uri}: {exc}") from exc
     if _is_lite(uri):
+        _quiet_lite_noise()
         with _LITE_LOCK:
             _LITE_USERS[os.path.abspath(uri)] += 1
     return client

@@ -159,3 +159,17 @@ def test_milvus_filters_longer_than_one_expression_are_searched_in_parts(
     assert got_ids.tolist() == reference.search(vectors[40:41], 2, far)[1].tolist()
     assert [c.startswith("id in [") for c in calls] == [False] * deep_search + [True, True]  # 10 ids: 2 parts
     assert (store.search(vectors[:1], 3, np.array([], dtype=np.int64))[1] == MISSING_ID).all()
+
+
+@pytest.mark.skipif(not HAVE_MILVUS, reason="pip install 'zhrag[milvus]'")
+def test_milvus_lite_iterators_log_no_server_traceback(
+    vectors: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Milvus Lite lacks AllocTimestamp; reading a generation back must not log an ERROR traceback for it."""
+    import logging
+
+    store = _create("milvus", tmp_path)
+    store.add(np.arange(len(vectors), dtype=np.int64), vectors)
+    with caplog.at_level(logging.INFO):
+        assert sum(len(ids) for ids, _ in store.items(batch=16)) == len(vectors)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
