@@ -262,6 +262,7 @@ class MilvusStore:
         finally:
             iterator.close()
         self.collection, self.bm25_collection = target, None  # the new BM25 collection is written at publish
+        self._rows = None
 
     def put_bm25(self, index: BM25Index) -> None:
         """Write this generation's BM25 collection from the index's final BM25 weights."""

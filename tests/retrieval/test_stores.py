@@ -173,3 +173,18 @@ def test_milvus_lite_iterators_log_no_server_traceback(
     with caplog.at_level(logging.INFO):
         assert sum(len(ids) for ids, _ in store.items(batch=16)) == len(vectors)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.skipif(not HAVE_MILVUS, reason="pip install 'zhrag[milvus]'")
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_milvus_index_types_find_the_exact_neighbours(tmp_path: Path, kind: str) -> None:
+    """``--index-type flat`` is exact; ``hnsw`` (with its search depth) finds the exact top 10 on 500 vectors."""
+    rows = normalize_rows(np.random.default_rng(1).normal(size=(500, DIM)))
+    store = create_store("milvus", DIM, uri=str(tmp_path / "m.db"), collection="kinds", kind=kind)
+    reference = create_store("numpy", DIM)
+    for target in (store, reference):
+        target.add(np.arange(500, dtype=np.int64), rows)
+    got, want = store.search(rows[:20], 10)[1], reference.search(rows[:20], 10)[1]
+    overlap = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist(), strict=True)])
+    assert overlap == 1.0 if kind == "flat" else overlap >= 0.95
+    assert store.describe()["kind"] == kind
