@@ -17,6 +17,7 @@ from retrieval.embedders import Embedder, create_embedder
 from retrieval.embedders.cache import CachedEmbedder
 from retrieval.embedders.microbatch import MicroBatcher, QueryCache
 from retrieval.index import Index, check_embedder, current_version, read_manifest
+from retrieval.prompts import domain_of
 from retrieval.rerankers import create_reranker
 from retrieval.rewriter import CachedRewriter, LLMQueryRewriter
 from retrieval.searcher import Reranker, Searcher, SearchOptions
@@ -28,6 +29,7 @@ __all__ = [
     "embedder_for_index",
     "build_services",
     "build_analyzer",
+    "query_synonyms",
     "build_dialogue",
     "serving_embedder",
     "build_searcher",
@@ -132,10 +134,27 @@ def ingest_limits(settings: Settings) -> FileLimits:
 
 
 def build_analyzer(settings: Settings, manifest: dict[str, Any] | None = None) -> Analyzer:
-    """The BM25 analyzer; an index's own user dictionaries come from its manifest."""
+    """The BM25 analyzer; an index's own user dictionaries and query synonyms come from its manifest."""
     dicts = [Path(p) for p in (manifest or {}).get("analyzer", {}).get("user_dicts", [])]
     dicts += [p for p in settings.user_dicts if p not in dicts]
-    return Analyzer(user_dicts=dicts)
+    return Analyzer(user_dicts=dicts, synonyms=query_synonyms(settings, manifest))
+
+
+def query_synonyms(settings: Settings, manifest: dict[str, Any] | None = None) -> str:
+    """Which query synonyms an index uses: the setting when it names a set or file; else what the index
+    recorded; else by domain — the legal list for legal indexes only (on the medical sets it cost 1–3%
+    nDCG@10 in BM25 mode: toyhom 0.255 → 0.248, kuake 0.587 → 0.579). An index older than the record gets
+    its domain from its query instruction."""
+    if settings.query_synonyms != "auto":
+        return settings.query_synonyms
+    if manifest is None:
+        domain: str | None = settings.domain if settings.instruction is None else domain_of(settings.instruction)
+    else:
+        recorded = manifest.get("analyzer", {}).get("synonyms")
+        if recorded and recorded != "custom":  # a set's name or the user's file
+            return recorded
+        domain = domain_of(manifest.get("instruction")) if manifest.get("instruction") else "legal"
+    return "legal" if domain in ("legal", None) else "none"
 
 
 def _wrap_cache(embedder: Embedder, settings: Settings) -> Embedder:

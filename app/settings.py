@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     faiss_threads: int = Field(1, description="FAISS threads when searching (one query at a time: 1 avoids spinning)")
     # Lexical leg
     user_dicts: list[Path] = Field(default_factory=list, description="Extra jieba user dictionaries")
+    query_synonyms: str = Field(
+        "auto",
+        description="Query synonyms for BM25: auto (the legal list for a legal index, none otherwise), legal, none, "
+        "or a file of colloquial<TAB>terms lines",
+    )
     # Search
     top_k: int = 5
     candidates: int = DEFAULT_CANDIDATES

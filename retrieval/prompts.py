@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["Domain", "INSTRUCTIONS", "DEFAULT_DOMAIN", "resolve_instruction", "format_query"]
+__all__ = ["Domain", "INSTRUCTIONS", "DEFAULT_DOMAIN", "resolve_instruction", "domain_of", "format_query"]
 
 Domain = Literal["legal", "medical", "general"]
 DEFAULT_DOMAIN: Domain = "legal"
@@ -30,6 +30,11 @@ def resolve_instruction(instruction: str | None = None, domain: str | None = Non
     if domain not in INSTRUCTIONS:
         raise ValueError(f"unknown domain {domain!r}; choose one of {sorted(INSTRUCTIONS)}")
     return INSTRUCTIONS[domain]
+
+
+def domain_of(instruction: str | None) -> str | None:
+    """The domain whose default instruction this is (``None`` for a custom or missing one)."""
+    return next((domain for domain, text in INSTRUCTIONS.items() if text == instruction), None)
 
 
 def query_prompt(instruction: str) -> str:

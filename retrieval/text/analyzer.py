@@ -16,7 +16,15 @@ from pathlib import Path
 
 from retrieval.text.normalize import normalize_text, to_simplified
 
-__all__ = ["Analyzer", "default_analyzer", "load_stopwords", "load_synonyms", "BUNDLED_USER_DICTS"]
+__all__ = [
+    "Analyzer",
+    "default_analyzer",
+    "load_stopwords",
+    "load_synonyms",
+    "synonym_set",
+    "BUNDLED_USER_DICTS",
+    "SYNONYM_SETS",
+]
 
 BUNDLED_USER_DICTS = ("legal_dict.txt", "medical_dict.txt")
 _STOPWORDS_FILE = "stopwords.txt"
@@ -43,6 +51,26 @@ def load_synonyms(path: Path | None = None) -> dict[str, list[str]]:
     return out
 
 
+SYNONYM_SETS = ("legal", "none")
+"""Named query synonym sets: ``legal`` (the bundled colloquial -> statutory list) and ``none``."""
+
+
+def synonym_set(name: str) -> dict[str, list[str]]:
+    """The query synonyms called ``name``: one of :data:`SYNONYM_SETS`, or a file of ``colloquial<TAB>terms``.
+
+    Raises:
+        FileNotFoundError: ``name`` is neither a set nor an existing file.
+    """
+    if name == "legal":
+        return load_synonyms()
+    if name == "none":
+        return {}
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"query synonyms {name!r}: not one of {SYNONYM_SETS} and no such file")
+    return load_synonyms(path)
+
+
 def load_stopwords(path: Path | None = None) -> frozenset[str]:
     """Read a stopword list (one word a line, ``#`` comments); the bundled one by default."""
     path = path or _resource(_STOPWORDS_FILE)
@@ -61,7 +89,8 @@ class Analyzer:
         search_mode: Use ``cut_for_search`` (long words plus their sub-words) instead of ``cut``.
         bigrams: Also index overlapping CJK character bigrams (robust to segmentation differences
             between colloquial questions and statute text).
-        synonyms: Colloquial -> statutory expansions for queries; ``None`` uses the bundled list.
+        synonyms: Colloquial -> statutory expansions for queries: a set's name or file (see
+            :func:`synonym_set`), a mapping, or ``None`` for the bundled legal list.
     """
 
     def __init__(
@@ -71,7 +100,7 @@ class Analyzer:
         bundled_dicts: bool = True,
         search_mode: bool = True,
         bigrams: bool = True,
-        synonyms: dict[str, list[str]] | None = None,
+        synonyms: dict[str, list[str]] | str | None = None,
     ) -> None:
         import jieba
 
@@ -91,7 +120,11 @@ class Analyzer:
         self._cut_block = lru_cache(maxsize=BLOCK_CACHE_SIZE)(self._cut_block_uncached)
         self.search_mode = search_mode
         self.bigrams = bigrams
-        self.synonyms = load_synonyms() if synonyms is None else synonyms
+        if isinstance(synonyms, str) or synonyms is None:
+            self.synonyms_source = synonyms or "legal"
+            self.synonyms = synonym_set(self.synonyms_source)
+        else:
+            self.synonyms_source, self.synonyms = "custom", synonyms
         self.user_dicts = [str(p) for p in user_dicts]
 
     def __reduce__(self) -> tuple[type[Analyzer], tuple[object, ...]]:
@@ -153,6 +186,7 @@ class Analyzer:
             "user_dicts": self.user_dicts,
             "stopwords": len(self.stopwords),
             "simplified": True,
+            "synonyms": self.synonyms_source,
         }
 
 

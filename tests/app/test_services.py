@@ -1,0 +1,45 @@
+"""Which query synonyms an index searches with: by domain, recorded in the manifest, or as configured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.services import build_analyzer, query_synonyms
+from app.settings import Settings
+from retrieval.prompts import INSTRUCTIONS
+
+
+def _manifest(instruction: str | None = None, synonyms: str | None = None) -> dict:
+    analyzer = {"tokenizer": "jieba-search"} | ({"synonyms": synonyms} if synonyms else {})
+    return {"instruction": instruction, "analyzer": analyzer}
+
+
+def test_a_new_index_takes_its_domains_synonyms() -> None:
+    assert query_synonyms(Settings(domain="legal")) == "legal"
+    assert query_synonyms(Settings(domain="medical")) == "none"
+    assert query_synonyms(Settings(domain="general")) == "none"
+    assert query_synonyms(Settings(instruction="Given a contract clause, retrieve similar clauses")) == "legal"
+
+
+def test_an_index_keeps_what_it_recorded_and_old_indexes_go_by_their_instruction() -> None:
+    serving = Settings()  # domain legal by default: a served medical index must not inherit it
+    assert query_synonyms(serving, _manifest(INSTRUCTIONS["medical"], synonyms="none")) == "none"
+    assert query_synonyms(serving, _manifest(INSTRUCTIONS["medical"])) == "none"  # older manifest: no record
+    assert query_synonyms(serving, _manifest(INSTRUCTIONS["legal"])) == "legal"
+    assert query_synonyms(Settings(query_synonyms="legal"), _manifest(INSTRUCTIONS["medical"], "none")) == "legal"
+
+
+def test_the_analyzer_expands_colloquial_words_only_with_legal_synonyms(tmp_path: Path) -> None:
+    question = "我老公欠钱不还怎么办"
+    legal = build_analyzer(Settings(domain="legal"))
+    medical = build_analyzer(Settings(domain="medical"))
+    assert "配偶" in legal.query_tokens(question) and "配偶" not in medical.query_tokens(question)
+    assert legal.config()["synonyms"] == "legal" and medical.config()["synonyms"] == "none"
+    own = tmp_path / "synonyms.tsv"
+    own.write_text("拉肚子\t腹泻\n", encoding="utf-8")
+    mine = build_analyzer(Settings(query_synonyms=str(own)))
+    assert "腹泻" in mine.query_tokens("孩子拉肚子") and mine.config()["synonyms"] == str(own)
+    with pytest.raises(FileNotFoundError, match="no-such-list"):
+        build_analyzer(Settings(query_synonyms="no-such-list"))
