@@ -162,3 +162,38 @@ def test_a_swapped_out_version_is_released_after_its_last_request(client: TestCl
     with pytest.raises(sqlite3.ProgrammingError):
         fresh.index.docs.count()
     assert len(_bm25(client, "医师的义务")) == 3  # the newest version serves
+
+
+def test_documents_api_on_a_milvus_index_updates_both_legs(sample_index: Path, tmp_path: Path) -> None:
+    """POST/DELETE /documents on an index whose vectors and BM25 leg live in Milvus Lite: each change is a new
+    generation served at once, and the swapped-out versions release their collections."""
+    pytest.importorskip("milvus_lite")
+    import pymilvus
+
+    from retrieval.index import migrate_store
+
+    index = tmp_path / "index"
+    shutil.copytree(sample_index, index)
+    uri = tmp_path / "m.db"
+    migrate_store(index, {"backend": "milvus", "uri": str(uri), "collection": "docs", "kind": "flat"})
+    settings = Settings(index=index, api_keys=USER, admin_keys=ADMIN, reload_interval=0)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN}"}) as client:
+        doc = {"id": "rare-1", "text": "罕见病患者的用药保障：国家建立罕见病药品目录。", "title": "罕见病用药"}
+        assert client.post("/documents", json=doc).status_code == 200
+        bm25 = client.post("/search", json={"query": "罕见病药品目录", "mode": "bm25", "top_k": 3}).json()
+        assert bm25["results"][0]["doc_id"] == "rare-1"  # the new chunk is in Milvus' BM25 collection
+        dense = client.post("/search", json={"query": "罕见病药品目录", "mode": "dense", "top_k": 3}).json()
+        assert len(dense["results"]) == 3  # the tiny model ranks nothing meaningfully; the leg answers
+        served = client.app.state.services.index
+        assert served.bm25.count() == served.docs.count() == served.store.count()
+        assert client.delete("/documents/rare-1").status_code == 200
+        hits = client.post("/search", json={"query": "罕见病药品目录", "mode": "bm25", "top_k": 3}).json()["results"]
+        assert all(h["doc_id"] != "rare-1" for h in hits)
+        live = client.app.state.services.index.store
+        kept = {live.collection, live.bm25_collection}
+    milvus = pymilvus.MilvusClient(str(uri))
+    try:  # the live version's two collections and the previous version's (kept for running readers)
+        names = set(milvus.list_collections())
+    finally:
+        milvus.close()
+    assert kept <= names and len(names) == 4
