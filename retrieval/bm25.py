@@ -26,6 +26,9 @@ def _quiet_bm25s() -> None:
 class LexicalIndex(Protocol):
     """The searcher's BM25 leg: local (:class:`BM25Index`) or inside a store (Milvus)."""
 
+    location: str
+    """Where it runs: ``local`` or the store's name."""
+
     def count(self) -> int:
         """Number of indexed chunks."""
         ...
@@ -51,6 +54,8 @@ DEFAULT_B = 0.75
 
 class BM25Index:
     """bm25s over pre-tokenised chunks; position ``i`` in bm25s is row id ``rids[i]``."""
+
+    location = "local"
 
     def __init__(self, retriever: object, rids: np.ndarray, k1: float, b: float) -> None:
         self._retriever = retriever

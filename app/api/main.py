@@ -133,6 +133,8 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
                 "model_loaded": services.embedder is not None,
                 "reranker": services.reranker.name if services.reranker else None,
                 "chunks": manifest.get("counts", {}).get("chunks", 0),
+                "store": manifest["store"]["backend"],
+                "bm25": getattr(services.index.bm25, "location", None),
             }
         )
 

@@ -88,6 +88,8 @@ class MilvusBM25:
             dense leg, see :meth:`retrieval.stores.milvus.MilvusStore.search`).
     """
 
+    location = "milvus"
+
     def __init__(
         self,
         client: MilvusClient,

@@ -186,6 +186,8 @@ def test_documents_api_on_a_milvus_index_updates_both_legs(sample_index: Path, t
         assert len(dense["results"]) == 3  # the tiny model ranks nothing meaningfully; the leg answers
         served = client.app.state.services.index
         assert served.bm25.count() == served.docs.count() == served.store.count()
+        ready = client.get("/ready").json()
+        assert ready["store"] == "milvus" and ready["bm25"] == "milvus"
         assert client.delete("/documents/rare-1").status_code == 200
         hits = client.post("/search", json={"query": "罕见病药品目录", "mode": "bm25", "top_k": 3}).json()["results"]
         assert all(h["doc_id"] != "rare-1" for h in hits)
