@@ -138,8 +138,9 @@ def search_in_parts(
     ids among its results (kept when every query found them, or saw every row that matches at all), else
     in parts of ``_MAX_FILTER_IDS`` ids whose top-``k`` lists are merged by score. Both are exact.
     """
+    limit = min(k, _MAX_TOPK)  # Milvus refuses deeper searches; the slots beyond stay empty
     if allowed is None:
-        return _collect(search(k, "", *args), n_queries, k)
+        return _collect(search(limit, "", *args), n_queries, k)
     allowed = np.asarray(allowed, dtype=np.int64)
     if len(allowed) == 0:
         return np.full((n_queries, k), -np.inf, dtype=np.float32), np.full((n_queries, k), MISSING_ID, dtype=np.int64)
@@ -151,7 +152,8 @@ def search_in_parts(
                 return found
     parts = [allowed[i : i + _MAX_FILTER_IDS] for i in range(0, len(allowed), _MAX_FILTER_IDS)]
     found_parts = [
-        _collect(search(k, f"{_ID} in [{','.join(map(str, part.tolist()))}]", *args), n_queries, k) for part in parts
+        _collect(search(limit, f"{_ID} in [{','.join(map(str, part.tolist()))}]", *args), n_queries, k)
+        for part in parts
     ]
     if len(found_parts) == 1:
         return found_parts[0]

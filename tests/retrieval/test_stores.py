@@ -188,3 +188,10 @@ def test_milvus_index_types_find_the_exact_neighbours(tmp_path: Path, kind: str)
     overlap = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist(), strict=True)])
     assert overlap == 1.0 if kind == "flat" else overlap >= 0.95
     assert store.describe()["kind"] == kind
+    # Deeper than a Milvus server allows (16,384; Milvus Lite does not check): asked within it, the rest empty.
+    limits: list[int] = []
+    search = store._search
+    store._search = lambda k, expr, q: limits.append(k) or search(k, expr, q)
+    deep = store.search(rows[:1], 20000)[1]
+    assert limits == [16384] and deep.shape == (1, 20000)
+    assert (deep[0, :500] >= 0).all() and (deep[0, 500:] == MISSING_ID).all()
