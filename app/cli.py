@@ -641,12 +641,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """``zhrag migrate``."""
+    from tqdm.auto import tqdm
+
     from retrieval.index import migrate_store, read_manifest
 
     settings = _settings(args)
     store = _store_options(args, settings)
-    before = read_manifest(settings.index)["store"]
-    version = migrate_store(settings.index, store)
+    manifest = read_manifest(settings.index)
+    before, total = manifest["store"], manifest.get("counts", {}).get("chunks")
+    # disable=None: a bar on a terminal, nothing in logs and pipes
+    with tqdm(total=total, desc="migrate", unit="vector", disable=None, dynamic_ncols=True) as bar:
+        version = migrate_store(settings.index, store, on_moved=bar.update)
     chunks = read_manifest(settings.index).get("counts", {}).get("chunks", 0)
     print(f"moved {chunks} vectors from {before['backend']} to {store['backend']}; version {version}", file=sys.stderr)
     return EXIT_OK

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -458,13 +458,14 @@ class IndexWriter:
             shutil.rmtree(version, ignore_errors=True)
 
 
-def migrate_store(root: Path | str, store: dict[str, Any]) -> str:
+def migrate_store(root: Path | str, store: dict[str, Any], on_moved: Callable[[int], None] | None = None) -> str:
     """Move an index's vectors into another store (e.g. FAISS -> Milvus) without re-embedding them and
     publish the result as a new version; returns its name. The previous version serves until then.
 
     Args:
         root: The index.
         store: The new store's manifest entry, e.g. ``{"backend": "milvus", "uri": ..., "collection": ...}``.
+        on_moved: Called with the number of vectors of each batch moved (a progress bar).
     """
     manifest = read_manifest(root)
     conf = dict(store)
@@ -474,6 +475,8 @@ def migrate_store(root: Path | str, store: dict[str, Any]) -> str:
         for ids, vectors in writer.store.items():
             target.add(ids, vectors)
             moved += len(ids)
+            if on_moved is not None:
+                on_moved(len(ids))
         if moved != writer.docs_count():
             raise ZhragIndexError(f"moved {moved} vectors but the index holds {writer.docs_count()} chunks")
         writer.replace_store(target, store)

@@ -5,7 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.index import Index, IndexMismatchError, IndexNotFoundError, IndexWriter, read_manifest
+from retrieval.index import (
+    Index,
+    IndexMismatchError,
+    IndexNotFoundError,
+    IndexWriter,
+    migrate_store,
+    read_manifest,
+)
 from retrieval.metadata_filter import MetadataFilter
 from retrieval.types import Chunk
 
@@ -90,3 +97,17 @@ def test_model_mismatch_is_an_error(tmp_path: Path) -> None:
 def test_missing_index(tmp_path: Path) -> None:
     with pytest.raises(IndexNotFoundError, match="zhrag ingest"):
         read_manifest(tmp_path / "none")
+
+
+def test_migrate_moves_every_vector_and_reports_progress(tmp_path: Path) -> None:
+    _write(tmp_path, "医师法", [f"医师 义务 {i}" for i in range(30)])
+    before = Index(tmp_path)
+    ids, rows = (np.concatenate(parts) for parts in zip(*before.store.items(), strict=True))
+    vectors = dict(zip(ids.tolist(), rows, strict=True))
+    moved: list[int] = []
+    migrate_store(tmp_path, {"backend": "numpy"}, on_moved=moved.append)
+    after = Index(tmp_path)
+    assert after.manifest["store"]["backend"] == "numpy" and sum(moved) == 30 and after.store.count() == 30
+    for ids, rows in after.store.items():
+        for rid, row in zip(ids.tolist(), rows, strict=True):
+            np.testing.assert_array_equal(row, vectors[rid])  # the same vectors, not re-embedded
