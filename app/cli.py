@@ -44,6 +44,26 @@ def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
     return Settings().model_copy(update=overrides)
 
 
+def _store_flags(p: argparse.ArgumentParser) -> None:
+    """The options :func:`_store_options` reads (``ingest`` of a new index, ``migrate``)."""
+    g = p.add_argument_group("vector store")
+    g.add_argument(
+        "--index-type",
+        choices=list(FAISS_INDEX_TYPES),
+        default=None,
+        help="FAISS auto = exact below 200k chunks, HNSW above; Milvus (auto, flat, hnsw) auto = AUTOINDEX, "
+        "flat = exact",
+    )
+    g.add_argument("--milvus-uri", help="Milvus server (http://…) or Milvus Lite file (ZHRAG_MILVUS_URI)")
+    g.add_argument("--milvus-collection", help="Collection name (default: from the index directory)")
+    g.add_argument(
+        "--milvus-bm25",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Keep the BM25 leg in Milvus too (default; ZHRAG_MILVUS_BM25); --no-milvus-bm25 keeps a local file",
+    )
+
+
 def _embedder_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("embedding model")
     g.add_argument("--model", help="Hub id, modelscope:ORG/NAME or local dir (default Qwen/Qwen3-Embedding-0.6B)")
@@ -100,32 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--store", choices=["faiss", "numpy", "milvus"], default=None, help="Vector store of a new index (ZHRAG_STORE)"
     )
-    p.add_argument(
-        "--index-type",
-        choices=list(FAISS_INDEX_TYPES),
-        default=None,
-        help="Vector index of a new index: FAISS auto = exact below 200k chunks, HNSW above; Milvus auto = "
-        "AUTOINDEX, flat = exact",
-    )
     p.add_argument("--workers", type=int, help="Processes for loading, chunking and tokenising (default: the cores)")
     p.add_argument("--devices", help="One model replica per device, e.g. cuda:0,cuda:1")
     p.add_argument("--max-batch-tokens", type=int, help="Padded tokens per embedding batch (default by device)")
-    p.add_argument(
-        "--milvus-uri",
-        default=None,
-        help="Milvus server (http://…) or Milvus Lite file (ZHRAG_MILVUS_URI; --store milvus)",
-    )
-    p.add_argument("--milvus-collection", default=None, help="Collection name (default: from the index directory)")
-    p.add_argument(
-        "--milvus-bm25",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Keep the BM25 leg in Milvus too (default; ZHRAG_MILVUS_BM25); --no-milvus-bm25 keeps a local file",
-    )
     p.add_argument("--user-dict", type=Path, action="append", default=[], help="Extra jieba dictionary for BM25")
     p.add_argument("--prune", action="store_true", help="Remove indexed documents not found under PATH... any more")
     p.add_argument("--json", action="store_true", help="Print the summary as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="No progress bar")
+    _store_flags(p)
     _embedder_flags(p)
 
     p = sub.add_parser("search", help="Search an index")
@@ -227,20 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="Move an index's vectors to another store without re-embedding them")
     p.add_argument("--index", type=Path, help=INDEX_HELP)
     p.add_argument("--to", dest="store", choices=["faiss", "numpy", "milvus"], required=True)
-    p.add_argument(
-        "--index-type",
-        choices=list(FAISS_INDEX_TYPES),
-        default=None,
-        help="Vector index (faiss; milvus: auto/flat/hnsw)",
-    )
-    p.add_argument("--milvus-uri", default=None, help="Milvus server (http://…) or Milvus Lite file (ZHRAG_MILVUS_URI)")
-    p.add_argument("--milvus-collection", default=None, help="Collection name (default: from the index directory)")
-    p.add_argument(
-        "--milvus-bm25",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Keep the BM25 leg in Milvus too (default; ZHRAG_MILVUS_BM25); --no-milvus-bm25 keeps a local file",
-    )
+    _store_flags(p)
 
     p = sub.add_parser("citations", help="Check the statute citations in a text against an index")
     p.add_argument("text", help="The text (e.g. an LLM's answer); - reads standard input")
