@@ -20,7 +20,7 @@ import os
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +28,10 @@ import numpy as np
 from pymilvus import MilvusClient
 
 from retrieval.stores import MILVUS_INDEX_TYPES
-from retrieval.stores.base import MISSING_ID, StoreError, check_vectors
+from retrieval.stores.base import StoreError, check_vectors
 from retrieval.stores.milvus_bm25 import BM25_SUFFIX, MilvusBM25, write_bm25_collection
+from retrieval.stores.milvus_search import ID_FIELD as _ID
+from retrieval.stores.milvus_search import search_in_parts
 
 if TYPE_CHECKING:
     from retrieval.bm25 import BM25Index
@@ -42,7 +44,6 @@ __all__ = [
     "GENERATION_SEPARATOR",
     "TOKEN_ENV",
     "referenced_generations",
-    "search_in_parts",
 ]
 
 MILVUS_FILE = "milvus.json"
@@ -50,11 +51,9 @@ DEFAULT_URI = "http://localhost:19530"
 DEFAULT_COLLECTION = "zhrag"
 GENERATION_SEPARATOR = "__g"
 TOKEN_ENV = "ZHRAG_MILVUS_TOKEN"
-_ID, _VECTOR = "id", "vector"
+_VECTOR = "vector"
 _INSERT_BATCH = 1000
 _COPY_BATCH = 1000
-_MAX_FILTER_IDS = 16384
-_MAX_TOPK = 16384  # Milvus' largest search limit
 # zhrag's ``--index-type`` names (MILVUS_INDEX_TYPES): ``auto`` lets Milvus choose (HNSW in Milvus Lite, so
 # approximate), ``flat`` searches exactly (FAISS flat's results), ``hnsw`` builds HNSW with fixed parameters.
 _MILVUS_INDEX = {"auto": "AUTOINDEX", "flat": "FLAT", "hnsw": "HNSW"}
@@ -123,72 +122,6 @@ def referenced_generations(version_dirs: Iterable[Path]) -> set[str]:
             if conf.get("bm25_collection"):
                 names.add(conf["bm25_collection"])
     return names
-
-
-Search = Callable[..., list[list[dict[str, Any]]]]
-
-
-def search_in_parts(
-    search: Search, n_queries: int, k: int, allowed: np.ndarray | None, *args: Any, total: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, ids) per query from ``search(limit, expr, *args)``; ``allowed`` restricts the ids.
-
-    Milvus takes a bounded expression. A filter longer than ``_MAX_FILTER_IDS`` ids is answered, when the
-    collection's ``total`` rows make it cheap, by one unfiltered search deep enough to expect ``k`` admitted
-    ids among its results (kept when every query found them, or saw every row that matches at all), else
-    in parts of ``_MAX_FILTER_IDS`` ids whose top-``k`` lists are merged by score. Both are exact.
-    """
-    limit = min(k, _MAX_TOPK)  # Milvus refuses deeper searches; the slots beyond stay empty
-    if allowed is None:
-        return _collect(search(limit, "", *args), n_queries, k)
-    allowed = np.asarray(allowed, dtype=np.int64)
-    if len(allowed) == 0:
-        return np.full((n_queries, k), -np.inf, dtype=np.float32), np.full((n_queries, k), MISSING_ID, dtype=np.int64)
-    if len(allowed) > _MAX_FILTER_IDS and total:
-        depth = min(total, 2 * k * total // len(allowed) + k)
-        if depth <= _MAX_TOPK:
-            found = _admitted(*_collect(search(depth, "", *args), n_queries, depth), allowed, k, depth >= total)
-            if found is not None:
-                return found
-    parts = [allowed[i : i + _MAX_FILTER_IDS] for i in range(0, len(allowed), _MAX_FILTER_IDS)]
-    found_parts = [
-        _collect(search(limit, f"{_ID} in [{','.join(map(str, part.tolist()))}]", *args), n_queries, k)
-        for part in parts
-    ]
-    if len(found_parts) == 1:
-        return found_parts[0]
-    scores = np.concatenate([s for s, _ in found_parts], axis=1)
-    ids = np.concatenate([i for _, i in found_parts], axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
-
-
-def _admitted(
-    scores: np.ndarray, ids: np.ndarray, allowed: np.ndarray, k: int, every_row: bool
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The first ``k`` admitted results of each row of a deeper unfiltered search; ``None`` when a row has
-    fewer than ``k`` admitted ones but more results may exist beyond the depth searched (``every_row``: the
-    search was as deep as the collection)."""
-    admitted = np.isin(ids, allowed)
-    exhausted = (ids == MISSING_ID).any(axis=1) | every_row  # it returned everything that matches
-    if not ((admitted.sum(axis=1) >= k) | exhausted).all():
-        return None
-    out_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
-    out_ids = np.full((len(ids), k), MISSING_ID, dtype=np.int64)
-    for row in range(len(ids)):
-        keep = np.flatnonzero(admitted[row])[:k]
-        out_scores[row, : len(keep)], out_ids[row, : len(keep)] = scores[row, keep], ids[row, keep]
-    return out_scores, out_ids
-
-
-def _collect(results: list[list[dict[str, Any]]], n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
-    ids = np.full((n_queries, k), MISSING_ID, dtype=np.int64)
-    for row, hits in enumerate(results):
-        for col, hit in enumerate(hits[:k]):
-            scores[row, col] = hit["distance"]
-            ids[row, col] = hit[_ID] if _ID in hit else hit["entity"][_ID]
-    return scores, ids
 
 
 class MilvusStore:
@@ -280,7 +213,7 @@ class MilvusStore:
             return None
         if not self._client.has_collection(self.bm25_collection):
             raise StoreError(f"Milvus collection {self.bm25_collection!r} at {self.uri} is gone")
-        return MilvusBM25(self._client, self.bm25_collection, search_in_parts)
+        return MilvusBM25(self._client, self.bm25_collection)
 
     def close(self) -> None:
         """Release the connection; the last store of a Milvus Lite file in this process stops its server,
@@ -342,8 +275,7 @@ class MilvusStore:
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product; ``allowed`` becomes ``id in [...]`` filters inside Milvus."""
         queries = check_vectors(queries, self.dim)
-        total = self._total() if allowed is not None and len(allowed) > _MAX_FILTER_IDS else 0
-        return search_in_parts(self._search, len(queries), k, allowed, queries, total=total)
+        return search_in_parts(self._search, len(queries), k, allowed, queries, rows=self._total)
 
     def _total(self) -> int:
         if self._rows is None:

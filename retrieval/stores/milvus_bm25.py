@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from retrieval.stores.milvus_search import ID_FIELD as _ID
+from retrieval.stores.milvus_search import search_in_parts
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["MilvusBM25", "term_dimension", "write_bm25_collection", "BM25_SUFFIX"]
 
 BM25_SUFFIX = "__bm25"
-_ID, _SPARSE = "id", "bm25"
+_SPARSE = "bm25"
 _INSERT_BATCH = 1000
 _TIE_MARGIN = 16
 _MAX_DIMENSION = 2**32 - 1  # reserved by Milvus' sparse protocol
@@ -84,19 +87,12 @@ class MilvusBM25:
     Args:
         client: An open client of the Milvus holding the collection.
         collection: The collection's name.
-        search_parts: Runs one search per bounded ``id in [...]`` filter and merges them (shared with the
-            dense leg, see :meth:`retrieval.stores.milvus.MilvusStore.search`).
     """
 
     location = "milvus"
 
-    def __init__(
-        self,
-        client: MilvusClient,
-        collection: str,
-        search_parts: Callable[..., tuple[np.ndarray, np.ndarray]],
-    ) -> None:
-        self._client, self.collection, self._search_parts = client, collection, search_parts
+    def __init__(self, client: MilvusClient, collection: str) -> None:
+        self._client, self.collection = client, collection
         self._client.load_collection(collection)
         self._rows: int | None = None  # a published BM25 collection never changes
 
@@ -122,8 +118,7 @@ class MilvusBM25:
         if not query or k <= 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         # A few more than k, then ties to the lower row id, as the local leg orders them.
-        total = self.count() if allowed is not None else 0
-        scores, rids = self._search_parts(self._search_one, 1, k + _TIE_MARGIN, allowed, query, total=total)
+        scores, rids = search_in_parts(self._search_one, 1, k + _TIE_MARGIN, allowed, query, rows=self.count)
         keep = (rids[0] >= 0) & (scores[0] > 0)
         scores, rids = scores[0][keep], rids[0][keep]
         order = np.lexsort((rids, -scores))[:k]

@@ -188,7 +188,7 @@ def test_bm25_leg_in_milvus_scores_like_the_local_leg(tmp_path: Path, tiny_embed
     assert len(r2) == 8 and r1.tolist() == r2.tolist() and set(r1.tolist()) <= set(allowed.tolist())
     np.testing.assert_allclose(s1, s2, rtol=1e-5)
     assert remote.bm25.search(["从未出现过的词"], 5)[1].size == 0
-    import retrieval.stores.milvus as milvus
+    import retrieval.stores.milvus_search as milvus
 
     for wide in (50, 10):  # a filter longer than one expression: one deeper search, or parts of 10 ids
         monkeypatch.setattr(milvus, "_MAX_FILTER_IDS", wide)

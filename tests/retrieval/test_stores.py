@@ -133,7 +133,7 @@ def test_milvus_filters_longer_than_one_expression_are_searched_in_parts(
 ) -> None:
     """A filter admitting more ids than one Milvus expression holds: answered exactly by one deeper unfiltered
     search when that is cheap, else by expressions in parts merged by score."""
-    import retrieval.stores.milvus as milvus
+    import retrieval.stores.milvus_search as milvus
 
     monkeypatch.setattr(milvus, "_MAX_FILTER_IDS", 7)
     if not deep_search:
