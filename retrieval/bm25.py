@@ -126,10 +126,15 @@ class BM25Index:
         if allowed is not None:
             scores *= np.isin(self.rids, allowed)
         k = min(k, len(scores))
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        tied_or_better = np.flatnonzero(scores >= max(kth, np.float32(1e-30)))
-        # Ties go to the lower row id, so every backend of this leg (Milvus too) returns the same list.
-        top = tied_or_better[np.lexsort((tied_or_better, -scores[tied_or_better]))][:k]
+        top = np.argpartition(-scores, k - 1)[:k]
+        kth = scores[top].min()
+        # Ties go to the lower row id, so every backend of this leg (Milvus too) returns the same list: all
+        # chunks tied with the k-th are candidates, not just those argpartition happened to pick.
+        if kth > 0:
+            top = np.concatenate([top[scores[top] > kth], np.flatnonzero(scores == kth)])
+        else:
+            top = top[scores[top] > 0]
+        top = top[np.lexsort((top, -scores[top]))][:k]
         return scores[top], self.rids[top]
 
     def save(self, path: Path) -> None:
