@@ -196,6 +196,14 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="file", desc="ingest", disable=not enabled, dynamic_ncols=True)
 
 
+def _embed_progress(enabled: bool):
+    """Chunks through the model, out of those handed to it so far (the total grows shard by shard): one big
+    JSONL corpus is one file, so the file bar alone would sit still while all its chunks are embedded."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=0, unit="chunk", desc="embed", disable=not enabled, dynamic_ncols=True, position=1)
+
+
 def ingest(
     paths: Iterable[Path | str],
     index_dir: Path | str,
@@ -266,14 +274,16 @@ def ingest(
     }
     replicas = _replicas(embedder, options.devices)
     summary.devices = [str(getattr(r, "device", "remote")) for r in replicas]
-    embedded = [0]  # chunks through the model so far (updated by the device threads)
+    embedded_lock = threading.Lock()
 
-    def on_embedded(chunks: int) -> None:
-        embedded[0] += chunks
+    def on_embedded(chunks: int) -> None:  # from the device threads
+        with embedded_lock:
+            embed_bar.update(chunks)
 
     with (
         IndexWriter(index_dir, embedder.describe(), store=store, settings=manifest_extra) as writer,
         _progress(len(tasks), progress) as bar,
+        _embed_progress(progress) as embed_bar,
         EmbedStage(embedder, replicas, options.max_batch_tokens, on_progress=on_embedded) as stage,
     ):
         context = StageContext(
@@ -301,7 +311,12 @@ def ingest(
 
         def rotate(full: _Shard | None) -> None:
             nonlocal inflight
-            submitted = (full, stage.submit(full.input_ids(), full.texts())) if full and full.docs else None
+            submitted = None
+            if full and full.docs:
+                with embedded_lock:
+                    embed_bar.total += full.chunks
+                    embed_bar.refresh()
+                submitted = (full, stage.submit(full.input_ids(), full.texts()))
             write(inflight)  # the device works on the new shard while the previous one is written
             inflight = submitted
 
@@ -309,7 +324,6 @@ def ingest(
             for result in results:
                 if options.cancel is not None and options.cancel.is_set():
                     raise KeyboardInterrupt
-                bar.set_postfix(embedded=embedded[0], refresh=False)
                 bar.update(1)
                 if result.error is not None:
                     skip(str(result.task.path), result.error)

@@ -115,3 +115,19 @@ def test_an_embedding_cache_keeps_chunk_sizes_in_model_tokens(tmp_path: Path, ti
     texts = [[c.text for c in Index(tmp_path / d).docs.document_chunks("医师法.md")] for d in "ab"]
     assert texts[0] == texts[1] and through.chunks == plain.chunks > 100 and through.tokens == plain.tokens
     assert through.padding_ratio == 0.0 and plain.padding_ratio > 0  # the cached run embeds texts, not ids
+
+
+def test_progress_counts_embedded_chunks_inside_one_file(
+    tmp_path: Path, tiny_embedder, analyzer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One JSONL corpus is one file: the bar must move with the chunks, not sit at "1/1 file" until the end.
+    corpus = tmp_path / "corpus.jsonl"
+    lines = [
+        f'{{"id": "q{i}", "text": "第{i}号问答：高血压患者长期服用降压药，头晕头疼时应当及时复诊，调整用药方案。"}}'
+        for i in range(40)
+    ]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = ingest([corpus], tmp_path / "index", tiny_embedder, analyzer, progress=True)
+    err = capsys.readouterr().err
+    assert summary.chunks >= 40
+    assert f"{summary.chunks}/{summary.chunks}" in err and "chunk" in err
