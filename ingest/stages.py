@@ -13,6 +13,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -201,6 +202,11 @@ _CONTEXT: StageContext | None = None
 def _init_worker(context: StageContext) -> None:
     global _CONTEXT
     _CONTEXT = context
+    # Stopping is the parent's job: Ctrl-C reaches the whole process group, so workers ignore SIGINT and
+    # are shut down by the parent; SIGTERM (``pkill``) ends a worker silently instead of through the
+    # parent's inherited handler, which printed a KeyboardInterrupt traceback from every worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _prepare_in_worker(task: FileTask) -> PreparedFile:

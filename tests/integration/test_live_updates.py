@@ -196,6 +196,31 @@ def test_sigterm_stops_an_ingest_like_ctrl_c(index: Path, tiny_model_dir) -> Non
     assert current_version(index) == before and not list(index.glob(".staging-*"))
 
 
+def _children(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_a_parallel_ingest_leaves_no_worker_tracebacks(index: Path, tiny_model_dir, sig) -> None:
+    """Ctrl-C (SIGINT) reaches the whole process group, ``pkill`` (SIGTERM) every process of the command:
+    the workers must go quietly and the command report one line, not a traceback per worker."""
+    before = current_version(index)
+    writer = _zhrag(
+        "ingest", str(SAMPLE_STATUTES), "--index", str(index), "--model", str(tiny_model_dir), "--workers", "2",
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(_children(writer.pid)) < 2 and writer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_children(writer.pid)) >= 2, "the ingest finished before its workers were seen"
+    os.killpg(writer.pid, sig)
+    _, err = writer.communicate(timeout=60)
+    assert writer.returncode == 1 and "interrupted" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert current_version(index) == before and not list(index.glob(".staging-*"))
+
+
 @pytest.mark.parametrize("after_s", [2.0, 4.0, 6.0])
 def test_milvus_ingest_killed_at_any_point_leaves_the_previous_generation(
     tmp_path: Path, tiny_model_dir, after_s: float
