@@ -14,6 +14,8 @@ turns of the current topic forward and stops at a topic switch: a turn that open
   equal weight; an elliptical one is not (alone it lacks its subject, and fusing it in measurably hurt),
   and in pure BM25 mode neither is (the weighted turns query already holds it at full weight; a separate
   list hurt on the tuning dialogues). An optional LLM rewriter adds its standalone question as another query.
+- A last turn that opens with a new-topic marker and stands alone (:func:`switches_topic`) is searched
+  alone: the conversation has moved on.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "user_turns",
     "is_elliptical",
     "opens_new_topic",
+    "switches_topic",
     "lexical_parts",
 ]
 
@@ -87,6 +90,12 @@ _ANAPHORA = re.compile(
 )
 
 
+# A pronoun opening a turn (after its marker); 这几天 / 这段时间 / 这次 point at the present, not the past turns.
+_LEADING_ANAPHORA = re.compile(
+    r"(?!这([几两些]天|段时间|段日子|阵子|一?次))(那|这|其|该|此|上述|前面|刚才|如果这样|要是这样|他|她|它|对方)"
+)
+
+
 def user_turns(messages: Sequence[Mapping[str, str]]) -> list[str]:
     """The non-empty user turns of an OpenAI-format conversation, in order."""
     return [m["content"].strip() for m in messages if m.get("role") == "user" and m.get("content", "").strip()]
@@ -117,6 +126,19 @@ def opens_new_topic(turn: str) -> bool:
     """Whether a turn opens with a new-topic marker (另外, 还有个事, 换个问题, 好的。…)."""
     head = turn.strip()[:MARKER_WINDOW]
     return bool(_NEW_TOPIC.search(head) or _ACKNOWLEDGEMENT.match(head))
+
+
+def switches_topic(turn: str, analyzer: Analyzer) -> bool:
+    """Whether a last turn moves to a new topic on its own: it opens with a new-topic marker (另外，/
+    换个问题，/ 对了，…) and what follows stands alone — it does not open with a pronoun (另外那个人呢？,
+    再问一下，那他…) and has more than a few content words. A pronoun later in a long question usually
+    points inside it (另外，我父亲…但他有高血压), so :func:`is_elliptical` would be too strict here."""
+    head = turn.strip()
+    opening = _NEW_TOPIC.match(head)
+    if opening is None:
+        return False
+    rest = head[opening.end() :].lstrip("，,。.：: ")
+    return not _LEADING_ANAPHORA.match(rest) and len(set(analyzer.words(rest))) > SHORT_TURN_WORDS
 
 
 def is_elliptical(turn: str, analyzer: Analyzer) -> bool:
@@ -214,6 +236,10 @@ class DialogueQueryBuilder:
             return DialogueQueries(["\n".join(t for t in everything if t)], [1.0], context_turns=turns[:-1])
         if mode == "concat-user":
             return DialogueQueries(["\n".join(turns)], [1.0], context_turns=turns[:-1])
+        if switches_topic(last, self.analyzer):
+            # The old topic's turns would only pull its documents back in.
+            return DialogueQueries([last], [1.0])
+        elliptical = is_elliptical(last, self.analyzer)
         context = self.context(turns[:-1])
         split = max(0, len(context) - VERBATIM_TURNS)
         verbatim = context[split:]
@@ -222,7 +248,6 @@ class DialogueQueryBuilder:
             k = max(1, round(OLDER_KEYWORDS * KEYWORD_DECAY**age))
             carried = [w for w in self.keywords(turn, k) if w not in carried] + carried
         contextual = " ".join([*carried, *verbatim, last])
-        elliptical = is_elliptical(last, self.analyzer)
         queries, weights = [contextual], [CONTEXT_WEIGHT]
         lexical: list[list[tuple[str, float]] | None] = [lexical_parts(messages, len(context))]
         if len(context) > 1 and search_mode != "bm25":

@@ -9,6 +9,7 @@ from retrieval.dialogue import (
     is_elliptical,
     lexical_parts,
     opens_new_topic,
+    switches_topic,
 )
 
 
@@ -171,3 +172,25 @@ def test_lexical_parts_weigh_turns_by_recency() -> None:
         ("丙", 1.0),
     ]
     assert lexical_parts(msgs, 0) == [("丙", 1.0)]
+
+
+def test_a_last_turn_that_moves_on_is_searched_alone(builder: DialogueQueryBuilder) -> None:
+    history = ("我们公司跟物流企业签了仓储合同，存放一批货物。", "货物在仓库里受潮损坏了。")
+    last = "另外，邻居家的狗把我孩子咬伤了，狗的主人要承担什么责任？"
+    for search_mode in ("hybrid", "bm25"):
+        plan = builder.build(_msgs(*history, last), search_mode=search_mode)
+        assert plan.queries == [last] and plan.context_turns == [] and not plan.lexical
+    # The same marker before an elliptical question keeps the topic: 另外 also means "the other".
+    kept = builder.build(_msgs(*history, "另外那一家仓库呢？"))
+    assert kept.context_turns == list(history) and "仓储合同" in kept.queries[0]
+
+
+def test_switches_topic(analyzer) -> None:
+    assert switches_topic("另外，交通事故造成人身伤亡的，保险公司应当怎么赔偿？", analyzer)
+    assert switches_topic("好的，还有，我妈妈住院时用的医疗器械有质量问题，厂家要不要赔偿？", analyzer)
+    # 这几天 points at the present, not at an earlier turn.
+    assert switches_topic("对了，这几天我九岁的孩子肝部有时会疼，查出大三阳，我该怎么办？", analyzer)
+    assert not switches_topic("再问一下，那他欠的钱谁来还？", analyzer)  # leans on the earlier turns
+    assert not switches_topic("换个问题，腹水。", analyzer)  # too little to stand alone
+    assert not switches_topic("我还能去找另外那一个吗？", analyzer)  # 另外 inside the turn: "the other"
+    assert not switches_topic("那这种合同什么时候成立？", analyzer)
