@@ -31,7 +31,13 @@ def _qrels(path: Path) -> dict[str, set[str]]:
 
 def test_the_sets_are_found() -> None:
     names = {p.name for p in SETS}
-    assert {"multiturn_legal_extra", "multiturn_legal_more", "multiturn_medical", "multiturn_medical_tune"} <= names
+    assert {
+        "multiturn_legal_extra",
+        "multiturn_legal_more",
+        "multiturn_medical",
+        "multiturn_medical_more",
+        "multiturn_medical_tune",
+    } <= names
 
 
 @pytest.mark.parametrize("folder", SETS, ids=lambda p: p.name)
@@ -48,10 +54,12 @@ def test_dialogues_are_well_formed_and_labelled(folder: Path) -> None:
         assert set(labelled) == set(ids), qrels.name  # every dialogue has a label, no label is stray
 
 
-def test_the_medical_tuning_set_shares_no_question_with_the_report_set() -> None:
+def test_the_medical_sets_share_no_question() -> None:
     tune = {d["source_query"] for d in _dialogues(EVAL / "multiturn_medical_tune")}
     report = {d["source_query"] for d in _dialogues(EVAL / "multiturn_medical")}
-    assert len(tune) == 60 and len(report) == 100 and not tune & report
+    more = {d["source_query"] for d in _dialogues(EVAL / "multiturn_medical_more")}
+    assert len(tune) == 60 and len(report) == len(more) == 100
+    assert not tune & report and not tune & more and not report & more
 
 
 @pytest.mark.skipif(not (SHARED / "eval").is_dir(), reason="needs ../shared (the source qrels)")
