@@ -68,7 +68,12 @@ def _embedder_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("embedding model")
     g.add_argument("--model", help="Hub id, modelscope:ORG/NAME or local dir (default Qwen/Qwen3-Embedding-0.6B)")
     g.add_argument("--embedder", choices=["sentence-transformers", "openai"], help="Local model or remote server")
-    g.add_argument("--domain", choices=["legal", "medical", "general"], help="Picks the query instruction")
+    g.add_argument(
+        "--domain",
+        choices=["legal", "medical", "general"],
+        help="What the documents are about: picks the query instruction; a new index records it (query synonyms "
+        "and multi-turn turn weights follow it)",
+    )
     g.add_argument("--instruction", help="Query instruction text (overrides --domain)")
     g.add_argument("--dim", type=int, help="Matryoshka output dimension (truncate + re-normalise)")
     g.add_argument("--max-seq-length", type=int, help="Token cap for the model input (default 1024)")
@@ -272,7 +277,7 @@ def _filters(pairs: list[str]) -> dict[str, Any]:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """``zhrag ingest``."""
-    from app.services import build_analyzer, build_embedder, ingest_limits
+    from app.services import build_analyzer, build_embedder, index_domain, ingest_limits
     from ingest.chunkers import ChunkSettings
     from ingest.pipeline import IngestOptions, ingest
     from ingest.stages import default_workers
@@ -302,6 +307,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         chunker=args.chunker,
     )
     analyzer = build_analyzer(settings, manifest)
+    recorded = (manifest or {}).get("domain")
+    if recorded and args.domain and args.domain != recorded:
+        raise CliError(f"{settings.index} is a {recorded} index; --domain {args.domain} cannot change that")
+    # An index keeps its domain; one older than the record takes an explicit --domain, else its instruction's.
+    domain = recorded or index_domain(settings, None if args.domain else manifest)
     summary = ingest(
         args.paths,
         settings.index,
@@ -318,6 +328,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             cancel=STOP,
             limits=ingest_limits(settings),
         ),
+        domain=domain,
     )
     if args.json:
         print(json.dumps(summary.to_dict(), ensure_ascii=False))

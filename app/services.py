@@ -12,7 +12,7 @@ from typing import Any
 from app.settings import Settings
 from ingest.limits import FileLimits
 from retrieval.citations import CitationIndex
-from retrieval.dialogue import DialogueQueryBuilder
+from retrieval.dialogue import DialogueQueryBuilder, turn_weights
 from retrieval.embedders import Embedder, create_embedder
 from retrieval.embedders.cache import CachedEmbedder
 from retrieval.embedders.microbatch import MicroBatcher, QueryCache
@@ -30,6 +30,7 @@ __all__ = [
     "build_services",
     "build_analyzer",
     "query_synonyms",
+    "index_domain",
     "build_dialogue",
     "serving_embedder",
     "build_searcher",
@@ -106,9 +107,11 @@ class Services:
             model = self.index.manifest["embedder"]["model"]
             check_embedder(index.manifest, model, self.embedder.dim if self.embedder is not None else None)
             analyzer, dialogue = self.analyzer, self.dialogue
+            domain = index_domain(self.settings, index.manifest)
             if index.manifest.get("analyzer") != self.index.manifest.get("analyzer"):
                 analyzer = build_analyzer(self.settings, index.manifest)
-                dialogue = build_dialogue(self.settings, analyzer, self.embedder)
+            if analyzer is not self.analyzer or domain != index_domain(self.settings, self.index.manifest):
+                dialogue = build_dialogue(self.settings, analyzer, self.embedder, domain)
         except BaseException:
             index.close()
             raise
@@ -140,21 +143,27 @@ def build_analyzer(settings: Settings, manifest: dict[str, Any] | None = None) -
     return Analyzer(user_dicts=dicts, synonyms=query_synonyms(settings, manifest))
 
 
+def index_domain(settings: Settings, manifest: dict[str, Any] | None = None) -> str | None:
+    """The domain of an index: its record; for an index older than the record, its query instruction's
+    (``None`` for a custom one; ``legal``, the old default, for none at all); for a new index (no manifest),
+    the settings' (``--domain`` / ``ZHRAG_DOMAIN``, or the domain of ``--instruction``)."""
+    if manifest is None:
+        return settings.domain if settings.instruction is None else domain_of(settings.instruction)
+    if manifest.get("domain"):
+        return str(manifest["domain"])
+    return domain_of(manifest.get("instruction")) if manifest.get("instruction") else "legal"
+
+
 def query_synonyms(settings: Settings, manifest: dict[str, Any] | None = None) -> str:
     """Which query synonyms an index uses: the setting when it names a set or file; else what the index
     recorded; else by domain — the legal list for legal indexes only (on the medical sets it cost 1–3%
-    nDCG@10 in BM25 mode: toyhom 0.255 → 0.248, kuake 0.587 → 0.579). An index older than the record gets
-    its domain from its query instruction."""
+    nDCG@10 in BM25 mode: toyhom 0.255 → 0.248, kuake 0.587 → 0.579)."""
     if settings.query_synonyms != "auto":
         return settings.query_synonyms
-    if manifest is None:
-        domain: str | None = settings.domain if settings.instruction is None else domain_of(settings.instruction)
-    else:
-        recorded = manifest.get("analyzer", {}).get("synonyms")
-        if recorded and recorded != "custom":  # a set's name or the user's file
-            return recorded
-        domain = domain_of(manifest.get("instruction")) if manifest.get("instruction") else "legal"
-    return "legal" if domain in ("legal", None) else "none"
+    recorded = (manifest or {}).get("analyzer", {}).get("synonyms")
+    if recorded and recorded != "custom":  # a set's name or the user's file
+        return recorded
+    return "legal" if index_domain(settings, manifest) in ("legal", None) else "none"
 
 
 def _wrap_cache(embedder: Embedder, settings: Settings) -> Embedder:
@@ -282,7 +291,7 @@ def build_services(
     reranker = create_reranker(settings.reranker, settings.reranker_type) if settings.reranker else None
     analyzer = build_analyzer(settings, manifest)
     searcher = build_searcher(settings, index, embedder, analyzer, reranker)
-    dialogue = build_dialogue(settings, analyzer, embedder)
+    dialogue = build_dialogue(settings, analyzer, embedder, index_domain(settings, manifest))
     return Services(settings, index, embedder, analyzer, searcher, reranker, dialogue)
 
 
@@ -313,9 +322,12 @@ def embedding_similarity(embedder: Embedder):
     return similarity
 
 
-def build_dialogue(settings: Settings, analyzer: Analyzer, embedder: Embedder | None = None) -> DialogueQueryBuilder:
-    """The multi-turn query builder, with the LLM rewriter when ``ZHRAG_REWRITE_*`` is configured and
-    embedding-based topic splitting when ``ZHRAG_TOPIC_MIN_SIMILARITY`` is set and a model is loaded."""
+def build_dialogue(
+    settings: Settings, analyzer: Analyzer, embedder: Embedder | None = None, domain: str | None = None
+) -> DialogueQueryBuilder:
+    """The multi-turn query builder with the turn weights of the index's ``domain``, the LLM rewriter when
+    ``ZHRAG_REWRITE_*`` is configured and embedding-based topic splitting when ``ZHRAG_TOPIC_MIN_SIMILARITY``
+    is set and a model is loaded."""
     rewriter = None
     if settings.rewrite_base_url and settings.rewrite_model:
         rewriter = LLMQueryRewriter(
@@ -327,5 +339,9 @@ def build_dialogue(settings: Settings, analyzer: Analyzer, embedder: Embedder | 
     if settings.topic_min_similarity is not None and embedder is not None:
         similarity = embedding_similarity(embedder)
     return DialogueQueryBuilder(
-        analyzer, similarity=similarity, min_similarity=settings.topic_min_similarity, rewriter=rewriter
+        analyzer,
+        similarity=similarity,
+        min_similarity=settings.topic_min_similarity,
+        rewriter=rewriter,
+        weights=turn_weights(domain),
     )

@@ -215,6 +215,7 @@ def ingest(
     on_skip: Callable[[str, str], None] | None = None,
     prune: bool = False,
     options: IngestOptions | None = None,
+    domain: str | None = None,
 ) -> IngestSummary:
     """Ingest files/directories into the index at ``index_dir`` (created or updated).
 
@@ -236,6 +237,8 @@ def ingest(
             Documents of files that failed to load are kept, so a broken file never erases its
             last good version.
         options: Workers, devices and batching.
+        domain: What the documents are about (``legal``, ``medical``, ``general``), recorded in the manifest:
+            query-time behaviour that depends on it (query synonyms, multi-turn turn weights) follows it.
 
     Returns:
         The run summary.
@@ -271,6 +274,7 @@ def ingest(
         "chunker": settings.to_dict(),
         "analyzer": analyzer.config(),
         "instruction": getattr(embedder, "instruction", None),
+        **({"domain": domain} if domain else {}),  # an update without one keeps the recorded domain
     }
     replicas = _replicas(embedder, options.devices)
     summary.devices = [str(getattr(r, "device", "remote")) for r in replicas]

@@ -38,6 +38,9 @@ __all__ = [
     "opens_new_topic",
     "switches_topic",
     "lexical_parts",
+    "TurnWeights",
+    "DOMAIN_TURN_WEIGHTS",
+    "turn_weights",
 ]
 
 DialogueMode = Literal["auto", "last", "concat", "concat-user"]
@@ -71,6 +74,29 @@ REWRITE_WEIGHT = 1.0
 # ASSISTANT_WEIGHT times the user turn they answer (they name the topic in the assistant's words).
 LEXICAL_DECAY = 0.8
 ASSISTANT_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class TurnWeights:
+    """How the builder weighs a conversation's turns (defaults: the constants above)."""
+
+    decay: float = LEXICAL_DECAY
+    assistant: float = ASSISTANT_WEIGHT
+    recent: float = RECENT_WEIGHT  # 0 leaves the recent-turn query out
+
+
+# Per index domain (others get the defaults). Medical consultations state the condition first, and the
+# recent turn alone (a symptom, a drug) points at generic answers: its extra query hurt there. Chosen on
+# the pooled medical tuning sets by a rule fixed beforehand (hybrid 0.305 → 0.320), then checked once on
+# multiturn_medical (0.184 → 0.191); see the README.
+DOMAIN_TURN_WEIGHTS: dict[str, TurnWeights] = {"medical": TurnWeights(recent=0.0)}
+
+
+def turn_weights(domain: str | None) -> TurnWeights:
+    """The turn weights for an index of ``domain``."""
+    return DOMAIN_TURN_WEIGHTS.get(domain or "", TurnWeights())
+
+
 # A last turn with at most this many content words is treated as elliptical even without a pronoun.
 SHORT_TURN_WORDS = 4
 MARKER_WINDOW = 16
@@ -101,10 +127,14 @@ def user_turns(messages: Sequence[Mapping[str, str]]) -> list[str]:
     return [m["content"].strip() for m in messages if m.get("role") == "user" and m.get("content", "").strip()]
 
 
-def lexical_parts(messages: Sequence[Mapping[str, str]], context_turns: int) -> list[tuple[str, float]]:
+def lexical_parts(
+    messages: Sequence[Mapping[str, str]], context_turns: int, weights: TurnWeights | None = None
+) -> list[tuple[str, float]]:
     """Weighted (text, weight) parts for the BM25 leg: the last user turn and the ``context_turns`` before
-    it, recency-weighted, with the assistant's replies to those turns at ``ASSISTANT_WEIGHT`` of theirs.
+    it, each ``weights.decay`` times its successor, the assistant's replies to those turns at
+    ``weights.assistant`` of theirs.
     """
+    weights = weights or TurnWeights()
     parts: list[tuple[str, float]] = []
     age = -1  # of the user turn most recently passed while walking backwards
     for message in reversed(messages):
@@ -115,10 +145,10 @@ def lexical_parts(messages: Sequence[Mapping[str, str]], context_turns: int) -> 
             age += 1
             if age > context_turns:
                 break
-            parts.append((text, LEXICAL_DECAY**age))
-        elif message.get("role") == "assistant" and 0 <= age < context_turns:
+            parts.append((text, weights.decay**age))
+        elif message.get("role") == "assistant" and 0 <= age < context_turns and weights.assistant > 0:
             # a reply to the user turn before it, which is one turn older than the one just passed
-            parts.append((text, ASSISTANT_WEIGHT * LEXICAL_DECAY ** (age + 1)))
+            parts.append((text, weights.assistant * weights.decay ** (age + 1)))
     return parts[::-1]
 
 
@@ -170,6 +200,7 @@ class DialogueQueryBuilder:
         similarity: Optional turn similarity (e.g. embedding cosine) for topic-switch detection.
         min_similarity: Turns less similar than this to the later context start a different topic.
         rewriter: Optional LLM rewriter (anything with ``rewrite(messages) -> str | None``).
+        weights: Turn weights (:func:`turn_weights` of the index's domain); the defaults when omitted.
     """
 
     def __init__(
@@ -178,6 +209,7 @@ class DialogueQueryBuilder:
         similarity: Similarity | None = None,
         min_similarity: float | None = None,
         rewriter: Rewriter | None = None,
+        weights: TurnWeights | None = None,
     ) -> None:
         from jieba.analyse.tfidf import TFIDF
 
@@ -185,6 +217,7 @@ class DialogueQueryBuilder:
         self.similarity = similarity
         self.min_similarity = min_similarity
         self.rewriter = rewriter
+        self.weights = weights or TurnWeights()
         self._tfidf = TFIDF()
         self._tfidf.tokenizer = analyzer._tokenizer
         self._tfidf.stop_words = set(self._tfidf.stop_words) | set(analyzer.stopwords)
@@ -249,10 +282,10 @@ class DialogueQueryBuilder:
             carried = [w for w in self.keywords(turn, k) if w not in carried] + carried
         contextual = " ".join([*carried, *verbatim, last])
         queries, weights = [contextual], [CONTEXT_WEIGHT]
-        lexical: list[list[tuple[str, float]] | None] = [lexical_parts(messages, len(context))]
-        if len(context) > 1 and search_mode != "bm25":
+        lexical: list[list[tuple[str, float]] | None] = [lexical_parts(messages, len(context), self.weights)]
+        if len(context) > 1 and search_mode != "bm25" and self.weights.recent > 0:
             queries.append(f"{context[-1]} {last}")
-            weights.append(RECENT_WEIGHT)
+            weights.append(self.weights.recent)
             lexical.append(None)
         if not elliptical and search_mode != "bm25":
             queries.append(last)

@@ -240,3 +240,33 @@ def test_zhrag_index_environment_serves_every_command(cli_index: Path, monkeypat
     assert json.loads(capsys.readouterr().out)["results"]
     assert main(["bench", "--limit", "2", "--modes", "bm25"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["index"] == str(cli_index)
+
+
+MEDICAL_QA = (
+    '{"id": "a1", "text": "高血压患者应当低盐饮食，规律服用降压药，不要自行停药，定期监测血压。"}\n'
+    '{"id": "a2", "text": "乙肝病毒携带者肝功能正常时一般不需要抗病毒治疗，但要每半年复查肝功能和B超。"}\n'
+)
+
+
+def test_an_index_records_its_domain_and_keeps_it(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    from app.services import build_services
+    from app.settings import Settings
+    from retrieval.dialogue import TurnWeights, turn_weights
+    from retrieval.index import read_manifest
+
+    corpus = tmp_path / "answers.jsonl"
+    corpus.write_text(MEDICAL_QA, encoding="utf-8")
+    index = tmp_path / "medical"
+    flags = ["--index", str(index), "--model", str(tiny_model_dir), "--quiet"]
+    assert main(["ingest", str(corpus), *flags, "--domain", "medical"]) == EXIT_OK
+    assert read_manifest(index)["domain"] == "medical"
+    services = build_services(Settings(index=index), load_model=False)  # serving settings say nothing
+    assert services.dialogue.weights == turn_weights("medical") != TurnWeights()
+    services.close()
+    more = tmp_path / "more.jsonl"
+    more.write_text('{"id": "a3", "text": "糖尿病患者要控制主食的量，多吃蔬菜，坚持运动。"}\n', encoding="utf-8")
+    assert main(["ingest", str(more), *flags]) == EXIT_OK  # no --domain: the index keeps its own
+    assert read_manifest(index)["domain"] == "medical"
+    capsys.readouterr()
+    assert main(["ingest", str(more), *flags, "--domain", "legal"]) == EXIT_USAGE
+    assert f"{index} is a medical index" in capsys.readouterr().err

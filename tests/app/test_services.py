@@ -1,4 +1,4 @@
-"""Which query synonyms an index searches with: by domain, recorded in the manifest, or as configured."""
+"""An index's domain and what follows it: query synonyms (by domain, recorded in the manifest, or as configured)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.services import build_analyzer, query_synonyms
+from app.services import build_analyzer, index_domain, query_synonyms
 from app.settings import Settings
 from retrieval.prompts import INSTRUCTIONS
 
@@ -43,3 +43,13 @@ def test_the_analyzer_expands_colloquial_words_only_with_legal_synonyms(tmp_path
     assert "腹泻" in mine.query_tokens("孩子拉肚子") and mine.config()["synonyms"] == str(own)
     with pytest.raises(FileNotFoundError, match="no-such-list"):
         build_analyzer(Settings(query_synonyms="no-such-list"))
+
+
+def test_the_domain_of_an_index() -> None:
+    serving = Settings()  # legal by default
+    assert index_domain(serving, {"domain": "medical", "instruction": None}) == "medical"  # the record wins
+    assert index_domain(serving, _manifest(INSTRUCTIONS["medical"])) == "medical"  # older: by instruction
+    assert index_domain(serving, _manifest(None)) == "legal"  # older and no instruction: the old default
+    assert index_domain(serving, _manifest("Given a contract clause, retrieve similar clauses")) is None
+    assert index_domain(Settings(domain="medical")) == "medical"  # a new index: the settings
+    assert query_synonyms(serving, {"domain": "medical", "analyzer": {}}) == "none"

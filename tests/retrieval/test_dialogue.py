@@ -6,10 +6,12 @@ from retrieval.dialogue import (
     ASSISTANT_WEIGHT,
     LEXICAL_DECAY,
     DialogueQueryBuilder,
+    TurnWeights,
     is_elliptical,
     lexical_parts,
     opens_new_topic,
     switches_topic,
+    turn_weights,
 )
 
 
@@ -194,3 +196,19 @@ def test_switches_topic(analyzer) -> None:
     assert not switches_topic("换个问题，腹水。", analyzer)  # too little to stand alone
     assert not switches_topic("我还能去找另外那一个吗？", analyzer)  # 另外 inside the turn: "the other"
     assert not switches_topic("那这种合同什么时候成立？", analyzer)
+
+
+def test_turn_weights_by_domain(analyzer) -> None:
+    msgs = _msgs("我父亲有高血压很多年了，一直在吃降压药。", "最近还是经常头晕、头疼。", "他这个药是不是该调整一下？")
+    legal = DialogueQueryBuilder(analyzer).build(msgs)
+    medical = DialogueQueryBuilder(analyzer, weights=turn_weights("medical")).build(msgs)
+    # The medical weights leave out the recent-turn query (it hurt on the medical tuning dialogues) ...
+    assert len(legal.queries) == 2 and legal.weights == [1.0, TurnWeights().recent]
+    assert medical.queries == legal.queries[:1] and medical.weights == [1.0]
+    assert medical.lexical == legal.lexical[:1]  # ... and weigh the turns as the default does
+    assert turn_weights("legal") == turn_weights(None) == TurnWeights()
+    plain = lexical_parts(msgs, 2, TurnWeights(decay=1.0, assistant=0.0))
+    assert plain == [
+        (t, 1.0)
+        for t in ("我父亲有高血压很多年了，一直在吃降压药。", "最近还是经常头晕、头疼。", "他这个药是不是该调整一下？")
+    ]
