@@ -20,7 +20,7 @@ from app.api.errors import JsonOnly, install_error_handlers
 from app.api.limits import BodyLimit, Deadline
 from app.api.observability import Metrics, RequestContext, metrics_endpoint
 from app.api.serving import announce, serve_latest
-from app.services import build_services
+from app.services import build_services, index_domain
 from app.sessions import SessionStore
 from app.settings import Settings
 from retrieval.index import current_version
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
                 "chunks": manifest.get("counts", {}).get("chunks", 0),
                 "store": manifest["store"]["backend"],
                 "bm25": getattr(services.index.bm25, "location", None),
+                "domain": index_domain(services.settings, manifest),
             }
         )
 

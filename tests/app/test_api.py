@@ -23,7 +23,7 @@ def test_health_and_ready(client: TestClient, sample_index: Path) -> None:
         body = real.get("/ready").json()
         assert body["status"] == "ready" and body["model_loaded"] and body["chunks"] > 300
         assert body["index"] == sample_index.name and body["version"].startswith("v-") and "/" not in body["index"]
-        assert body["store"] == "faiss" and body["bm25"] == "local"
+        assert body["store"] == "faiss" and body["bm25"] == "local" and body["domain"] == "legal"
     missing = create_app(Settings(index=sample_index.parent / "nope"), load=True)
     with TestClient(missing) as broken:
         response = broken.get("/ready")
