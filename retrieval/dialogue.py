@@ -16,6 +16,8 @@ turns of the current topic forward and stops at a topic switch: a turn that open
   list hurt on the tuning dialogues). An optional LLM rewriter adds its standalone question as another query.
 - A last turn that opens with a new-topic marker and stands alone (:func:`switches_topic`) is searched
   alone: the conversation has moved on.
+- The turn weights depend on the index's domain (:func:`turn_weights`): medical indexes leave out the
+  recent-turn query.
 """
 
 from __future__ import annotations
