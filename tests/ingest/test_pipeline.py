@@ -131,3 +131,16 @@ def test_progress_counts_embedded_chunks_inside_one_file(
     err = capsys.readouterr().err
     assert summary.chunks >= 40
     assert f"{summary.chunks}/{summary.chunks}" in err and "chunk" in err
+
+
+def test_the_domain_is_recorded_and_kept_by_updates(tmp_path: Path, tiny_embedder, analyzer) -> None:
+    from retrieval.index import read_manifest
+
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("高血压患者应当低盐饮食，规律服用降压药。", encoding="utf-8")
+    second.write_text("糖尿病患者要控制主食的量，坚持运动。", encoding="utf-8")
+    index = tmp_path / "index"
+    ingest([first], index, tiny_embedder, analyzer, progress=False, domain="medical")
+    assert read_manifest(index)["domain"] == "medical"
+    ingest([second], index, tiny_embedder, analyzer, progress=False)  # e.g. POST /documents: no domain given
+    assert read_manifest(index)["domain"] == "medical" and Index(index).docs.count() == 2
