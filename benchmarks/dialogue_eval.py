@@ -39,6 +39,26 @@ def ratio_interval(auto: np.ndarray, other: np.ndarray, seed: int = 0) -> tuple[
     return float(auto.mean() / other.mean()), float(low), float(high)
 
 
+def score_modes(
+    args: argparse.Namespace, rows: list[dict], qrels: Path, doc_id: str = "{doc_id}"
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """nDCG@10 per dialogue and Recall@10 of every ``--dialogue-mode`` for ``rows`` (dialogue records) on
+    ``args.index`` in ``args.mode``, with the embedding server and cache of ``args`` (also switch_eval's)."""
+    options = {k: v for k, v in (("embed_base_url", args.embed_base_url), ("embed_cache", args.embed_cache)) if v}
+    services = build_services(Settings(index=args.index, microbatch=False, **options), load_model=args.mode != "bm25")
+    per_mode, recall = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dialogues.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        for mode in MODES:
+            config = EvalConfig(qrels=qrels, dialogues=path, mode=args.mode, dialogue_mode=mode, doc_id=doc_id)
+            result = run_eval(services, config, progress=False)
+            per_mode[mode] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
+            recall[mode] = round(float(result["Recall@10"]), 4)
+    services.close()
+    return per_mode, recall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, required=True)
@@ -55,20 +75,7 @@ def main() -> None:
     if args.ids:
         low, high = args.ids.split("..")
         rows = [r for r in rows if low <= r["id"] <= high]
-    options = {k: v for k, v in (("embed_base_url", args.embed_base_url), ("embed_cache", args.embed_cache)) if v}
-    services = build_services(Settings(index=args.index, microbatch=False, **options), load_model=args.mode != "bm25")
-    with tempfile.TemporaryDirectory() as tmp:
-        subset = Path(tmp) / "dialogues.jsonl"
-        subset.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        per_mode, recall = {}, {}
-        for mode in MODES:
-            config = EvalConfig(
-                qrels=args.qrels, dialogues=subset, mode=args.mode, dialogue_mode=mode, doc_id=args.doc_id
-            )
-            result = run_eval(services, config, progress=False)
-            per_mode[mode] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
-            recall[mode] = round(float(result["Recall@10"]), 4)
-    services.close()
+    per_mode, recall = score_modes(args, rows, args.qrels, args.doc_id)
     ids = sorted(per_mode["auto"])
     scores = {mode: np.array([per_mode[mode][i] for i in ids]) for mode in MODES}
     out = {

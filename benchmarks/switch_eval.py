@@ -12,7 +12,6 @@ qrels. Prints nDCG@10 per ``--dialogue-mode`` (last is the ceiling here: the que
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -20,12 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.evaluate import EvalConfig, run_eval  # noqa: E402
-from app.services import build_services  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from dialogue_eval import score_modes  # noqa: E402 - beside this script
+
+from retrieval.evaluation import load_qrels, load_queries  # noqa: E402
 
 MARKERS = ("另外，", "换个问题，", "对了，", "还有个问题，")
-MODES = ("last", "concat", "concat-user", "auto")
 
 
 def switched(dialogues: list[dict], questions: dict[str, str]) -> list[dict]:
@@ -51,28 +49,16 @@ def main() -> None:
     args = parser.parse_args()
 
     dialogues = [json.loads(line) for line in args.dialogues.open(encoding="utf-8") if line.strip()]
-    questions = {q["id"]: q["text"] for q in map(json.loads, args.queries.open(encoding="utf-8"))}
-    rows = switched(dialogues, questions)
-    with args.qrels.open(encoding="utf-8") as f:
-        qrels = [r for r in csv.reader(f, delimiter="\t")][1:]
-    by_query: dict[str, list[list[str]]] = {}
-    for query_id, doc_id, score in qrels:
-        by_query.setdefault(query_id, []).append([doc_id, score])
-    options = {k: v for k, v in (("embed_base_url", args.embed_base_url), ("embed_cache", args.embed_cache)) if v}
-    services = build_services(Settings(index=args.index, microbatch=False, **options), load_model=args.mode != "bm25")
-    out: dict[str, object] = {"dialogues": len(rows), "mode": args.mode, "nDCG@10": {}}
+    rows = switched(dialogues, load_queries(args.queries))
+    judged = load_qrels(args.qrels)
     with tempfile.TemporaryDirectory() as tmp:
-        path, qrels_path = Path(tmp) / "dialogues.jsonl", Path(tmp) / "qrels.tsv"
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        qrels = Path(tmp) / "qrels.tsv"
         lines = ["query-id\tcorpus-id\tscore"]
-        lines += [f"{r['id']}\t{d}\t{s}" for r in rows for d, s in by_query.get(r["source_query"], [])]
-        qrels_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        for mode in MODES:
-            config = EvalConfig(qrels=qrels_path, dialogues=path, mode=args.mode, dialogue_mode=mode)
-            result = run_eval(services, config, progress=False)
-            out["nDCG@10"][mode] = round(float(result["nDCG@10"]), 4)  # type: ignore[index]
-    services.close()
-    print(json.dumps(out, ensure_ascii=False))
+        lines += [f"{r['id']}\t{d}\t{g}" for r in rows for d, g in judged.get(r["source_query"], {}).items()]
+        qrels.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        per_mode, _ = score_modes(args, rows, qrels)
+    means = {mode: round(sum(s.values()) / len(s), 4) for mode, s in per_mode.items()}
+    print(json.dumps({"dialogues": len(rows), "mode": args.mode, "nDCG@10": means}, ensure_ascii=False))
 
 
 if __name__ == "__main__":
