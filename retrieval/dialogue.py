@@ -110,8 +110,10 @@ _NEW_TOPIC = re.compile(
 )
 # An acknowledgement opening a turn closes the previous exchange: what follows is a new topic.
 _ACKNOWLEDGEMENT = re.compile(r"^(好的|明白了?|了解了?|知道了|谢谢(你|您)?|行吧?)[。，,.!！~ ]")
+# Words that, opening a turn, lean on what was said before it.
+_CONTEXT_OPENERS = "那|这|其|该|此|上述|前面|刚才|如果这样|要是这样"
 _ANAPHORA = re.compile(
-    r"^(那|这|其|该|此|上述|前面|刚才|如果这样|要是这样)"
+    rf"^({_CONTEXT_OPENERS})"
     r"|(他|她|它|这样|那样|这些|那些|这事|那事|上述|前述|对方)"
     # demonstrative (+ numeral) + classifier: 这种, 那笔, 这两种, 那一份, 这几个 ...
     r"|[这那][一两几]?[种个件笔份次位家批条项栋楼套辆块样]"
@@ -119,9 +121,7 @@ _ANAPHORA = re.compile(
 
 
 # A pronoun opening a turn (after its marker); 这几天 / 这段时间 / 这次 point at the present, not the past turns.
-_LEADING_ANAPHORA = re.compile(
-    r"(?!这([几两些]天|段时间|段日子|阵子|一?次))(那|这|其|该|此|上述|前面|刚才|如果这样|要是这样|他|她|它|对方)"
-)
+_LEADING_ANAPHORA = re.compile(rf"(?!这([几两些]天|段时间|段日子|阵子|一?次))({_CONTEXT_OPENERS}|他|她|它|对方)")
 
 
 def user_turns(messages: Sequence[Mapping[str, str]]) -> list[str]:
