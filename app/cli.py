@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -746,20 +747,28 @@ COMMANDS = {
 }
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (``docker stop``, ``kill``) stops a command the way Ctrl-C does: nothing half-written stays.
+def _stop_on_signals() -> None:
+    """SIGTERM (``docker stop``, ``kill``) stops a command the way Ctrl-C (SIGINT) does: nothing half-written
+    stays.
 
     The request is also recorded in ``STOP``, which ingest checks between files: an interrupt that lands
-    where Python swallows exceptions (e.g. inside fork handlers) still stops the run.
+    where Python swallows exceptions (e.g. inside fork handlers) still stops the run. A forked ingest worker
+    inherits this handler until its initializer replaces it; a signal in that window (Ctrl-C reaches the
+    whole process group) ends the worker quietly instead of raising a KeyboardInterrupt traceback there.
     """
     import signal
 
-    def interrupt(_signum: int, _frame: object) -> None:
+    owner = os.getpid()
+
+    def interrupt(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
         STOP.set()
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -769,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     from retrieval.searcher import SearchError
 
     args = build_parser().parse_args(argv)
-    _stop_on_sigterm()
+    _stop_on_signals()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if getattr(args, "top_k", None) is not None and not 1 <= args.top_k <= MAX_TOP_K:
         print(f"zhrag: error: --top-k must be in 1..{MAX_TOP_K}", file=sys.stderr)

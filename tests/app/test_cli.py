@@ -270,3 +270,35 @@ def test_an_index_records_its_domain_and_keeps_it(tmp_path: Path, tiny_model_dir
     capsys.readouterr()
     assert main(["ingest", str(more), *flags, "--domain", "legal"]) == EXIT_USAGE
     assert f"{index} is a medical index" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_forked_child_that_inherits_the_stop_handler_exits_quietly(sig: str) -> None:
+    # An ingest worker runs the parent's handler until its initializer replaces it; Ctrl-C or pkill in
+    # that window must end it without a KeyboardInterrupt traceback, while the parent still stops as usual.
+    import signal
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal, sys, time
+from app.cli import STOP, _stop_on_signals
+_stop_on_signals()
+pid = os.fork()
+if pid == 0:
+    time.sleep(30)
+    os._exit(0)
+time.sleep(0.3)
+os.kill(pid, signal.{sig})
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+try:
+    os.kill(os.getpid(), signal.{sig})
+    time.sleep(5)
+except KeyboardInterrupt:
+    print("parent interrupted", STOP.is_set())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    code = 128 + getattr(signal, sig)
+    assert done.stdout.split("\n")[:2] == [f"child {code}", "parent interrupted True"], done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
