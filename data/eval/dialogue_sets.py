@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["read_qrels", "assemble", "write_set"]
+__all__ = ["read_qrels", "assemble", "write_set", "build_set"]
+
+# The folder of the source eval sets when no other is named on the command line: ../shared beside the repo.
+DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 
 
 def read_qrels(path: Path) -> dict[str, list[str]]:
@@ -54,3 +58,18 @@ def write_set(folder: Path, dialogues: Sequence[dict], qrels: Mapping[str, Mappi
             fh.write("query-id\tcorpus-id\tscore\n")
             fh.writelines(f"{d['id']}\t{c}\t1\n" for d in dialogues for c in source[d["source_query"]])
     print(f"{len(dialogues)} dialogues")
+
+
+def build_set(
+    folder: Path,
+    prefix: str,
+    rows: Sequence[tuple],
+    replies: Sequence[str],
+    source: str,
+    qrel_names: Sequence[str] = ("qrels.tsv",),
+) -> None:
+    """A build script's whole job: assemble ``rows`` (see :func:`assemble`) and write them into ``folder``
+    with the qrels of ``<shared>/eval/<source>`` (shared: the first command-line argument, or ../shared)."""
+    shared = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SHARED
+    qrels = {name: read_qrels(shared / "eval" / source / name) for name in qrel_names}
+    write_set(folder, assemble(prefix, rows, replies), qrels)

@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from dialogue_sets import assemble, read_qrels, write_set  # noqa: E402
+from dialogue_sets import build_set  # noqa: E402
 
 ASSISTANT = [
     "明白了。",
@@ -1228,10 +1228,7 @@ D += [
 
 
 def main() -> None:
-    shared = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[2].parent / "shared"
-    stard = shared / "eval" / "stard_lawref_core"
-    qrels = {name: read_qrels(stard / name) for name in ("qrels.tsv", "qrels_by_article.tsv")}
-    write_set(HERE, assemble("mt-more", D, ASSISTANT), qrels)
+    build_set(HERE, "mt-more", D, ASSISTANT, "stard_lawref_core", ("qrels.tsv", "qrels_by_article.tsv"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from dialogue_sets import assemble, read_qrels, write_set  # noqa: E402
+from dialogue_sets import build_set  # noqa: E402
 
 ASSISTANT = [
     "好的，您继续说。",
@@ -269,9 +269,7 @@ D: list[tuple[str, str | None, list[str], str]] = [
 
 
 def main() -> None:
-    shared = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[2].parent / "shared"
-    qrels = {"qrels.tsv": read_qrels(shared / "eval" / "toyhom_neike" / "qrels.tsv")}
-    write_set(HERE, assemble("mt-medtune", D, ASSISTANT), qrels)
+    build_set(HERE, "mt-medtune", D, ASSISTANT, "toyhom_neike")
 
 
 if __name__ == "__main__":
