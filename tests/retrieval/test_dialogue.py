@@ -205,7 +205,15 @@ def test_turn_weights_by_domain(analyzer) -> None:
     # The medical weights leave out the recent-turn query (it hurt on the medical tuning dialogues) ...
     assert len(legal.queries) == 2 and legal.weights == [1.0, TurnWeights().recent]
     assert medical.queries == legal.queries[:1] and medical.weights == [1.0]
-    assert medical.lexical == legal.lexical[:1]  # ... and weigh the turns as the default does
+    # ... weigh the turns as the default does, and stress the elliptical last turn's subject in BM25
+    *turns, subject = medical.lexical[0]
+    assert turns == legal.lexical[0]
+    assert subject[1] == turn_weights("medical").subject_weight > 0
+    assert "降压药" in subject[0].split() and len(subject[0].split()) == turn_weights("medical").subject_terms
+    # A self-contained last turn names its own subject: nothing is added.
+    own = _msgs("我父亲有高血压很多年了，一直在吃降压药。", "长期服用硝苯地平会引起头晕、头疼和失眠吗？")
+    plan = DialogueQueryBuilder(analyzer, weights=turn_weights("medical")).build(own, search_mode="bm25")
+    assert not plan.elliptical and plan.lexical == [lexical_parts(own, 1)]
     assert turn_weights("legal") == turn_weights(None) == TurnWeights()
     plain = lexical_parts(msgs, 2, TurnWeights(decay=1.0, assistant=0.0))
     assert plain == [
