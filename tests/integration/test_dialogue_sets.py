@@ -55,11 +55,12 @@ def test_dialogues_are_well_formed_and_labelled(folder: Path) -> None:
 
 
 def test_the_medical_sets_share_no_question() -> None:
-    tune = {d["source_query"] for d in _dialogues(EVAL / "multiturn_medical_tune")}
-    report = {d["source_query"] for d in _dialogues(EVAL / "multiturn_medical")}
-    more = {d["source_query"] for d in _dialogues(EVAL / "multiturn_medical_more")}
-    assert len(tune) == 60 and len(report) == len(more) == 100
-    assert not tune & report and not tune & more and not report & more
+    names = ("multiturn_medical_tune", "multiturn_medical", "multiturn_medical_more", "multiturn_medical_check")
+    sources = {name: {d["source_query"] for d in _dialogues(EVAL / name)} for name in names}
+    assert [len(s) for s in sources.values()] == [60, 100, 100, 100]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not sources[a] & sources[b], (a, b)
 
 
 @pytest.mark.skipif(not (SHARED / "eval").is_dir(), reason="needs ../shared (the source qrels)")
