@@ -6,7 +6,8 @@
 ``--ids LO..HI`` keeps the dialogues whose id lies between LO and HI (inclusive, compared as text), e.g.
 one half of a set that is split into a tuning and a report part. Prints one JSON object: nDCG@10 per
 ``--dialogue-mode`` (last, concat, concat-user, auto), Recall@10 per mode and, for auto against each other mode, the ratio of
-the means with a 95% interval from 5,000 paired bootstrap resamples of the dialogues (seed 0).
+the means with a 95% interval from 5,000 paired bootstrap resamples of the dialogues (seed 0), and the spread
+of the per-dialogue differences: on how many dialogues auto is better / the same / worse, and their quartiles.
 """
 
 from __future__ import annotations
@@ -37,6 +38,18 @@ def ratio_interval(auto: np.ndarray, other: np.ndarray, seed: int = 0) -> tuple[
     ratios = np.divide(a, o, out=np.full_like(a, np.nan), where=o > 0)
     low, high = np.nanpercentile(ratios, [2.5, 97.5])
     return float(auto.mean() / other.mean()), float(low), float(high)
+
+
+def paired_spread(auto: np.ndarray, other: np.ndarray) -> dict[str, object]:
+    """How the per-dialogue differences auto - other spread: counts of better / same / worse (|d| > 1e-9)
+    and the 10th, 25th, 50th, 75th and 90th percentiles."""
+    diff = auto - other
+    return {
+        "better": int((diff > 1e-9).sum()),
+        "same": int((abs(diff) <= 1e-9).sum()),
+        "worse": int((diff < -1e-9).sum()),
+        "diff_p10_p25_p50_p75_p90": [round(float(x), 3) for x in np.percentile(diff, [10, 25, 50, 75, 90])],
+    }
 
 
 def score_modes(
@@ -87,7 +100,11 @@ def main() -> None:
     }
     for mode in MODES[:-1]:
         ratio, low, high = ratio_interval(scores["auto"], scores[mode])
-        out["auto_vs"][mode] = {"ratio": round(ratio, 3), "ci95": [round(low, 3), round(high, 3)]}
+        out["auto_vs"][mode] = {
+            "ratio": round(ratio, 3),
+            "ci95": [round(low, 3), round(high, 3)],
+            **paired_spread(scores["auto"], scores[mode]),
+        }
     print(json.dumps(out, ensure_ascii=False))
 
 
