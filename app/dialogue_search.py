@@ -58,4 +58,8 @@ def run_search(
     if len(users) == 1:
         return services.searcher.search(question, options), question, body.session_id
     built = services.dialogue.build(conversation, body.dialogue_mode, services.searcher.effective_mode(body.mode))
-    return services.searcher.search(built.queries, built.search_options(options)), question, body.session_id
+    return (
+        services.searcher.search(built.queries, built.search_options(options, services.searcher.weights)),
+        question,
+        body.session_id,
+    )

@@ -173,7 +173,7 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
         weights=config.weights or None,
     )
     for qid in tqdm(ids, desc="eval", unit="q", disable=not progress):
-        outcome = searcher.search(work[qid].queries, work[qid].search_options(base))
+        outcome = searcher.search(work[qid].queries, work[qid].search_options(base, searcher.weights))
         keyed = (
             (doc_key(config.doc_id, h.chunk.doc_id, h.chunk.title, h.chunk.metadata), h.score) for h in outcome.hits
         )

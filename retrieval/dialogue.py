@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-from retrieval.searcher import SearchOptions
+from retrieval.searcher import BM25, SearchOptions
 from retrieval.text.analyzer import Analyzer
 
 __all__ = [
@@ -76,6 +76,11 @@ REWRITE_WEIGHT = 1.0
 # ASSISTANT_WEIGHT times the user turn they answer (they name the topic in the assistant's words).
 LEXICAL_DECAY = 0.8
 ASSISTANT_WEIGHT = 0.5
+# In hybrid mode a conversation's BM25 legs are fused at this fraction of their usual weight: the dense
+# leg's contextual query was the one being outvoted (round 13, chosen on the legal and medical tuning sets:
+# 0.247 → 0.252 and 0.322 → 0.323; report sets 0.226 → 0.226, 0.169 → 0.176, 0.317 → 0.328, 0.192 → 0.194,
+# 0.285 → 0.289; 1.5 and 2 lowered both tuning sets).
+LEXICAL_LEG_WEIGHT = 0.75
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class TurnWeights:
     decay: float = LEXICAL_DECAY
     assistant: float = ASSISTANT_WEIGHT
     recent: float = RECENT_WEIGHT  # 0 leaves the recent-turn query out
+    lexical_leg: float = LEXICAL_LEG_WEIGHT  # the BM25 legs' share of the fusion, relative to the usual
     # An elliptical last turn's subject: this many TF-IDF keywords of the topic's earlier user turns, added
     # to the BM25 query at subject_weight (0 keywords: none). A plain concatenation cannot stress them.
     subject_terms: int = 0
@@ -194,10 +200,21 @@ class DialogueQueries:
     context_turns: list[str] = field(default_factory=list)
     elliptical: bool = False
     rewritten: str | None = None
+    lexical_leg: float = 1.0
+    """Scales the BM25 legs' fusion weight (1: as for a single question)."""
 
-    def search_options(self, base: SearchOptions) -> SearchOptions:
-        """``base`` with these queries' fusion weights and BM25 parts (search ``self.queries`` with it)."""
-        return replace(base, query_weights=self.weights, lexical=self.lexical or None)
+    def search_options(self, base: SearchOptions, leg_weights: Mapping[str, float] | None = None) -> SearchOptions:
+        """``base`` with these queries' fusion weights and BM25 parts (search ``self.queries`` with it).
+
+        Args:
+            base: The request's options; its per-leg ``weights`` win over ``leg_weights``.
+            leg_weights: The searcher's default per-leg weights, which :attr:`lexical_leg` scales.
+        """
+        weights = base.weights
+        if self.lexical_leg != 1.0:
+            merged = {**(leg_weights or {}), **(base.weights or {})}
+            weights = {**merged, BM25: merged.get(BM25, 1.0) * self.lexical_leg}
+        return replace(base, query_weights=self.weights, lexical=self.lexical or None, weights=weights)
 
 
 class DialogueQueryBuilder:
@@ -309,4 +326,4 @@ class DialogueQueryBuilder:
             queries.insert(0, rewritten)
             weights.insert(0, REWRITE_WEIGHT)
             lexical.insert(0, None)
-        return DialogueQueries(queries, weights, lexical, context, elliptical, rewritten)
+        return DialogueQueries(queries, weights, lexical, context, elliptical, rewritten, self.weights.lexical_leg)

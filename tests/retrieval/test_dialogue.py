@@ -220,3 +220,25 @@ def test_turn_weights_by_domain(analyzer) -> None:
         (t, 1.0)
         for t in ("我父亲有高血压很多年了，一直在吃降压药。", "最近还是经常头晕、头疼。", "他这个药是不是该调整一下？")
     ]
+
+
+def test_a_conversation_fuses_its_bm25_legs_lighter(builder: DialogueQueryBuilder) -> None:
+    from retrieval.dialogue import LEXICAL_LEG_WEIGHT
+    from retrieval.searcher import SearchOptions
+
+    msgs = _msgs("我老公开了一家个体工商户，经营不善欠了很多钱。", "那他欠的钱谁来还？")
+    plan = builder.build(msgs)
+    assert plan.lexical_leg == LEXICAL_LEG_WEIGHT < 1
+    # The searcher's defaults are scaled; the dense leg keeps its weight ...
+    opts = plan.search_options(SearchOptions(), {"dense": 1.0, "bm25": 2.0})
+    assert opts.weights == {"dense": 1.0, "bm25": 2.0 * LEXICAL_LEG_WEIGHT}
+    assert opts.query_weights == plan.weights and opts.lexical == plan.lexical
+    # ... a request's own leg weights win over the defaults and are scaled the same way
+    opts = plan.search_options(SearchOptions(weights={"bm25": 1.0}), {"dense": 1.0, "bm25": 2.0})
+    assert opts.weights == {"dense": 1.0, "bm25": LEXICAL_LEG_WEIGHT}
+    # A single question's weights are left alone: the last turn alone, or a last turn that moves on.
+    assert builder.build(msgs, mode="last").search_options(SearchOptions(), {"bm25": 2.0}).weights is None
+    moved = _msgs(
+        "我老公开了一家个体工商户，经营不善欠了很多钱。", "另外，邻居家的狗把我孩子咬伤了，狗的主人要承担什么责任？"
+    )
+    assert builder.build(moved).context_turns == [] and builder.build(moved).lexical_leg == 1.0
