@@ -10,7 +10,7 @@ from pathlib import Path
 from ingest.limits import FileLimits
 from ingest.loaders import load_file
 from ingest.loaders.html import html_to_text
-from ingest.pipeline import IngestOptions, ingest
+from ingest.pipeline import IngestOptions, NothingToIngest, ingest
 from retrieval.index import Index
 from tests.conftest import SAMPLE_STATUTES
 
@@ -58,8 +58,13 @@ def test_a_file_over_the_time_limit_is_skipped(tmp_path: Path, tiny_embedder, an
     shutil.copy(STATUTE, src / "ok.md")
     text = STATUTE.read_text(encoding="utf-8")
     (src / "slow.md").write_text(text * 60, encoding="utf-8")  # ~1 MB of articles: seconds of chunking
-    summary = _run(tmp_path, src, tiny_embedder, analyzer, max_seconds=0.05)
-    reasons = _reasons(summary)
+    try:
+        reasons = _reasons(_run(tmp_path, src, tiny_embedder, analyzer, max_seconds=0.05))
+    except NothingToIngest as err:  # on a loaded machine even the small file can miss 0.05 s: both named
+        assert f"{src / 'slow.md'}: took longer than 0.05 s" in str(err) and "ZHRAG_INGEST_FILE_TIMEOUT_S" in str(err)
+        assert f"{src / 'ok.md'}: took longer than 0.05 s" in str(err)
+        assert not (tmp_path / "index" / "CURRENT").exists()  # and nothing was published
+        return
     assert "took longer than 0.05 s" in reasons["slow.md"] and "ZHRAG_INGEST_FILE_TIMEOUT_S" in reasons["slow.md"]
     assert "ok.md" not in reasons or "took longer" in reasons["ok.md"]  # a small file may still fit
 
