@@ -203,16 +203,17 @@ class DialogueQueries:
     lexical_leg: float = 1.0
     """Scales the BM25 legs' fusion weight (1: as for a single question)."""
 
-    def search_options(self, base: SearchOptions, leg_weights: Mapping[str, float] | None = None) -> SearchOptions:
+    def search_options(self, base: SearchOptions, leg_weights: Mapping[str, float]) -> SearchOptions:
         """``base`` with these queries' fusion weights and BM25 parts (search ``self.queries`` with it).
 
         Args:
             base: The request's options; its per-leg ``weights`` win over ``leg_weights``.
-            leg_weights: The searcher's default per-leg weights, which :attr:`lexical_leg` scales.
+            leg_weights: The searcher's default per-leg weights (``Searcher.weights``), which
+                :attr:`lexical_leg` scales; required, so that a caller cannot silently drop the configured ones.
         """
         weights = base.weights
         if self.lexical_leg != 1.0:
-            merged = {**(leg_weights or {}), **(base.weights or {})}
+            merged = {**leg_weights, **(base.weights or {})}
             weights = {**merged, BM25: merged.get(BM25, 1.0) * self.lexical_leg}
         return replace(base, query_weights=self.weights, lexical=self.lexical or None, weights=weights)
 
@@ -326,4 +327,6 @@ class DialogueQueryBuilder:
             queries.insert(0, rewritten)
             weights.insert(0, REWRITE_WEIGHT)
             lexical.insert(0, None)
-        return DialogueQueries(queries, weights, lexical, context, elliptical, rewritten, self.weights.lexical_leg)
+        return DialogueQueries(
+            queries, weights, lexical, context, elliptical, rewritten, lexical_leg=self.weights.lexical_leg
+        )

@@ -241,4 +241,5 @@ def test_a_conversation_fuses_its_bm25_legs_lighter(builder: DialogueQueryBuilde
     moved = _msgs(
         "我老公开了一家个体工商户，经营不善欠了很多钱。", "另外，邻居家的狗把我孩子咬伤了，狗的主人要承担什么责任？"
     )
-    assert builder.build(moved).context_turns == [] and builder.build(moved).lexical_leg == 1.0
+    moved_plan = builder.build(moved)
+    assert moved_plan.context_turns == [] and moved_plan.lexical_leg == 1.0
