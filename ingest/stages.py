@@ -15,9 +15,11 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,6 +199,42 @@ def prepare(task: FileTask, context: StageContext) -> PreparedFile:
 
 
 _CONTEXT: StageContext | None = None
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while the pool forks workers and starts its manager thread; a held signal is
+    raised again on leaving, when the pool is whole.
+
+    An interrupt that landed between the two left a thread that ``shutdown`` cannot join ("cannot join thread
+    before it is started"), and that RuntimeError replaced the KeyboardInterrupt; one that landed between
+    two forks left workers no thread would ever stop, and the command hung on exit. The Python-level
+    handlers are swapped rather than the thread's signal mask: any other thread (torch's, a tokenizer's) may
+    take the signal, and Python then runs its handler in the main thread all the same.
+    """
+    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield  # handlers can only be swapped from the main thread, and one installed outside Python not at all
+        return
+    owner, held = os.getpid(), []
+
+    def hold(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:  # a worker forked in this window does what _init_worker makes it do
+            if signum == signal.SIGTERM:
+                os._exit(128 + signum)
+            return
+        held.append(signum)
+
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _init_worker(context: StageContext) -> None:
@@ -237,16 +275,21 @@ def prepared_in_order(tasks: Iterable[FileTask], context: StageContext, workers:
     pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker, initargs=(context,))
     pending: deque[Future[PreparedFile]] = deque()
     todo = iter(tasks)
+
+    def submit(task: FileTask) -> None:
+        with _stop_signals_held():  # a submit may fork workers and start the pool's thread
+            pending.append(pool.submit(_prepare_in_worker, task))
+
     try:
         for task in todo:
-            pending.append(pool.submit(_prepare_in_worker, task))
+            submit(task)
             if len(pending) >= workers * LOOKAHEAD_PER_WORKER:
                 break
         while pending:
             result = pending.popleft().result()
             task = next(todo, None)
             if task is not None:
-                pending.append(pool.submit(_prepare_in_worker, task))
+                submit(task)
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+import signal
+from concurrent.futures import process
 from pathlib import Path
 
 import pytest
 
 from ingest import stages
+from ingest.chunkers import ChunkSettings
 from ingest.pipeline import IngestOptions, ingest
 from retrieval.embedders.tokens import MAX_BATCH_TOKENS, padded_tokens
 from retrieval.index import Index
@@ -77,3 +82,37 @@ def test_a_worker_crash_leaves_the_live_index(tmp_path: Path, tiny_embedder, ana
         ingest([SAMPLE_STATUTES], index, tiny_embedder, analyzer, progress=False, options=IngestOptions(workers=2))
     assert (index / "CURRENT").read_text() == before and not list(index.glob(".staging-*"))
     assert Index(index).docs.document_ids() == ["医师法.md"]
+
+
+@pytest.mark.parametrize(
+    ("owner", "method", "when"),
+    [
+        (process._ExecutorManagerThread, "start", "before"),  # seen in CI: the thread made but not started
+        (process.ProcessPoolExecutor, "_spawn_process", "after"),  # one worker forked, the next not yet
+    ],
+)
+def test_ctrl_c_while_the_pool_starts_raises_keyboardinterrupt_and_stops_the_workers(
+    analyzer, monkeypatch: pytest.MonkeyPatch, owner: type, method: str, when: str
+) -> None:
+    """A Ctrl-C that lands inside the first submit, while the pool forks its workers and starts its thread, must
+    surface as the interrupt (the CLI's "interrupted" line), and leave no worker behind to hang the exit."""
+    original = getattr(owner, method)
+
+    def interrupted(self: object, *args: object, **kwargs: object) -> object:
+        if when == "before":
+            os.kill(os.getpid(), signal.SIGINT)
+        result = original(self, *args, **kwargs)
+        if when == "after":
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(owner, method, interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    context = stages.StageContext(settings=ChunkSettings(), analyzer=analyzer, spec=None)
+    tasks = [stages.FileTask(path, path.name) for path in sorted(SAMPLE_STATUTES.glob("*.md"))]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(stages.prepared_in_order(tasks, context, workers=2))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert multiprocessing.active_children() == []
