@@ -2,12 +2,15 @@
 
     python benchmarks/dialogue_eval.py --index IDX --dialogues D.jsonl --qrels Q.tsv [--mode bm25|hybrid]
         [--doc-id "{law} {article}"] [--ids mt-more-100..mt-more-199] [--embed-base-url URL --embed-cache F]
+        [--source-queries queries.jsonl]
 
 ``--ids LO..HI`` keeps the dialogues whose id lies between LO and HI (inclusive, compared as text), e.g.
 one half of a set that is split into a tuning and a report part. Prints one JSON object: nDCG@10 per
 ``--dialogue-mode`` (last, concat, concat-user, auto), Recall@10 per mode and, for auto against each other mode, the ratio of
 the means with a 95% interval from 5,000 paired bootstrap resamples of the dialogues (seed 0), and the spread
 of the per-dialogue differences: on how many dialogues auto is better / the same / worse, and their quartiles.
+``--source-queries`` (the BEIR queries the dialogues' ``source_query`` ids name) also scores each
+dialogue's original standalone question with the same judgements: how much of it a conversation keeps.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from app.services import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 MODES = ("last", "concat", "concat-user", "auto")
+STANDALONE = "standalone"
 RESAMPLES = 5000
 
 
@@ -52,6 +56,19 @@ def paired_spread(auto: np.ndarray, other: np.ndarray) -> dict[str, object]:
     }
 
 
+def standalone_queries(rows: list[dict], queries: Path) -> list[dict]:
+    """One BEIR query per dialogue: its ``source_query``'s text under the dialogue's id."""
+    texts = {}
+    for line in queries.open(encoding="utf-8"):
+        if line.strip():
+            record = json.loads(line)
+            texts[record["id"]] = record["text"]
+    missing = sorted(r["id"] for r in rows if r.get("source_query") not in texts)
+    if missing:
+        raise SystemExit(f"{queries}: no source question for {len(missing)} dialogues, e.g. {missing[0]}")
+    return [{"id": r["id"], "text": texts[r["source_query"]]} for r in rows]
+
+
 def score_modes(
     args: argparse.Namespace, rows: list[dict], qrels: Path, doc_id: str = "{doc_id}"
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -68,6 +85,14 @@ def score_modes(
             result = run_eval(services, config, progress=False)
             per_mode[mode] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
             recall[mode] = round(float(result["Recall@10"]), 4)
+        if getattr(args, "source_queries", None):
+            path = Path(tmp) / "queries.jsonl"
+            lines = (json.dumps(q, ensure_ascii=False) + "\n" for q in standalone_queries(rows, args.source_queries))
+            path.write_text("".join(lines), encoding="utf-8")
+            config = EvalConfig(qrels=qrels, queries=path, mode=args.mode, doc_id=doc_id)
+            result = run_eval(services, config, progress=False)
+            per_mode[STANDALONE] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
+            recall[STANDALONE] = round(float(result["Recall@10"]), 4)
     services.close()
     return per_mode, recall
 
@@ -82,6 +107,7 @@ def main() -> None:
     parser.add_argument("--ids", help="LO..HI: only the dialogues with LO <= id <= HI")
     parser.add_argument("--embed-base-url", help="Remote embedding server of the index (e.g. the e5 stand-in)")
     parser.add_argument("--embed-cache", type=Path)
+    parser.add_argument("--source-queries", type=Path, help="BEIR queries.jsonl naming the dialogues' source_query")
     args = parser.parse_args()
 
     rows = [json.loads(line) for line in args.dialogues.open(encoding="utf-8") if line.strip()]
@@ -90,7 +116,7 @@ def main() -> None:
         rows = [r for r in rows if low <= r["id"] <= high]
     per_mode, recall = score_modes(args, rows, args.qrels, args.doc_id)
     ids = sorted(per_mode["auto"])
-    scores = {mode: np.array([per_mode[mode][i] for i in ids]) for mode in MODES}
+    scores = {mode: np.array([per_mode[mode][i] for i in ids]) for mode in per_mode}
     out = {
         "dialogues": len(ids),
         "mode": args.mode,
@@ -98,7 +124,7 @@ def main() -> None:
         "Recall@10": recall,
         "auto_vs": {},
     }
-    for mode in MODES[:-1]:
+    for mode in [m for m in scores if m != "auto"]:
         ratio, low, high = ratio_interval(scores["auto"], scores[mode])
         out["auto_vs"][mode] = {
             "ratio": round(ratio, 3),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "dialogue_eval.py"
 _spec = importlib.util.spec_from_file_location("dialogue_eval", SCRIPT)
@@ -33,3 +35,16 @@ def test_ratio_interval_brackets_the_ratio() -> None:
     noisy = other + rng.normal(0, 0.2, 200)
     ratio, low, high = dialogue_eval.ratio_interval(noisy, other)
     assert low < ratio < high
+
+
+def test_standalone_queries_map_each_dialogue_to_its_source_question(tmp_path: Path) -> None:
+    dialogues = Path(__file__).resolve().parents[2] / "data" / "eval" / "multiturn_legal_extra" / "dialogues.jsonl"
+    rows = [json.loads(line) for line in dialogues.read_text(encoding="utf-8").splitlines()[:3]]
+    queries = tmp_path / "queries.jsonl"
+    texts = {r["source_query"]: f"原问题{i}：{r['messages'][0]['content']}" for i, r in enumerate(rows)}
+    queries.write_text("".join(json.dumps({"id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in texts.items()))
+    got = dialogue_eval.standalone_queries(rows, queries)
+    assert [q["id"] for q in got] == [r["id"] for r in rows]
+    assert [q["text"] for q in got] == [texts[r["source_query"]] for r in rows]
+    with pytest.raises(SystemExit, match=rows[0]["id"]):
+        dialogue_eval.standalone_queries([{**rows[0], "source_query": "q-none"}], queries)
