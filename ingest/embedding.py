@@ -8,11 +8,13 @@ running in the main thread.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -74,6 +76,42 @@ class EmbedStats:
         return max(self.busy_s.values(), default=0.0)
 
 
+class _DeviceThread:
+    """One daemon thread that runs a device's jobs in order.
+
+    A daemon, unlike a ``ThreadPoolExecutor``'s worker, which the interpreter joins at exit: Ctrl-C while a
+    stalled embedding server held a request waited out its timeout and retries (minutes) before the
+    command could end.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[None], Callable[[], None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, run = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                run()
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+    def submit(self, run: Callable[[], None]) -> Future[None]:
+        future: Future[None] = Future()
+        self._jobs.put((future, run))
+        return future
+
+    def stop(self, wait: bool) -> None:
+        self._jobs.put(None)
+        if wait:
+            self._thread.join()
+
+
 class EmbedStage:
     """Embed shards of chunks on one or more devices.
 
@@ -100,25 +138,27 @@ class EmbedStage:
         self.on_progress = on_progress
         self.stats = EmbedStats(busy_s={self._label(i): 0.0 for i in range(len(self.replicas))})
         self._lock = threading.Lock()
-        self._threads = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"zhrag-embed-{i}") for i in range(len(self.replicas))
-        ]
+        self._threads = [_DeviceThread(f"zhrag-embed-{i}") for i in range(len(self.replicas))]
         self._failed = threading.Event()
 
     def _label(self, i: int) -> str:
         return f"{i}:{getattr(self.replicas[i], 'device', 'remote')}"
 
-    def close(self) -> None:
-        """Stop the device threads (pending work is cancelled)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the device threads: batches not started are dropped; ``wait`` waits for the ones running."""
         self._failed.set()
-        for pool in self._threads:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for thread in self._threads:
+            thread.stop(wait)
 
     def __enter__(self) -> EmbedStage:
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        # A stopped command (Ctrl-C, SIGTERM: KeyboardInterrupt in the main thread) does not wait for the batch
+        # in flight: the process is about to exit, and a remote server may hold it for minutes. Elsewhere (a
+        # server's cancelled ingest) the batch is waited for, so that the model has one user at a time.
+        stopped = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.close(wait=not (stopped and threading.current_thread() is threading.main_thread()))
 
     def submit(self, input_ids: Sequence[Sequence[int]] | None, texts: Sequence[str]) -> Future[np.ndarray]:
         """Start embedding one shard; the future holds its vectors in input order.
@@ -148,7 +188,7 @@ class EmbedStage:
                 self.stats.batches += len(batches)
         shares = _balance(cost, len(self.replicas))
         futures = [
-            self._threads[d].submit(self._run, d, [jobs[j] for j in share], vectors)
+            self._threads[d].submit(partial(self._run, d, [jobs[j] for j in share], vectors))
             for d, share in enumerate(shares)
             if share
         ]

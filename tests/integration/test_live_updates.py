@@ -221,6 +221,37 @@ def test_stopping_a_parallel_ingest_leaves_no_worker_tracebacks(index: Path, tin
     assert current_version(index) == before and not list(index.glob(".staging-*"))
 
 
+def test_stopping_an_ingest_while_the_embedding_server_stalls(tmp_path: Path) -> None:
+    """Ctrl-C while a remote server holds a batch (60 s timeout, 3 retries) ends the command at once."""
+    from tests.fake_http import JSONHandler, serve
+
+    batch_arrived, release = threading.Event(), threading.Event()
+
+    class Stalled(JSONHandler):
+        def do_POST(self) -> None:
+            texts = self.read_json()["input"]
+            if len(texts) > 1:  # a batch of chunks, not the dimension probe
+                batch_arrived.set()
+                release.wait(600)
+            self.send_json({"data": [{"index": i, "embedding": [0.5, 0.5]} for i in range(len(texts))]})
+
+    index = tmp_path / "index"
+    with serve(Stalled) as url:
+        writer = _zhrag(
+            "ingest", str(SAMPLE_STATUTES), "--index", str(index), "--embedder", "openai", "--embed-base-url", url,
+            "--model", "stalled", "--quiet",
+        )  # fmt: skip
+        try:
+            assert batch_arrived.wait(120), "no embedding batch reached the server"
+            writer.send_signal(signal.SIGINT)
+            _, err = writer.communicate(timeout=30)  # before: the request's timeout and retries, minutes
+        finally:
+            writer.kill()
+            release.set()
+    assert writer.returncode == 1 and "interrupted" in err and "Traceback" not in err
+    assert current_version(index) is None and not list(index.glob(".staging-*"))
+
+
 @pytest.mark.parametrize("after_s", [2.0, 4.0, 6.0])
 def test_milvus_ingest_killed_at_any_point_leaves_the_previous_generation(
     tmp_path: Path, tiny_model_dir, after_s: float
