@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Dialogues also go through the LLM rewriter (ZHRAG_REWRITE_BASE_URL/_MODEL); default: LLM-free",
     )
     p.add_argument("--rewrite-cache", type=Path, help="SQLite cache of rewrites (ZHRAG_REWRITE_CACHE): reruns are free")
+    p.add_argument(
+        "--rewrite-weight",
+        type=float,
+        help="Fusion weight of the rewritten question (ZHRAG_REWRITE_WEIGHT, default 1): compare 1, 2, 4 on your data",
+    )
     p.add_argument("--embed-base-url", help="Override the embedding server URL recorded in the index")
     p.add_argument("--embed-cache", type=Path)
     p.add_argument("--per-query", type=Path, help="Write per-query metrics and top-10 ids as JSONL")
@@ -476,6 +481,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         weight_dense=args.weight_dense,
         weight_bm25=args.weight_bm25,
         rewrite_cache=args.rewrite_cache,
+        rewrite_weight=args.rewrite_weight,
     )
     services = build_services(settings, load_model=args.mode != "bm25")
     config = EvalConfig(

@@ -344,4 +344,5 @@ def build_dialogue(
         min_similarity=settings.topic_min_similarity,
         rewriter=rewriter,
         weights=turn_weights(domain),
+        rewrite_weight=settings.rewrite_weight,
     )

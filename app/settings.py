@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from retrieval.dialogue import REWRITE_WEIGHT
 from retrieval.embedders.sentence_transformers import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_SEQ_LENGTH,
@@ -100,6 +101,9 @@ class Settings(BaseSettings):
     rewrite_api_key: str | None = None
     rewrite_timeout: float = 3.0
     rewrite_cache: Path | None = Field(None, description="SQLite cache of LLM rewrites (reruns are free)")
+    rewrite_weight: float = Field(
+        REWRITE_WEIGHT, gt=0, description="Fusion weight of the LLM's rewritten question beside the builder's queries"
+    )
     topic_min_similarity: float | None = Field(
         None, description="Also split topics where consecutive user turns embed less similar than this (cosine)"
     )

@@ -227,6 +227,7 @@ class DialogueQueryBuilder:
         min_similarity: Turns less similar than this to the later context start a different topic.
         rewriter: Optional LLM rewriter (anything with ``rewrite(messages) -> str | None``).
         weights: Turn weights (:func:`turn_weights` of the index's domain); the defaults when omitted.
+        rewrite_weight: Fusion weight of the rewritten question against the builder's own queries.
     """
 
     def __init__(
@@ -236,6 +237,7 @@ class DialogueQueryBuilder:
         min_similarity: float | None = None,
         rewriter: Rewriter | None = None,
         weights: TurnWeights | None = None,
+        rewrite_weight: float = REWRITE_WEIGHT,
     ) -> None:
         from jieba.analyse.tfidf import TFIDF
 
@@ -244,6 +246,7 @@ class DialogueQueryBuilder:
         self.min_similarity = min_similarity
         self.rewriter = rewriter
         self.weights = weights or TurnWeights()
+        self.rewrite_weight = rewrite_weight
         self._tfidf = TFIDF()
         self._tfidf.tokenizer = analyzer._tokenizer
         self._tfidf.stop_words = set(self._tfidf.stop_words) | set(analyzer.stopwords)
@@ -325,7 +328,7 @@ class DialogueQueryBuilder:
         rewritten = self.rewriter.rewrite(messages) if self.rewriter is not None else None
         if rewritten:
             queries.insert(0, rewritten)
-            weights.insert(0, REWRITE_WEIGHT)
+            weights.insert(0, self.rewrite_weight)
             lexical.insert(0, None)
         return DialogueQueries(
             queries, weights, lexical, context, elliptical, rewritten, lexical_leg=self.weights.lexical_leg

@@ -16,6 +16,8 @@ CHAT = [
     {"role": "user", "content": "那他欠的钱谁来还？"},
 ]
 
+OTHER_QUESTION = "医师在执业活动中应当履行哪些义务？"  # a rewrite that points elsewhere than the conversation
+
 
 class FakeChat(JSONHandler):
     behaviour = "ok"
@@ -33,6 +35,7 @@ class FakeChat(JSONHandler):
         content = {
             "ok": "<think>\n想一想\n</think>\n个体工商户的债务应当由谁承担？",
             "empty": "   ",
+            "other": OTHER_QUESTION,
         }.get(FakeChat.behaviour, "x")
         self.send_json({"choices": [{"message": {"role": "assistant", "content": content}}]})
 
@@ -133,3 +136,26 @@ def test_eval_rewrite_mode_uses_the_llm_only_when_asked(server: str, sample_inde
     bare = build_services(Settings(index=sample_index), load_model=False)
     with pytest.raises(EvalInputError, match="ZHRAG_REWRITE_BASE_URL"):
         run_eval(bare, EvalConfig(qrels=qrels, dialogues=dialogues, mode="bm25", rewrite=True), False)
+
+
+def test_rewrite_weight_sets_the_rewrites_share_of_the_fused_ranking(server: str, sample_index) -> None:
+    """ZHRAG_REWRITE_WEIGHT: the rewritten question's fusion weight beside the builder's own queries."""
+    from app.services import build_services
+    from app.settings import Settings
+    from retrieval.searcher import SearchOptions
+
+    FakeChat.behaviour = "other"
+    base = SearchOptions(mode="bm25", top_k=10)
+    plans, tops = {}, {}
+    for weight in (0.25, 4.0):
+        settings = Settings(index=sample_index, rewrite_base_url=server, rewrite_model="m", rewrite_weight=weight)
+        services = build_services(settings, load_model=False)
+        plan = services.dialogue.build(CHAT, search_mode="bm25")
+        hits = services.searcher.search(plan.queries, plan.search_options(base, services.searcher.weights)).hits
+        plans[weight], tops[weight] = plan, [h.chunk.doc_id for h in hits[:3]]
+        alone = [h.chunk.doc_id for h in services.searcher.search(OTHER_QUESTION, base).hits[:3]]
+        services.close()
+    assert plans[4.0].queries == plans[0.25].queries and plans[4.0].queries[0] == OTHER_QUESTION
+    assert (plans[0.25].weights[0], plans[4.0].weights[0]) == (0.25, 4.0)
+    assert plans[4.0].weights[1:] == plans[0.25].weights[1:]
+    assert tops[4.0] == alone and tops[0.25] != alone  # heavy: the rewrite's ranking; light: the conversation's
