@@ -71,7 +71,9 @@ MAX_CONTEXT_TURNS = 4
 CONTEXT_WEIGHT = 1.0
 RECENT_WEIGHT = 0.25
 SELF_CONTAINED_LAST_WEIGHT = 1.0
-REWRITE_WEIGHT = 1.0  # the default of ZHRAG_REWRITE_WEIGHT; an oracle rewrite gains up to 4 (README), a real LLM unmeasured
+# REWRITE_WEIGHT is ZHRAG_REWRITE_WEIGHT's default: with an oracle rewrite, heavier weights win (README);
+# a real LLM's best weight is unmeasured here.
+REWRITE_WEIGHT = 1.0
 # The lexical (BM25) leg of the contextual query is one weighted query over the turns of the topic: the
 # last turn at 1, each earlier user turn LEXICAL_DECAY times its successor, the assistant's replies at
 # ASSISTANT_WEIGHT times the user turn they answer (they name the topic in the assistant's words).
