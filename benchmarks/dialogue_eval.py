@@ -2,7 +2,7 @@
 
     python benchmarks/dialogue_eval.py --index IDX --dialogues D.jsonl --qrels Q.tsv [--mode bm25|hybrid]
         [--doc-id "{law} {article}"] [--ids mt-more-100..mt-more-199] [--embed-base-url URL --embed-cache F]
-        [--source-queries queries.jsonl]
+        [--source-queries queries.jsonl [--oracle-rewrite 1,2,4]]
 
 ``--ids LO..HI`` keeps the dialogues whose id lies between LO and HI (inclusive, compared as text), e.g.
 one half of a set that is split into a tuning and a report part. Prints one JSON object: nDCG@10 per
@@ -11,6 +11,8 @@ the means with a 95% interval from 5,000 paired bootstrap resamples of the dialo
 of the per-dialogue differences: on how many dialogues auto is better / the same / worse, and their quartiles.
 ``--source-queries`` (the BEIR queries the dialogues' ``source_query`` ids name) also scores each
 dialogue's original standalone question with the same judgements: how much of it a conversation keeps.
+``--oracle-rewrite W,…`` then runs auto with an oracle in place of the LLM rewriter (it returns that
+question), fused at each rewrite weight W: what a perfect rewrite could add, and how much fusion keeps.
 """
 
 from __future__ import annotations
@@ -69,6 +71,20 @@ def standalone_queries(rows: list[dict], queries: Path) -> list[dict]:
     return [{"id": r["id"], "text": texts[r["source_query"]]} for r in rows]
 
 
+class OracleRewriter:
+    """Stands in for the LLM rewriter: each conversation's original question (an upper bound, not an LLM)."""
+
+    def __init__(self, rows: list[dict], questions: list[dict]) -> None:
+        self._questions = {_conversation_key(r["messages"]): q["text"] for r, q in zip(rows, questions, strict=True)}
+
+    def rewrite(self, messages: list[dict]) -> str | None:
+        return self._questions.get(_conversation_key(messages))
+
+
+def _conversation_key(messages: list[dict]) -> str:
+    return json.dumps(messages, ensure_ascii=False, sort_keys=True)
+
+
 def score_modes(
     args: argparse.Namespace, rows: list[dict], qrels: Path, doc_id: str = "{doc_id}"
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -86,13 +102,21 @@ def score_modes(
             per_mode[mode] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
             recall[mode] = round(float(result["Recall@10"]), 4)
         if getattr(args, "source_queries", None):
-            path = Path(tmp) / "queries.jsonl"
-            lines = (json.dumps(q, ensure_ascii=False) + "\n" for q in standalone_queries(rows, args.source_queries))
-            path.write_text("".join(lines), encoding="utf-8")
-            config = EvalConfig(qrels=qrels, queries=path, mode=args.mode, doc_id=doc_id)
+            questions = standalone_queries(rows, args.source_queries)
+            queries = Path(tmp) / "queries.jsonl"
+            queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions), encoding="utf-8")
+            config = EvalConfig(qrels=qrels, queries=queries, mode=args.mode, doc_id=doc_id)
             result = run_eval(services, config, progress=False)
             per_mode[STANDALONE] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
             recall[STANDALONE] = round(float(result["Recall@10"]), 4)
+            services.dialogue.rewriter = OracleRewriter(rows, questions)
+            for weight in getattr(args, "oracle_rewrite", None) or []:
+                services.dialogue.rewrite_weight = weight
+                config = EvalConfig(qrels=qrels, dialogues=path, mode=args.mode, doc_id=doc_id, rewrite=True)
+                result = run_eval(services, config, progress=False)
+                name = f"auto+oracle@{weight:g}"
+                per_mode[name] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
+                recall[name] = round(float(result["Recall@10"]), 4)
     services.close()
     return per_mode, recall
 
@@ -108,7 +132,14 @@ def main() -> None:
     parser.add_argument("--embed-base-url", help="Remote embedding server of the index (e.g. the e5 stand-in)")
     parser.add_argument("--embed-cache", type=Path)
     parser.add_argument("--source-queries", type=Path, help="BEIR queries.jsonl naming the dialogues' source_query")
+    parser.add_argument(
+        "--oracle-rewrite",
+        type=lambda text: [float(w) for w in text.split(",")],
+        help="W,...: auto with the original question as its 'LLM rewrite', at these fusion weights",
+    )
     args = parser.parse_args()
+    if args.oracle_rewrite and not args.source_queries:
+        parser.error("--oracle-rewrite needs --source-queries")
 
     rows = [json.loads(line) for line in args.dialogues.open(encoding="utf-8") if line.strip()]
     if args.ids:

@@ -48,3 +48,12 @@ def test_standalone_queries_map_each_dialogue_to_its_source_question(tmp_path: P
     assert [q["text"] for q in got] == [texts[r["source_query"]] for r in rows]
     with pytest.raises(SystemExit, match=rows[0]["id"]):
         dialogue_eval.standalone_queries([{**rows[0], "source_query": "q-none"}], queries)
+
+
+def test_the_oracle_rewriter_answers_each_conversation_with_its_own_question() -> None:
+    dialogues = Path(__file__).resolve().parents[2] / "data" / "eval" / "multiturn_legal_extra" / "dialogues.jsonl"
+    rows = [json.loads(line) for line in dialogues.read_text(encoding="utf-8").splitlines()[:3]]
+    questions = [{"id": r["id"], "text": f"原问题：{r['messages'][-1]['content']}"} for r in rows]
+    oracle = dialogue_eval.OracleRewriter(rows, questions)
+    assert [oracle.rewrite(r["messages"]) for r in rows] == [q["text"] for q in questions]
+    assert oracle.rewrite([*rows[0]["messages"][:-1], {"role": "user", "content": "那他呢？"}]) is None
