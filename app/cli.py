@@ -336,6 +336,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         ),
         domain=domain,
     )
+    _work_done(EXIT_SKIPPED if summary.skipped else EXIT_OK)
     if args.json:
         print(json.dumps(summary.to_dict(), ensure_ascii=False))
     else:
@@ -777,6 +778,27 @@ def _stop_on_signals() -> None:
         signal.signal(signal.SIGINT, interrupt)
 
 
+_COMMAND_PROCESS = threading.Event()
+"""Set while ``main`` runs as the process's own command (not called from Python with ``argv``)."""
+
+
+def _work_done(code: int) -> None:
+    """The command's work is done (an ingest has published): from now on a Ctrl-C or SIGTERM ends the process
+    at once with ``code``. Before, one that landed while the summary was printed or the interpreter tore down
+    (torch's and the threads' exit hooks take a moment) said "the index was not changed" after a publish, or
+    printed a KeyboardInterrupt traceback after a successful run. Only for the process's own command."""
+    import signal
+
+    def leave(_signum: int, _frame: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    if _COMMAND_PROCESS.is_set() and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, leave)
+        signal.signal(signal.SIGINT, leave)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``zhrag`` console script."""
     from retrieval.embedders import EmbedderError
@@ -784,19 +806,23 @@ def main(argv: list[str] | None = None) -> int:
     from retrieval.searcher import SearchError
 
     args = build_parser().parse_args(argv)
+    if argv is None:
+        _COMMAND_PROCESS.set()
     _stop_on_signals()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if getattr(args, "top_k", None) is not None and not 1 <= args.top_k <= MAX_TOP_K:
         print(f"zhrag: error: --top-k must be in 1..{MAX_TOP_K}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except (CliError, ZhragIndexError, EmbedderError, SearchError, ValueError, FileNotFoundError) as exc:
         print(f"zhrag {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        code = EXIT_USAGE
     except KeyboardInterrupt:
         print("zhrag: interrupted; the index was not changed", file=sys.stderr)
-        return EXIT_ERROR
+        code = EXIT_ERROR
+    _work_done(code)
+    return code
 
 
 if __name__ == "__main__":
