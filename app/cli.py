@@ -287,7 +287,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.chunkers import ChunkSettings
     from ingest.pipeline import IngestOptions, ingest
     from ingest.stages import default_workers
-    from retrieval.index import read_manifest
+    from retrieval.index import current_version, read_manifest
 
     settings = _settings(
         args,
@@ -318,24 +318,33 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise CliError(f"{settings.index} is a {recorded} index; --domain {args.domain} cannot change that")
     # An index keeps its domain; one older than the record takes an explicit --domain, else its instruction's.
     domain = recorded or index_domain(settings, None if args.domain else manifest)
-    summary = ingest(
-        args.paths,
-        settings.index,
-        embedder,
-        analyzer,
-        chunk,
-        store=_store_options(args, settings),
-        progress=not (args.quiet or args.json),
-        prune=args.prune,
-        options=IngestOptions(
-            workers=settings.workers or default_workers(),
-            devices=settings.devices or None,
-            max_batch_tokens=settings.max_batch_tokens,
-            cancel=STOP,
-            limits=ingest_limits(settings),
-        ),
-        domain=domain,
-    )
+    before = current_version(settings.index)
+    try:
+        summary = ingest(
+            args.paths,
+            settings.index,
+            embedder,
+            analyzer,
+            chunk,
+            store=_store_options(args, settings),
+            progress=not (args.quiet or args.json),
+            prune=args.prune,
+            options=IngestOptions(
+                workers=settings.workers or default_workers(),
+                devices=settings.devices or None,
+                max_batch_tokens=settings.max_batch_tokens,
+                cancel=STOP,
+                limits=ingest_limits(settings),
+            ),
+            domain=domain,
+        )
+    except KeyboardInterrupt:
+        after = current_version(settings.index)
+        if after == before:
+            raise
+        # Stopped after the swap (while the writer tidied up): the new version is whole and live.
+        print(f"zhrag: interrupted after version {after} was published; it is live and complete", file=sys.stderr)
+        return EXIT_ERROR
     _work_done(EXIT_SKIPPED if summary.skipped else EXIT_OK)
     if args.json:
         print(json.dumps(summary.to_dict(), ensure_ascii=False))

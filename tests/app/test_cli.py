@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, main
+from app.cli import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, main
 from tests.conftest import SAMPLE_STATUTES
 
 
@@ -302,3 +302,25 @@ except KeyboardInterrupt:
     code = 128 + getattr(signal, sig)
     assert done.stdout.split("\n")[:2] == [f"child {code}", "parent interrupted True"], done.stderr
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+
+
+def test_an_interrupt_after_the_publish_says_the_new_version_is_live(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while the writer tidies up old versions, after the swap: not "the index was not changed"."""
+    from retrieval.index import IndexWriter, current_version
+
+    index, flags = tmp_path / "i", ["--model", str(tiny_model_dir), "--quiet"]
+    assert main(["ingest", str(SAMPLE_STATUTES / "医师法.md"), "--index", str(index), *flags]) == EXIT_OK
+    before = current_version(index)
+
+    def interrupted(self: IndexWriter, live: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(IndexWriter, "_prune", interrupted)
+    capsys.readouterr()
+    code = main(["ingest", str(SAMPLE_STATUTES / "药品管理法.md"), "--index", str(index), *flags])
+    err = capsys.readouterr().err
+    after = current_version(index)
+    assert code == EXIT_ERROR and after not in (None, before)
+    assert f"interrupted after version {after} was published" in err and "not changed" not in err
