@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -772,8 +773,6 @@ def _stop_on_signals() -> None:
     inherits this handler until its initializer replaces it; a signal in that window (Ctrl-C reaches the
     whole process group) ends the worker quietly instead of raising a KeyboardInterrupt traceback there.
     """
-    import signal
-
     owner = os.getpid()
 
     def interrupt(signum: int, _frame: object) -> None:
@@ -782,9 +781,16 @@ def _stop_on_signals() -> None:
         STOP.set()
         raise KeyboardInterrupt
 
+    _on_stop_signals(interrupt)
+
+
+def _on_stop_signals(handler: Callable[[int, Any], None]) -> None:
+    """``handler`` for SIGTERM and SIGINT (handlers can only be set from the main thread)."""
+    import signal
+
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
-        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
 
 
 _COMMAND_PROCESS = threading.Event()
@@ -796,16 +802,14 @@ def _work_done(code: int) -> None:
     at once with ``code``. Before, one that landed while the summary was printed or the interpreter tore down
     (torch's and the threads' exit hooks take a moment) said "the index was not changed" after a publish, or
     printed a KeyboardInterrupt traceback after a successful run. Only for the process's own command."""
-    import signal
 
     def leave(_signum: int, _frame: object) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
-    if _COMMAND_PROCESS.is_set() and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, leave)
-        signal.signal(signal.SIGINT, leave)
+    if _COMMAND_PROCESS.is_set():
+        _on_stop_signals(leave)
 
 
 def main(argv: list[str] | None = None) -> int:

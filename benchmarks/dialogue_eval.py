@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.evaluate import EvalConfig, run_eval  # noqa: E402
 from app.services import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from retrieval.evaluation import load_queries  # noqa: E402
 
 MODES = ("last", "concat", "concat-user", "auto")
 STANDALONE = "standalone"
@@ -60,11 +61,7 @@ def paired_spread(auto: np.ndarray, other: np.ndarray) -> dict[str, object]:
 
 def standalone_queries(rows: list[dict], queries: Path) -> list[dict]:
     """One BEIR query per dialogue: its ``source_query``'s text under the dialogue's id."""
-    texts = {}
-    for line in queries.open(encoding="utf-8"):
-        if line.strip():
-            record = json.loads(line)
-            texts[record["id"]] = record["text"]
+    texts = load_queries(queries)
     missing = sorted(r["id"] for r in rows if r.get("source_query") not in texts)
     if missing:
         raise SystemExit(f"{queries}: no source question for {len(missing)} dialogues, e.g. {missing[0]}")
@@ -93,30 +90,27 @@ def score_modes(
     options = {k: v for k, v in (("embed_base_url", args.embed_base_url), ("embed_cache", args.embed_cache)) if v}
     services = build_services(Settings(index=args.index, microbatch=False, **options), load_model=args.mode != "bm25")
     per_mode, recall = {}, {}
+
+    def record(name: str, config: EvalConfig) -> None:
+        result = run_eval(services, config, progress=False)
+        per_mode[name] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
+        recall[name] = round(float(result["Recall@10"]), 4)
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "dialogues.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         for mode in MODES:
-            config = EvalConfig(qrels=qrels, dialogues=path, mode=args.mode, dialogue_mode=mode, doc_id=doc_id)
-            result = run_eval(services, config, progress=False)
-            per_mode[mode] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
-            recall[mode] = round(float(result["Recall@10"]), 4)
+            record(mode, EvalConfig(qrels=qrels, dialogues=path, mode=args.mode, dialogue_mode=mode, doc_id=doc_id))
         if getattr(args, "source_queries", None):
             questions = standalone_queries(rows, args.source_queries)
             queries = Path(tmp) / "queries.jsonl"
             queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions), encoding="utf-8")
-            config = EvalConfig(qrels=qrels, queries=queries, mode=args.mode, doc_id=doc_id)
-            result = run_eval(services, config, progress=False)
-            per_mode[STANDALONE] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
-            recall[STANDALONE] = round(float(result["Recall@10"]), 4)
+            record(STANDALONE, EvalConfig(qrels=qrels, queries=queries, mode=args.mode, doc_id=doc_id))
             services.dialogue.rewriter = OracleRewriter(rows, questions)
             for weight in getattr(args, "oracle_rewrite", None) or []:
                 services.dialogue.rewrite_weight = weight
                 config = EvalConfig(qrels=qrels, dialogues=path, mode=args.mode, doc_id=doc_id, rewrite=True)
-                result = run_eval(services, config, progress=False)
-                name = f"auto+oracle@{weight:g}"
-                per_mode[name] = {q["id"]: q["nDCG@10"] for q in result["per_query"]}
-                recall[name] = round(float(result["Recall@10"]), 4)
+                record(f"auto+oracle@{weight:g}", config)
     services.close()
     return per_mode, recall
 
