@@ -16,6 +16,7 @@ from typing import Any
 from app import __version__
 from app.settings import MAX_TOP_K, Settings
 from retrieval.dialogue import DIALOGUE_MODES
+from retrieval.searcher import BM25, DENSE, EXPAND_CHOICES, HYBRID, SEARCH_MODES
 from retrieval.stores import MILVUS_INDEX_TYPES
 from retrieval.stores.faiss import FAISS_INDEX_TYPES
 
@@ -142,12 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=Path, help=INDEX_HELP)
     p.add_argument("--messages", type=Path, help="JSON file with an OpenAI-format messages list (multi-turn)")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
+    p.add_argument("--mode", choices=SEARCH_MODES, default=HYBRID)
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="Metadata filter (repeatable)")
     p.add_argument("--rerank", action="store_true", help="Rerank with --reranker / ZHRAG_RERANKER")
     p.add_argument("--reranker", help="Reranker model id or directory")
     p.add_argument("--score-threshold", type=float)
-    p.add_argument("--expand", choices=["none", "article", "neighbors"], default="none")
+    p.add_argument("--expand", choices=EXPAND_CHOICES, default="none")
     p.add_argument("--group-by", choices=["doc_id"])
     p.add_argument("--dialogue-mode", choices=DIALOGUE_MODES, default="auto")
     p.add_argument("--model", help="Must match the index's model (it is read from the index)")
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--queries", type=Path, help="BEIR queries JSONL")
     src.add_argument("--dialogues", type=Path, help="Dialogues JSONL ({id, messages})")
     p.add_argument("--dialogue-mode", choices=DIALOGUE_MODES, default="auto")
-    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
+    p.add_argument("--mode", choices=SEARCH_MODES, default=HYBRID)
     p.add_argument("--rerank", action="store_true")
     p.add_argument("--reranker", help="Reranker model id or directory")
     p.add_argument("--doc-id", default="{doc_id}", help='Qrels id template over chunk metadata, e.g. "{law} {article}"')
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=Path, help="Index to time searches on (default: ZHRAG_INDEX, else ./zhrag_index)")
     p.add_argument("--queries", type=Path, help="BEIR queries JSONL or a text file with one question per line")
     p.add_argument("--limit", type=int, default=200, help="At most this many queries")
-    p.add_argument("--modes", default="bm25,dense,hybrid", help="Comma-separated modes")
+    p.add_argument("--modes", default=",".join((BM25, DENSE, HYBRID)), help="Comma-separated modes")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--embed-cache", type=Path)
     p.add_argument(
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--http", action="store_true", help="Serve --index and load /search, micro-batching on and off")
     g.add_argument("--concurrency", default="1,8,32,64", help="Requests in flight per level")
     g.add_argument("--requests", type=int, default=256, help="Requests per level (at least 4 x concurrency)")
-    g.add_argument("--http-mode", choices=["hybrid", "dense", "bm25"], default="hybrid", help="/search mode")
+    g.add_argument("--http-mode", choices=SEARCH_MODES, default=HYBRID, help="/search mode")
     g.add_argument("--microbatch", choices=["both", "on", "off"], default="both", help="Which server variants")
     g = p.add_argument_group("vector index layouts (--ann N)")
     g.add_argument("--ann", type=int, metavar="N", help="Compare FAISS flat, HNSW and IVF-PQ on N synthetic vectors")
@@ -431,7 +432,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise CliError("; ".join(e["msg"] for e in exc.errors())) from exc
     services = build_services(
-        settings, load_model=args.mode != "bm25", model=model_reference(args.model) if args.model else None
+        settings, load_model=args.mode != BM25, model=model_reference(args.model) if args.model else None
     )
     outcome, query, _ = run_search(services, body)
     response = to_search_response(outcome, query)
@@ -494,7 +495,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rewrite_cache=args.rewrite_cache,
         rewrite_weight=args.rewrite_weight,
     )
-    services = build_services(settings, load_model=args.mode != "bm25")
+    services = build_services(settings, load_model=args.mode != BM25)
     config = EvalConfig(
         qrels=args.qrels,
         queries=args.queries,
@@ -545,6 +546,14 @@ def _ints(text: str, flag: str) -> list[int]:
     return values
 
 
+def _search_modes(text: str, flag: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in SEARCH_MODES]
+    if not modes or unknown:
+        raise CliError(f"{flag} expects comma-separated modes of {', '.join(SEARCH_MODES)}, got {text!r}")
+    return modes
+
+
 def _bench_dialogues(args: argparse.Namespace) -> dict[str, Any]:
     """Milliseconds the LLM-free query builder takes per conversation (auto mode), per search mode."""
     import time
@@ -560,7 +569,7 @@ def _bench_dialogues(args: argparse.Namespace) -> dict[str, Any]:
     builder = services.dialogue
     builder.rewriter = None  # the default, LLM-free builder
     result: dict[str, Any] = {"dialogues": len(dialogues), "dialogue_mode": "auto"}
-    for mode in ("bm25", "hybrid"):
+    for mode in (BM25, HYBRID):
         # Warm-up: jieba's dictionary and TF-IDF's tables (loaded on the first older turn met), not the
         # analyzer's block cache, which would time a second pass over the same turns.
         builder.build(dialogues[0], "auto", mode)
@@ -601,9 +610,9 @@ def _bench_search(args: argparse.Namespace, queries: list[str]) -> dict[str, Any
     from app.bench import run_bench
     from app.services import build_services
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = _search_modes(args.modes, "--modes")
     settings = _settings(args, embed_cache=args.embed_cache)
-    services = build_services(settings, load_model=any(m != "bm25" for m in modes))
+    services = build_services(settings, load_model=any(m != BM25 for m in modes))
     return run_bench(services, queries, modes, args.top_k)
 
 

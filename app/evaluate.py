@@ -23,7 +23,7 @@ from retrieval.evaluation import (
     load_queries,
     per_query_metrics,
 )
-from retrieval.searcher import DEFAULT_CANDIDATES, Searcher, SearchOptions, normalize_query
+from retrieval.searcher import BM25, DEFAULT_CANDIDATES, HYBRID, Searcher, SearchMode, SearchOptions, normalize_query
 
 __all__ = [
     "EvalConfig",
@@ -51,7 +51,7 @@ class EvalConfig:
     queries: Path | None = None
     dialogues: Path | None = None
     dialogue_mode: DialogueMode = "auto"
-    mode: str = "hybrid"
+    mode: SearchMode = HYBRID
     rerank: bool = False
     doc_id: str = "{doc_id}"
     limit: int | None = None
@@ -161,7 +161,7 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
             config.doc_id,
         )
     searcher = services.searcher
-    if config.mode != "bm25":
+    if config.mode != BM25:
         searcher = _eval_searcher(services, [q for qid in ids for q in work[qid].queries])
     run: dict[str, dict[str, float]] = {}
     top: dict[str, list[str]] = {}

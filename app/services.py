@@ -20,7 +20,7 @@ from retrieval.index import Index, check_embedder, current_version, read_manifes
 from retrieval.prompts import domain_of
 from retrieval.rerankers import create_reranker
 from retrieval.rewriter import CachedRewriter, LLMQueryRewriter
-from retrieval.searcher import Reranker, Searcher, SearchOptions
+from retrieval.searcher import BM25, DENSE, Reranker, Searcher, SearchOptions
 from retrieval.text import Analyzer
 
 __all__ = [
@@ -87,7 +87,7 @@ class Services:
 
     def warm_up(self) -> None:
         """Run one query through each leg so the first request does not pay for lazy initialisation."""
-        self.searcher.search("预热", SearchOptions(top_k=1, mode="bm25"))
+        self.searcher.search("预热", SearchOptions(top_k=1, mode=BM25))
         if self.embedder is not None:
             self.embedder.embed_queries(["预热"])
 
@@ -299,7 +299,7 @@ def build_searcher(
     settings: Settings, index: Index, embedder: Embedder | None, analyzer: Analyzer, reranker: Reranker | None
 ) -> Searcher:
     """The searcher over ``index`` with the fusion settings."""
-    weights = {"dense": settings.weight_dense, "bm25": settings.weight_bm25}
+    weights = {DENSE: settings.weight_dense, BM25: settings.weight_bm25}
     return Searcher(
         index,
         embedder,

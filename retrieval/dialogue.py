@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-from retrieval.searcher import BM25, SearchOptions
+from retrieval.searcher import BM25, HYBRID, SearchMode, SearchOptions
 from retrieval.text.analyzer import Analyzer
 
 __all__ = [
@@ -276,7 +276,7 @@ class DialogueQueryBuilder:
         return chosen
 
     def build(
-        self, messages: Sequence[Mapping[str, str]], mode: DialogueMode = "auto", search_mode: str = "hybrid"
+        self, messages: Sequence[Mapping[str, str]], mode: DialogueMode = "auto", search_mode: SearchMode = HYBRID
     ) -> DialogueQueries:
         """Retrieval queries for the last user turn of ``messages``.
 
@@ -320,11 +320,11 @@ class DialogueQueryBuilder:
             if subject:
                 parts.append((" ".join(subject), self.weights.subject_weight))
         lexical: list[list[tuple[str, float]] | None] = [parts]
-        if len(context) > 1 and search_mode != "bm25" and self.weights.recent > 0:
+        if len(context) > 1 and search_mode != BM25 and self.weights.recent > 0:
             queries.append(f"{context[-1]} {last}")
             weights.append(self.weights.recent)
             lexical.append(None)
-        if not elliptical and search_mode != "bm25":
+        if not elliptical and search_mode != BM25:
             queries.append(last)
             weights.append(SELF_CONTAINED_LAST_WEIGHT)
             lexical.append(None)

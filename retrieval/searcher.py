@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 
@@ -25,7 +25,14 @@ __all__ = [
     "SearchOptions",
     "SearchOutcome",
     "SearchMode",
+    "SEARCH_MODES",
+    "LegKind",
+    "HYBRID",
+    "DENSE",
+    "BM25",
+    "LEG_KINDS",
     "Expand",
+    "EXPAND_CHOICES",
     "Reranker",
     "SearchError",
     "DEFAULT_CANDIDATES",
@@ -36,13 +43,21 @@ __all__ = [
 ]
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
+"""How a search retrieves: both legs fused, or one of them alone."""
+LegKind = Literal["dense", "bm25"]
+"""A retrieval leg (its name in results, ``ranks`` and fusion weights)."""
+HYBRID: SearchMode = "hybrid"
+DENSE: LegKind = "dense"
+BM25: LegKind = "bm25"
+SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
+LEG_KINDS: tuple[LegKind, ...] = get_args(LegKind)
 Expand = Literal["none", "article", "neighbors"]
-SEARCH_MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
+"""What each hit brings along: nothing, its whole statute article, or its neighbouring chunks."""
+EXPAND_CHOICES: tuple[Expand, ...] = get_args(Expand)
 DEFAULT_CANDIDATES = 300
 """Candidates each leg contributes before fusion (at least ``top_k``)."""
 DEFAULT_RERANK_CANDIDATES = 30
 """How many fused candidates the reranker re-scores (at least ``top_k``)."""
-DENSE, BM25 = "dense", "bm25"
 LEG_SEPARATOR = "#"
 
 
@@ -50,8 +65,7 @@ LEG_SEPARATOR = "#"
 class Leg:
     """One ranked list fused by RRF: a retrieval kind run for one of the search's queries."""
 
-    kind: str
-    """``dense`` or ``bm25``."""
+    kind: LegKind
     query: int = 0
     """Position of the query it ran for (0 = the first)."""
 
@@ -110,7 +124,7 @@ class SearchOptions:
     """
 
     top_k: int = 5
-    mode: SearchMode = "hybrid"
+    mode: SearchMode = HYBRID
     filters: MetadataFilter | Mapping[str, Any] | None = None
     rerank: bool = False
     score_threshold: float | None = None
@@ -131,7 +145,7 @@ class SearchOutcome:
     hits: list[Hit]
     queries: list[str]
     took_ms: float
-    mode: str
+    mode: SearchMode
     reranked: bool = False
     debug: dict[str, Any] = field(default_factory=dict)
     lexical: list[tuple[str, float]] | None = None
@@ -175,9 +189,9 @@ class Searcher:
         self.reranker = reranker
         self.weights = dict(weights or {})
 
-    def effective_mode(self, mode: str) -> str:
+    def effective_mode(self, mode: SearchMode) -> SearchMode:
         """The mode a search in ``mode`` runs in: ``hybrid`` without an embedder is its BM25 leg alone."""
-        return BM25 if mode == "hybrid" and self.embedder is None else mode
+        return BM25 if mode == HYBRID and self.embedder is None else mode
 
     def rrf_k_for(self, options: SearchOptions) -> int:
         """The RRF constant a search uses."""
@@ -220,9 +234,9 @@ class Searcher:
     ) -> tuple[list[tuple[int, float]], dict[str, dict[int, tuple[int, float]]]]:
         """Fused (row id, score) ranking for one or more queries, and each leg's (rank, score) per row id."""
         pool = max(options.candidates or self.candidates, options.top_k)
-        vectors = self._embed_queries(queries) if options.mode in ("hybrid", "dense") else None
+        vectors = self._embed_queries(queries) if options.mode != BM25 else None
         lexical_legs: dict[Leg, list[tuple[int, float]]] = {}
-        if options.mode in ("hybrid", "bm25"):
+        if options.mode != DENSE:
             lexical = list(options.lexical or [])
             for i, query in enumerate(queries):
                 parts = lexical[i] if i < len(lexical) else None
@@ -284,7 +298,7 @@ class Searcher:
         ranked, cited, verdicts = self._cited_first(queries, ranked, allowed)
         hits = self._materialise(ranked, detail, options, cited)
         weighted = next((list(parts) for parts in options.lexical or [] if parts), None)
-        lexical = weighted if options.mode != "dense" else None
+        lexical = weighted if options.mode != DENSE else None
         citations = [v.to_dict() for v in verdicts]
         return SearchOutcome(hits, queries, _ms(start), options.mode, reranked, lexical=lexical, citations=citations)
 

@@ -13,7 +13,7 @@ from app.api.deps import ServicesDep
 from app.api.schemas import MetadataCondition
 from app.settings import MAX_TOP_K
 from retrieval.metadata_filter import FilterError
-from retrieval.searcher import SearchError, SearchOptions, SearchOutcome
+from retrieval.searcher import BM25, DENSE, HYBRID, LEG_KINDS, SearchError, SearchOptions, SearchOutcome
 
 __all__ = ["router", "DifyRetrievalRequest", "DifyRetrievalResponse", "DifyError", "relevance_scores"]
 
@@ -78,9 +78,9 @@ def relevance_scores(outcome: SearchOutcome, rrf_max: float) -> list[float]:
     scores = [h.score for h in outcome.hits]
     if outcome.reranked:
         return [min(1.0, max(0.0, s)) for s in scores]
-    if outcome.mode == "dense":
+    if outcome.mode == DENSE:
         return [min(1.0, max(0.0, s)) for s in scores]
-    if outcome.mode == "bm25":
+    if outcome.mode == BM25:
         top = max(scores, default=1.0) or 1.0
         return [s / top for s in scores]
     return [min(1.0, s / rrf_max) for s in scores]
@@ -109,7 +109,7 @@ def retrieval(
     top_k = body.retrieval_setting.top_k
     options = SearchOptions(
         top_k=top_k,
-        mode="hybrid" if services.embedder is not None else "bm25",
+        mode=HYBRID if services.embedder is not None else BM25,
         filters=spec,
         rerank=services.reranker is not None,
     )
@@ -118,7 +118,7 @@ def retrieval(
     except (SearchError, FilterError) as exc:
         return _error(400, 400, str(exc))
     weights = services.searcher.weights
-    rrf_max = sum(weights.get(leg, 1.0) for leg in ("dense", "bm25")) / (services.searcher.rrf_k_for(options) + 1)
+    rrf_max = sum(weights.get(leg, 1.0) for leg in LEG_KINDS) / (services.searcher.rrf_k_for(options) + 1)
     records: list[dict[str, Any]] = []
     for hit, score in zip(outcome.hits, relevance_scores(outcome, rrf_max), strict=True):
         chunk = hit.chunk

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.settings import MAX_TOP_K
 from retrieval.dialogue import DialogueMode
 from retrieval.metadata_filter import MAX_CONDITIONS, Condition, MetadataFilter
-from retrieval.searcher import SearchOutcome
+from retrieval.searcher import HYBRID, Expand, SearchMode, SearchOutcome
 
 __all__ = [
     "SearchRequest",
@@ -70,7 +70,7 @@ class SearchRequest(BaseModel):
     )
     session_id: str | None = Field(None, max_length=128, description="Server-side conversation to continue")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
-    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    mode: SearchMode = HYBRID
     filters: MetadataCondition | dict[str, FilterValue] | None = Field(
         None,
         description='Metadata filter applied inside retrieval: {"law": "...", "article_no": [1, 2]} (equality / any of), '
@@ -79,7 +79,7 @@ class SearchRequest(BaseModel):
     )
     rerank: bool = False
     score_threshold: float | None = Field(None, description="Drop results scoring below this (higher = better)")
-    expand: Literal["none", "article", "neighbors"] = "none"
+    expand: Expand = "none"
     neighbors: int = Field(1, ge=0, le=5)
     group_by: Literal["doc_id"] | None = None
     dialogue_mode: DialogueMode = "auto"

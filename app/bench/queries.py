@@ -9,12 +9,12 @@ from typing import Any
 
 from app.bench.machine import machine_info, peak_rss_mb, percentile
 from app.services import Services
-from retrieval.searcher import SearchOptions
+from retrieval.searcher import BM25, SearchOptions
 
 __all__ = ["run_bench", "WARMUP_QUERIES", "BASELINE_MODE"]
 
 WARMUP_QUERIES = 3
-BASELINE_MODE = "bm25"
+BASELINE_MODE = BM25
 _P95 = 0.95
 
 

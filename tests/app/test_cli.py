@@ -170,6 +170,12 @@ def test_bench_reports_latency_per_mode(cli_index: Path, capsys) -> None:
     assert result["modes"]["bm25"]["relative_to_bm25"] == 1.0
 
 
+def test_bench_names_an_unknown_mode(cli_index: Path, capsys) -> None:
+    assert main(["bench", "--index", str(cli_index), "--limit", "2", "--modes", "bm25,hybird"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "hybird" in err and "hybrid" in err
+
+
 def test_rerank_end_to_end(cli_index: Path, tmp_path: Path, tiny_reranker_dir: Path, capsys) -> None:
     """The rerank path through search and eval with a tiny Qwen3 reranker (scores are P("yes"))."""
     args = [
