@@ -15,9 +15,12 @@ from typing import Any
 
 from app import __version__
 from app.settings import MAX_TOP_K, Settings
+from ingest.chunkers.base import CHUNKERS
 from retrieval.dialogue import DIALOGUE_MODES
+from retrieval.embedders import EMBEDDER_BACKENDS
+from retrieval.prompts import DOMAINS
 from retrieval.searcher import BM25, DENSE, EXPAND_CHOICES, HYBRID, SEARCH_MODES
-from retrieval.stores import MILVUS_INDEX_TYPES
+from retrieval.stores import MILVUS_INDEX_TYPES, STORE_BACKENDS
 from retrieval.stores.faiss import FAISS_INDEX_TYPES
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_SKIPPED"]
@@ -70,10 +73,10 @@ def _store_flags(p: argparse.ArgumentParser) -> None:
 def _embedder_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("embedding model")
     g.add_argument("--model", help="Hub id, modelscope:ORG/NAME or local dir (default Qwen/Qwen3-Embedding-0.6B)")
-    g.add_argument("--embedder", choices=["sentence-transformers", "openai"], help="Local model or remote server")
+    g.add_argument("--embedder", choices=EMBEDDER_BACKENDS, help="Local model or remote server")
     g.add_argument(
         "--domain",
-        choices=["legal", "medical", "general"],
+        choices=DOMAINS,
         help="What the documents are about: picks the query instruction; a new index records it (query synonyms "
         "and multi-turn turn weights follow it)",
     )
@@ -124,10 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--chunk-size", type=int, default=None, help="Max tokens per chunk (default 512)")
     p.add_argument("--chunk-overlap", type=int, default=None, help="Token overlap of generic chunks (default 64)")
-    p.add_argument("--chunker", choices=["auto", "statute", "section", "generic"], default="auto")
-    p.add_argument(
-        "--store", choices=["faiss", "numpy", "milvus"], default=None, help="Vector store of a new index (ZHRAG_STORE)"
-    )
+    p.add_argument("--chunker", choices=CHUNKERS, default="auto")
+    p.add_argument("--store", choices=STORE_BACKENDS, default=None, help="Vector store of a new index (ZHRAG_STORE)")
     p.add_argument("--workers", type=int, help="Processes for loading, chunking and tokenising (default: the cores)")
     p.add_argument("--devices", help="One model replica per device, e.g. cuda:0,cuda:1")
     p.add_argument("--max-batch-tokens", type=int, help="Padded tokens per embedding batch (default by device)")
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="Move an index's vectors to another store without re-embedding them")
     p.add_argument("--index", type=Path, help=INDEX_HELP)
-    p.add_argument("--to", dest="store", choices=["faiss", "numpy", "milvus"], required=True)
+    p.add_argument("--to", dest="store", choices=STORE_BACKENDS, required=True)
     _store_flags(p)
 
     p = sub.add_parser("citations", help="Check the statute citations in a text against an index")

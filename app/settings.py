@@ -10,13 +10,19 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retrieval.dialogue import REWRITE_WEIGHT
+from retrieval.embedders import EmbedderBackend
 from retrieval.embedders.sentence_transformers import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_SEQ_LENGTH,
     DEFAULT_MODEL,
+    ModelSource,
+    Precision,
 )
 from retrieval.fusion import RRF_K
+from retrieval.prompts import DEFAULT_DOMAIN, Domain
+from retrieval.rerankers import RerankerType
 from retrieval.searcher import DEFAULT_CANDIDATES
+from retrieval.stores import StoreBackend
 
 __all__ = ["Settings", "DEFAULT_INDEX_DIR", "MAX_TOP_K"]
 
@@ -31,16 +37,16 @@ class Settings(BaseSettings):
 
     index: Path = Field(DEFAULT_INDEX_DIR, description="Index directory")
     # Embedding
-    embedder: Literal["sentence-transformers", "openai"] = "sentence-transformers"
+    embedder: EmbedderBackend = "sentence-transformers"
     model: str = Field(DEFAULT_MODEL, description="Hub id, modelscope:ORG/NAME, or a local directory (ingest)")
-    model_source: Literal["huggingface", "modelscope"] = "huggingface"
-    domain: Literal["legal", "medical", "general"] = "legal"
+    model_source: ModelSource = "huggingface"
+    domain: Domain = DEFAULT_DOMAIN
     instruction: str | None = Field(None, description="Query instruction; overrides the domain default")
     dim: int | None = Field(None, description="Matryoshka output dimension")
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str | None = None
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    precision: Precision = "auto"
     embed_base_url: str | None = None
     embed_api_key: str | None = None
     embed_model: str | None = None
@@ -60,7 +66,7 @@ class Settings(BaseSettings):
     citations: bool = Field(True, description="Put the statute articles a query cites first (民法典第1165条)")
     citation_aliases: Path | None = Field(None, description="Extra law short names: lines of 'short<TAB>full title'")
     # Vector store of a new index
-    store: Literal["faiss", "numpy", "milvus"] = Field("faiss", description="Vector store of a new index")
+    store: StoreBackend = Field("faiss", description="Vector store of a new index")
     milvus_uri: str | None = Field(
         None, description="Milvus server (http://…) or Milvus Lite file; default INDEX/milvus.db"
     )
@@ -94,7 +100,7 @@ class Settings(BaseSettings):
     weight_dense: float = 1.0
     weight_bm25: float = 1.0
     reranker: str | None = Field(None, description="Reranker model id or directory (enables rerank=true)")
-    reranker_type: Literal["auto", "cross-encoder", "qwen3"] = "auto"
+    reranker_type: RerankerType = "auto"
     # Optional LLM query rewriting for conversations (OpenAI-compatible chat endpoint); off when unset
     rewrite_base_url: str | None = None
     rewrite_model: str | None = None

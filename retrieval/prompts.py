@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
-__all__ = ["Domain", "INSTRUCTIONS", "DEFAULT_DOMAIN", "resolve_instruction", "domain_of", "format_query"]
+__all__ = ["Domain", "DOMAINS", "INSTRUCTIONS", "DEFAULT_DOMAIN", "resolve_instruction", "domain_of", "format_query"]
 
 Domain = Literal["legal", "medical", "general"]
+DOMAINS: tuple[Domain, ...] = get_args(Domain)
 DEFAULT_DOMAIN: Domain = "legal"
 
 # Written in English like the instructions Qwen3-Embedding was trained with (its model card recommends

@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from retrieval.text.numerals import cn_to_int
 from retrieval.types import Chunk
@@ -15,6 +15,7 @@ __all__ = [
     "ChunkSettings",
     "LengthFn",
     "ChunkerName",
+    "CHUNKERS",
     "chunk_id",
     "make_chunk",
     "embed_text",
@@ -27,6 +28,7 @@ __all__ = [
 
 LengthFn = Callable[[str], int]
 ChunkerName = Literal["auto", "statute", "section", "generic"]
+CHUNKERS: tuple[ChunkerName, ...] = get_args(ChunkerName)
 DEFAULT_CHUNK_SIZE = 512
 DEFAULT_CHUNK_OVERLAP = 64
 CHUNK_ID_LENGTH = 20

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from retrieval.embedders.base import Embedder, EmbedderError, normalize_rows, truncate_dim
 
@@ -13,9 +13,11 @@ __all__ = [
     "truncate_dim",
     "create_embedder",
     "EMBEDDER_BACKENDS",
+    "EmbedderBackend",
 ]
 
-EMBEDDER_BACKENDS = ("sentence-transformers", "openai")
+EmbedderBackend = Literal["sentence-transformers", "openai"]
+EMBEDDER_BACKENDS: tuple[EmbedderBackend, ...] = get_args(EmbedderBackend)
 
 
 def create_embedder(backend: str, **options: Any) -> Embedder:

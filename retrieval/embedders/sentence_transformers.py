@@ -24,6 +24,8 @@ __all__ = [
     "resolve_model_path",
     "model_reference",
     "st_modules",
+    "Precision",
+    "ModelSource",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ MODELSCOPE_PREFIX = "modelscope:"
 HUB_PROBE_TIMEOUT_S = 5.0
 EOS_TOKEN = "<|endoftext|>"
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
+ModelSource = Literal["huggingface", "modelscope"]
 Unpadded = Literal["auto", "on", "off"]
 
 
@@ -55,7 +58,7 @@ def model_reference(model: str) -> str:
     return str(path.resolve()) if path.is_dir() else model
 
 
-def resolve_model_path(model: str, source: Literal["huggingface", "modelscope"] = "huggingface") -> str:
+def resolve_model_path(model: str, source: ModelSource = "huggingface") -> str:
     """Map a model reference to what ``SentenceTransformer`` loads.
 
     A local directory is used as it is. ``modelscope:ORG/NAME`` (or ``source="modelscope"``) downloads
@@ -206,7 +209,7 @@ class SentenceTransformerEmbedder:
         device: str | None = None,
         precision: Precision = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
-        source: Literal["huggingface", "modelscope"] = "huggingface",
+        source: ModelSource = "huggingface",
         unpadded: Unpadded = "auto",
         prefix_cache: bool = True,
         max_batch_tokens: int | None = None,

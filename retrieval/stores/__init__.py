@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from retrieval.stores.base import MISSING_ID, StoreError, VectorStore
 
@@ -15,10 +15,12 @@ __all__ = [
     "load_store",
     "discard_store",
     "STORE_BACKENDS",
+    "StoreBackend",
     "MILVUS_INDEX_TYPES",
 ]
 
-STORE_BACKENDS = ("faiss", "numpy", "milvus")
+StoreBackend = Literal["faiss", "numpy", "milvus"]
+STORE_BACKENDS: tuple[StoreBackend, ...] = get_args(StoreBackend)
 MILVUS_INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "hnsw")
 """``--index-type`` values a Milvus store takes (``auto``: Milvus' AUTOINDEX; ``flat``: exact)."""
 _INSTALL_HINTS = {
