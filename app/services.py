@@ -13,14 +13,15 @@ from app.settings import Settings
 from ingest.limits import FileLimits
 from retrieval.citations import CitationIndex
 from retrieval.dialogue import DialogueQueryBuilder, turn_weights
-from retrieval.embedders import Embedder, create_embedder
+from retrieval.embedders import create_embedder
 from retrieval.embedders.cache import CachedEmbedder
 from retrieval.embedders.microbatch import MicroBatcher, QueryCache
 from retrieval.index import Index, check_embedder, current_version, read_manifest
 from retrieval.prompts import domain_of
+from retrieval.protocols import Embedder, Reranker
 from retrieval.rerankers import create_reranker
 from retrieval.rewriter import CachedRewriter, LLMQueryRewriter
-from retrieval.searcher import BM25, DENSE, Reranker, Searcher, SearchOptions
+from retrieval.searcher import BM25, DENSE, Searcher, SearchOptions
 from retrieval.text import Analyzer
 
 __all__ = [

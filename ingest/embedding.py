@@ -19,8 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from retrieval.embedders import Embedder
 from retrieval.embedders.tokens import TokenSpec, default_max_batch_tokens, plan_batches
+from retrieval.protocols import Embedder
 
 __all__ = [
     "EmbedStage",

@@ -27,8 +27,8 @@ from ingest.embedding import EmbedStage
 from ingest.limits import FileLimits
 from ingest.loaders import SUPPORTED_SUFFIXES, discover, file_parts
 from ingest.stages import FileTask, PreparedDoc, StageContext, prepared_in_order
-from retrieval.embedders import Embedder
 from retrieval.index import IndexWriter, read_manifest
+from retrieval.protocols import Embedder
 from retrieval.text import Analyzer
 
 __all__ = [

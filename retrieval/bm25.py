@@ -9,11 +9,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-__all__ = ["LexicalIndex", "BM25Index", "BM25Builder", "ChunkTerms", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
+__all__ = ["BM25Index", "BM25Builder", "ChunkTerms", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
 
 log = logging.getLogger(__name__)
 
@@ -21,27 +20,6 @@ log = logging.getLogger(__name__)
 def _quiet_bm25s() -> None:
     """bm25s sets its logger to DEBUG on import ("Building index from tokens"); keep it quiet."""
     logging.getLogger("bm25s").setLevel(logging.WARNING)
-
-
-class LexicalIndex(Protocol):
-    """The searcher's BM25 leg: local (:class:`BM25Index`) or inside a store (Milvus)."""
-
-    location: str
-    """Where it runs: ``local`` or the store's name."""
-
-    def count(self) -> int:
-        """Number of indexed chunks."""
-        ...
-
-    def search(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, row ids) for one tokenised query."""
-        ...
-
-    def search_weighted(
-        self, term_weights: Mapping[str, float], k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, row ids) scoring ``sum(weight * BM25 term score)``."""
-        ...
 
 
 BM25_DIR = "bm25"

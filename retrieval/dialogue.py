@@ -25,8 +25,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Literal, get_args
 
+from retrieval.protocols import Rewriter
 from retrieval.searcher import BM25, HYBRID, SearchMode, SearchOptions
 from retrieval.text.analyzer import Analyzer
 
@@ -47,14 +48,8 @@ __all__ = [
 ]
 
 DialogueMode = Literal["auto", "last", "concat", "concat-user"]
-DIALOGUE_MODES: tuple[str, ...] = ("auto", "last", "concat", "concat-user")
+DIALOGUE_MODES: tuple[DialogueMode, ...] = get_args(DialogueMode)
 Similarity = Callable[[str, str], float]
-
-
-class Rewriter(Protocol):
-    """Condenses a conversation into one standalone question (``None`` on failure)."""
-
-    def rewrite(self, messages: Sequence[Mapping[str, str]]) -> str | None: ...
 
 
 # The most recent context turns are carried verbatim; older ones as keywords, fewer the older they are.

@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Builder, BM25Index, ChunkTerms, LexicalIndex
+from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Builder, BM25Index, ChunkTerms
 from retrieval.docstore import DOCSTORE_FILE, DocStore
-from retrieval.stores import VectorStore, create_store, discard_store, load_store
+from retrieval.protocols import LexicalIndex, VectorStore
+from retrieval.stores import create_store, discard_store, load_store
 from retrieval.types import Chunk
 
 log = logging.getLogger(__name__)

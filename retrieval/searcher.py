@@ -6,16 +6,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from retrieval.citations import CitationIndex, Verdict
-from retrieval.embedders import Embedder
 from retrieval.embedders.microbatch import submit_queries
 from retrieval.fusion import RRF_K, reciprocal_rank_fusion
 from retrieval.index import Index
 from retrieval.metadata_filter import MetadataFilter, as_filter
+from retrieval.protocols import Embedder, Reranker
 from retrieval.stores import MISSING_ID
 from retrieval.text import normalize_text, to_simplified
 from retrieval.types import CONTINUED, Chunk, Hit
@@ -33,7 +33,6 @@ __all__ = [
     "LEG_KINDS",
     "Expand",
     "EXPAND_CHOICES",
-    "Reranker",
     "SearchError",
     "DEFAULT_CANDIDATES",
     "DEFAULT_RERANK_CANDIDATES",
@@ -86,16 +85,6 @@ def normalize_query(text: str) -> str:
 
 class SearchError(ValueError):
     """A search request cannot be served (e.g. dense mode without an embedder)."""
-
-
-class Reranker(Protocol):
-    """Second-stage scorer: higher = more relevant."""
-
-    name: str
-
-    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
-        """One relevance score per passage."""
-        ...
 
 
 @dataclass

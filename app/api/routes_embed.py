@@ -13,7 +13,8 @@ from app.api.deps import ServicesDep
 from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import EmbedRequest, EmbedResponse, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
 from app.services import Services
-from retrieval.embedders import Embedder, EmbedderError, truncate_dim
+from retrieval.embedders import EmbedderError, truncate_dim
+from retrieval.protocols import Embedder
 
 __all__ = ["router"]
 

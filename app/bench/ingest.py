@@ -19,9 +19,9 @@ from app.bench.machine import machine_info, peak_rss_mb
 from ingest.chunkers import ChunkSettings
 from ingest.embedding import TokenEmbedder
 from ingest.pipeline import IngestOptions, IngestSummary, ingest
-from retrieval.embedders import Embedder
 from retrieval.embedders.tokens import TokenSpec
 from retrieval.index import Index
+from retrieval.protocols import Embedder
 from retrieval.text import Analyzer
 
 __all__ = ["ZeroCostEmbedder", "run_ingest_bench", "encode_baseline"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from retrieval.embedders.base import Embedder, EmbedderError, normalize_rows, truncate_dim
+from retrieval.embedders.base import EmbedderError, normalize_rows, truncate_dim
+from retrieval.protocols import Embedder
 
 __all__ = [
-    "Embedder",
     "EmbedderError",
     "normalize_rows",
     "truncate_dim",

@@ -1,46 +1,15 @@
-"""The embedder interface every backend implements."""
+"""What every embedder backend shares: its error and the vector normalisation helpers (the interface is
+``retrieval.protocols.Embedder``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
-
 import numpy as np
 
-__all__ = ["Embedder", "EmbedderError", "normalize_rows", "truncate_dim"]
+__all__ = ["EmbedderError", "normalize_rows", "truncate_dim"]
 
 
 class EmbedderError(RuntimeError):
     """An embedder could not be loaded or did not answer as expected."""
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """Turns texts into L2-normalised float32 vectors (inner product == cosine)."""
-
-    name: str
-    """The model identifier recorded in the index manifest."""
-
-    @property
-    def dim(self) -> int:
-        """Output dimension."""
-        ...
-
-    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed passages (no instruction)."""
-        ...
-
-    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed queries (with the query instruction)."""
-        ...
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts used for chunk sizes and ingest summaries."""
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """What the manifest records so the same embedder can be rebuilt for search."""
-        ...
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:

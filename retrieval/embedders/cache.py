@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.embedders.base import Embedder
+from retrieval.protocols import Embedder
 
 __all__ = ["CachedEmbedder"]
 

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.embedders.base import Embedder, EmbedderError
+from retrieval.embedders.base import EmbedderError
+from retrieval.protocols import Embedder
 
 __all__ = ["MicroBatcher", "QueryCache", "Side", "DEFAULT_MAX_WAIT_MS", "DEFAULT_MAX_BATCH", "submit_queries"]
 

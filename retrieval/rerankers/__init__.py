@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from retrieval.searcher import Reranker
+from retrieval.protocols import Reranker
 
 __all__ = ["create_reranker", "detect_reranker_type", "RerankerType"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from retrieval.stores.base import MISSING_ID, StoreError, VectorStore
+from retrieval.protocols import VectorStore
+from retrieval.stores.base import MISSING_ID, StoreError
 
 __all__ = [
-    "VectorStore",
     "StoreError",
     "MISSING_ID",
     "create_store",

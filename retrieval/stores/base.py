@@ -1,14 +1,11 @@
-"""The vector-store interface: add / delete / search / save / load / count over int64 ids."""
+"""What every vector store shares: its error, the empty-slot id and input checks (the interface is
+``retrieval.protocols.VectorStore``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Protocol, runtime_checkable
-
 import numpy as np
 
-__all__ = ["VectorStore", "StoreError", "MISSING_ID"]
+__all__ = ["StoreError", "MISSING_ID", "check_vectors"]
 
 MISSING_ID = -1
 """Id reported for an empty result slot (fewer than ``k`` vectors matched)."""
@@ -16,37 +13,6 @@ MISSING_ID = -1
 
 class StoreError(RuntimeError):
     """A vector store could not be created, loaded or queried."""
-
-
-@runtime_checkable
-class VectorStore(Protocol):
-    """Inner-product search over L2-normalised vectors keyed by int64 ids."""
-
-    dim: int
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors under the given ids (ids must be new)."""
-        ...
-
-    def delete(self, ids: np.ndarray) -> int:
-        """Remove ids; returns how many were present."""
-        ...
-
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query row, best first; ``allowed`` restricts to those ids."""
-        ...
-
-    def save(self, path: Path) -> None:
-        """Write the store to ``path`` (a directory); callers make it atomic."""
-        ...
-
-    def count(self) -> int:
-        """Number of stored vectors."""
-        ...
-
-    def items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every stored (ids, vectors), in batches (to move an index to another store without re-embedding)."""
-        ...
 
 
 def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from retrieval.embedders.cache import CachedEmbedder
 from retrieval.embedders.openai import OpenAIEmbedder
 from retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder
 from retrieval.prompts import INSTRUCTIONS, format_query
+from retrieval.protocols import Embedder
 from tests.conftest import needs_shared
 
 TEXTS = ["医师在执业活动中履行下列义务", "禁止生产、销售假药", "高血压患者要控制食盐摄入量"]
@@ -123,6 +124,14 @@ class FakeServer:
 def _remote(server: FakeServer, **kw) -> OpenAIEmbedder:
     kw.setdefault("retries", 2)
     return OpenAIEmbedder("http://fake/v1", "qwen3-emb", transport=httpx.MockTransport(server), **kw)
+
+
+def test_every_backend_is_an_embedder(tiny_embedder: SentenceTransformerEmbedder, tmp_path: Path) -> None:
+    remote = _remote(FakeServer(), dim=8)
+    cached = CachedEmbedder(remote, tmp_path / "cache.sqlite")
+    for embedder in (tiny_embedder, remote, cached):
+        assert isinstance(embedder, Embedder), type(embedder).__name__
+        assert embedder.embed_queries(TEXTS[:1]).shape == (1, embedder.dim)
 
 
 def test_openai_embedder_batches_prefixes_and_orders(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from retrieval.embedders import normalize_rows
+from retrieval.protocols import VectorStore
 from retrieval.stores import MISSING_ID, StoreError, create_store, load_store
 
 DIM = 16
@@ -39,6 +40,7 @@ def vectors() -> np.ndarray:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_store_contract(backend: str, vectors: np.ndarray, tmp_path: Path) -> None:
     store = _create(backend, tmp_path)
+    assert isinstance(store, VectorStore)
     ids = np.arange(100, 150, dtype=np.int64)
     store.add(ids, vectors)
     assert store.count() == 50
@@ -59,7 +61,7 @@ def test_store_contract(backend: str, vectors: np.ndarray, tmp_path: Path) -> No
 
     store.save(tmp_path)
     loaded = load_store(backend, tmp_path, DIM)
-    assert loaded.count() == 49
+    assert isinstance(loaded, VectorStore) and loaded.count() == 49
     np.testing.assert_array_equal(loaded.search(vectors[5:6], k=4)[1], store.search(vectors[5:6], k=4)[1])
 
 
