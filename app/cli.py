@@ -17,9 +17,10 @@ from app import __version__
 from app.settings import MAX_TOP_K, Settings
 from ingest.chunkers.base import CHUNKERS
 from retrieval.dialogue import DIALOGUE_MODES
-from retrieval.embedders import EMBEDDER_BACKENDS
+from retrieval.embedders import EMBEDDER_BACKENDS, EmbedderError
+from retrieval.index import ZhragIndexError
 from retrieval.prompts import DOMAINS
-from retrieval.searcher import BM25, DENSE, EXPAND_CHOICES, HYBRID, SEARCH_MODES
+from retrieval.searcher import BM25, DENSE, EXPAND_CHOICES, HYBRID, SEARCH_MODES, SearchError
 from retrieval.stores import MILVUS_INDEX_TYPES, STORE_BACKENDS
 from retrieval.stores.faiss import FAISS_INDEX_TYPES
 
@@ -824,10 +825,6 @@ def _work_done(code: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``zhrag`` console script."""
-    from retrieval.embedders import EmbedderError
-    from retrieval.index import ZhragIndexError
-    from retrieval.searcher import SearchError
-
     args = build_parser().parse_args(argv)
     if argv is None:
         _COMMAND_PROCESS.set()

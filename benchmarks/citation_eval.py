@@ -23,7 +23,7 @@ from app.bench.machine import machine_info  # noqa: E402
 from app.services import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from retrieval.citations import COUNTRY_PREFIX  # noqa: E402
-from retrieval.searcher import SearchOptions  # noqa: E402
+from retrieval.searcher import HYBRID, SearchOptions  # noqa: E402
 
 STEMS = [
     "{c}怎么规定的？",
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--index", type=Path, required=True)
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mode", default="hybrid")
+    parser.add_argument("--mode", default=HYBRID)
     parser.add_argument("--out", type=Path, help="Write the questions here (JSONL)")
     args = parser.parse_args()
     on = build_services(Settings(index=args.index, microbatch=False))

@@ -31,6 +31,7 @@ from app.evaluate import EvalConfig, run_eval  # noqa: E402
 from app.services import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from retrieval.evaluation import load_queries  # noqa: E402
+from retrieval.searcher import BM25, SEARCH_MODES  # noqa: E402
 
 MODES = ("last", "concat", "concat-user", "auto")
 STANDALONE = "standalone"
@@ -88,7 +89,7 @@ def score_modes(
     """nDCG@10 per dialogue and Recall@10 of every ``--dialogue-mode`` for ``rows`` (dialogue records) on
     ``args.index`` in ``args.mode``, with the embedding server and cache of ``args`` (also switch_eval's)."""
     options = {k: v for k, v in (("embed_base_url", args.embed_base_url), ("embed_cache", args.embed_cache)) if v}
-    services = build_services(Settings(index=args.index, microbatch=False, **options), load_model=args.mode != "bm25")
+    services = build_services(Settings(index=args.index, microbatch=False, **options), load_model=args.mode != BM25)
     per_mode, recall = {}, {}
 
     def record(name: str, config: EvalConfig) -> None:
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--index", type=Path, required=True)
     parser.add_argument("--dialogues", type=Path, required=True)
     parser.add_argument("--qrels", type=Path, required=True)
-    parser.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="bm25")
+    parser.add_argument("--mode", choices=SEARCH_MODES, default=BM25)
     parser.add_argument("--doc-id", default="{doc_id}")
     parser.add_argument("--ids", help="LO..HI: only the dialogues with LO <= id <= HI")
     parser.add_argument("--embed-base-url", help="Remote embedding server of the index (e.g. the e5 stand-in)")

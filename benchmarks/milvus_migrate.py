@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.services import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from retrieval.index import migrate_store  # noqa: E402
-from retrieval.searcher import SearchOptions  # noqa: E402
+from retrieval.searcher import BM25, DENSE, HYBRID, SearchOptions  # noqa: E402
 
-MODES = ("bm25", "dense", "hybrid")
+MODES = (BM25, DENSE, HYBRID)
 
 
 def _results(index: Path, queries: list[str]) -> tuple[dict[str, list[list[str]]], dict[str, float]]:
@@ -38,7 +38,7 @@ def _results(index: Path, queries: list[str]) -> tuple[dict[str, list[list[str]]
             for mode in MODES
         }
         ms = {}
-        for mode in ("bm25", "dense"):
+        for mode in (BM25, DENSE):
             start = time.perf_counter()
             for q in queries:
                 services.searcher.search(q, SearchOptions(top_k=10, mode=mode))

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dialogue_eval import score_modes  # noqa: E402 - beside this script
 
 from retrieval.evaluation import load_qrels, load_queries  # noqa: E402
+from retrieval.searcher import BM25, SEARCH_MODES  # noqa: E402
 
 MARKERS = ("另外，", "换个问题，", "对了，", "还有个问题，")
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--dialogues", type=Path, required=True)
     parser.add_argument("--queries", type=Path, required=True, help="queries.jsonl holding the source questions")
     parser.add_argument("--qrels", type=Path, required=True, help="qrels.tsv of those questions")
-    parser.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="bm25")
+    parser.add_argument("--mode", choices=SEARCH_MODES, default=BM25)
     parser.add_argument("--embed-base-url")
     parser.add_argument("--embed-cache", type=Path)
     args = parser.parse_args()
