@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.layout import PageSpan
+
 __all__ = ["Document", "LoadError", "BadRecord", "LoadWarning"]
 
 
@@ -23,6 +25,8 @@ class Document:
         source: Where it came from (file path, with ``#line`` for JSONL records).
         format: Loader format (``md``, ``txt``, ``html``, ``pdf``, ``docx``, ``jsonl``).
         metadata: Extra fields (JSONL fields other than id/text/title).
+        pages: For paged sources (PDF, scans): where each page starts in ``text`` (non-whitespace
+            characters), and whether it was OCR'd; chunks get ``page``/``pages`` from it.
     """
 
     id: str
@@ -31,6 +35,7 @@ class Document:
     source: str = ""
     format: str = "txt"
     metadata: dict[str, Any] = field(default_factory=dict)
+    pages: list[PageSpan] | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class FileLimits:
     Attributes:
         max_file_mb: Largest file read (JSONL files are read in parts, so this bounds other formats).
         max_doc_chars: Longest document text (a record of a JSONL file, or a whole file's text).
-        max_archive_ratio: Largest ratio of unpacked to packed size of a ``.docx`` (a zip): zip bombs.
+        max_archive_ratio: Largest ratio of unpacked to packed size of a ``.docx``/``.xlsx`` (a zip): zip bombs.
         max_seconds: Longest one file (or JSONL part) may take to load and chunk; ``0`` = no limit.
     """
 
@@ -55,12 +55,12 @@ def check_file(path: Path, limits: FileLimits, whole: bool = True) -> None:
 
 
 def check_archive(path: Path, limits: FileLimits) -> None:
-    """Refuse a zip-based file (``.docx``) that unpacks to far more than its size (a zip bomb)."""
+    """Refuse a zip-based file (``.docx``, ``.xlsx``) that unpacks to far more than its size (a zip bomb)."""
     try:
         with zipfile.ZipFile(path) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
     except zipfile.BadZipFile as exc:
-        raise LoadError(f"{path}: not a valid .docx (zip) file: {exc}") from exc
+        raise LoadError(f"{path}: not a valid {path.suffix} (zip) file: {exc}") from exc
     packed = max(path.stat().st_size, 1)
     limit = max(limits.max_file_mb * 1024 * 1024, packed * limits.max_archive_ratio)
     if unpacked > limit:

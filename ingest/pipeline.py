@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from ingest.chunkers import ChunkSettings
+from ingest.document import Document
 from ingest.embedding import EmbedStage
 from ingest.limits import FileLimits
 from ingest.loaders import SUPPORTED_SUFFIXES, discover, file_parts
-from ingest.stages import FileTask, PreparedDoc, StageContext, prepared_in_order
+from ingest.stages import FileTask, PageCounter, PreparedDoc, StageContext, prepared_in_order
 from retrieval.index import IndexWriter, read_manifest
 from retrieval.protocols import Embedder
 from retrieval.text import Analyzer
@@ -167,6 +168,10 @@ class IngestSummary:
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
     """Repairs that kept a file (e.g. undecodable bytes replaced)."""
+    ocr_pages: int = 0
+    """Scanned pages and images read through OCR."""
+    ocr_confidence: float | None = None
+    """Mean OCR confidence over those pages (0..1)."""
     chunkers: dict[str, int] = field(default_factory=dict)
     model: str = ""
     version: str = ""
@@ -294,6 +299,7 @@ def ingest(
             settings, analyzer, spec, writer.document_hashes(), limits=options.limits, source_names=options.source_names
         )
         chunkers: Counter[str] = Counter()
+        ocr = _OcrTally()
         seen: set[str] = set()
         indexed: set[str] = set()
         failed: set[Path] = set()
@@ -324,7 +330,11 @@ def ingest(
             write(inflight)  # the device works on the new shard while the previous one is written
             inflight = submitted
 
-        with contextlib.closing(prepared_in_order(tasks, context, summary.workers)) as results:
+        pages = PageCounter()
+        with (
+            _ocr_progress(pages, progress),
+            contextlib.closing(prepared_in_order(tasks, context, summary.workers, pages)) as results,
+        ):
             for result in results:
                 if options.cancel is not None and options.cancel.is_set():
                     raise KeyboardInterrupt
@@ -339,6 +349,7 @@ def ingest(
                     summary.warnings.append({"path": warning.path, "reason": warning.reason})
                     log.warning("%s", warning.reason)
                 for d in result.docs:
+                    ocr.add(d.doc)
                     summary.documents += 1
                     if d.doc.id in seen:
                         skip(d.doc.source, f"duplicate document id {d.doc.id!r}; the later one replaces the earlier")
@@ -364,11 +375,12 @@ def ingest(
         if not seen:
             raise _nothing(names, summary.skipped)
         summary.chunkers = dict(chunkers)
+        summary.ocr_pages, summary.ocr_confidence = ocr.pages, ocr.mean()
         summary.documents_indexed = len(indexed)
         if prune:
-            keep = seen | {doc_base for path, doc_base in files if path in failed}
-            for doc_id in writer.document_ids():
-                if doc_id not in keep:
+            kept_bases = {doc_base for path, doc_base in files if path in failed}
+            for doc_id in writer.document_ids():  # a workbook's sheets are <file>#<sheet>
+                if doc_id not in seen and doc_id not in kept_bases and doc_id.split("#", 1)[0] not in kept_bases:
                     writer.delete_document(doc_id)
                     summary.documents_removed += 1
         if writer.changed or not writer.base_version:
@@ -383,6 +395,56 @@ def ingest(
     summary.chunks_per_second = round(summary.chunks / summary.seconds, 1) if summary.seconds else 0.0
     summary.tokens_per_second = round(summary.tokens / summary.seconds, 1) if summary.seconds else 0.0
     return summary
+
+
+@dataclass
+class _OcrTally:
+    pages: int = 0
+    scored: list[float] = field(default_factory=list)
+
+    def add(self, doc: Document) -> None:
+        for page in doc.pages or []:
+            if page.ocr:
+                self.pages += 1
+                if page.confidence is not None:
+                    self.scored.append(page.confidence)
+
+    def mean(self) -> float | None:
+        return round(sum(self.scored) / len(self.scored), 4) if self.scored else None
+
+
+@contextlib.contextmanager
+def _ocr_progress(pages: PageCounter, enabled: bool, every: float = 0.5) -> Iterator[None]:
+    """An ``ocr`` bar (pages done / pages queued) that appears once a file needs OCR: a scanned book is one
+    file, so the file bar alone would sit still for minutes. Polled from the workers' shared counters."""
+    if not enabled:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    stop = threading.Event()
+    bar = None
+
+    def poll() -> None:
+        nonlocal bar
+        while not stop.wait(every):
+            done, total = pages.counts
+            if total and bar is None:
+                bar = tqdm(total=total, unit="page", desc="ocr", dynamic_ncols=True, position=2)
+            if bar is not None:
+                bar.total, bar.n = total, done
+                bar.refresh()
+
+    thread = threading.Thread(target=poll, name="zhrag-ocr-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if bar is not None:
+            bar.total, bar.n = pages.counts[1], pages.counts[0]
+            bar.close()
 
 
 def _count_tokens(doc: PreparedDoc, embedder: Embedder) -> int:

@@ -28,7 +28,8 @@ import numpy as np
 from ingest.chunkers import ChunkSettings, chunk_document
 from ingest.document import BadRecord, Document, LoadError, LoadWarning
 from ingest.limits import FileLimits, check_archive, check_document, check_file, time_limit
-from ingest.loaders import FilePart, load_file
+from ingest.loaders import ZIP_SUFFIXES, FilePart, load_file
+from ingest.ocr import set_page_progress
 from retrieval.bm25 import ChunkTerms
 from retrieval.embedders.tokens import TokenSpec
 from retrieval.text import Analyzer, normalize_text
@@ -41,6 +42,7 @@ __all__ = [
     "PreparedFile",
     "prepare",
     "prepared_in_order",
+    "PageCounter",
     "default_workers",
     "content_hash",
 ]
@@ -128,7 +130,10 @@ class PreparedFile:
 
 def content_hash(doc: Document, settings: ChunkSettings) -> str:
     """Hash of what determines a document's chunks: re-ingesting the same content is a no-op."""
-    payload = json.dumps([doc.text, doc.title, doc.metadata, settings.to_dict()], ensure_ascii=False, sort_keys=True)
+    fields: list[object] = [doc.text, doc.title, doc.metadata, settings.to_dict()]
+    if doc.pages:  # where pages start decides chunks' page metadata (absent: the hash of earlier versions)
+        fields.append([dataclasses.astuple(p) for p in doc.pages])
+    payload = json.dumps(fields, ensure_ascii=False, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()
 
 
@@ -175,7 +180,7 @@ def prepare(task: FileTask, context: StageContext) -> PreparedFile:
     try:
         with time_limit(limits.max_seconds, str(task.path)):
             check_file(task.path, limits, whole=task.part is None)
-            if task.path.suffix.lower() == ".docx":
+            if task.path.suffix.lower() in ZIP_SUFFIXES:
                 check_archive(task.path, limits)
             for item in load_file(task.path, task.doc_base, task.part):
                 if isinstance(item, BadRecord):
@@ -237,9 +242,31 @@ def _stop_signals_held() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
-def _init_worker(context: StageContext) -> None:
+class PageCounter:
+    """Pages queued for and done by OCR, counted across worker processes (shared memory) for a progress bar."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context(_start_method())
+        self._done = ctx.Value("q", 0)
+        self._total = ctx.Value("q", 0)
+
+    def add(self, done: int = 0, total: int = 0) -> None:
+        """Count ``done`` more pages finished and ``total`` more queued."""
+        with self._done.get_lock():
+            self._done.value += done
+            self._total.value += total
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(done, total)."""
+        with self._done.get_lock():
+            return self._done.value, self._total.value
+
+
+def _init_worker(context: StageContext, pages: PageCounter | None = None) -> None:
     global _CONTEXT
     _CONTEXT = context
+    set_page_progress(pages.add if pages is not None else None)
     # Stopping is the parent's job: Ctrl-C reaches the whole process group, so workers ignore SIGINT and
     # are shut down by the parent; SIGTERM (``pkill``) ends a worker silently instead of through the
     # parent's inherited handler, which printed a KeyboardInterrupt traceback from every worker.
@@ -258,21 +285,27 @@ def _start_method() -> str:
     return "fork" if sys.platform == "linux" else "spawn"
 
 
-def prepared_in_order(tasks: Iterable[FileTask], context: StageContext, workers: int = 1) -> Iterator[PreparedFile]:
+def prepared_in_order(
+    tasks: Iterable[FileTask], context: StageContext, workers: int = 1, pages: PageCounter | None = None
+) -> Iterator[PreparedFile]:
     """:func:`prepare` over ``tasks``, yielded in input order.
 
     ``workers <= 1`` runs in this process. More workers run as processes with a bounded look-ahead
     (``LOOKAHEAD_PER_WORKER`` tasks each), so a slow consumer (the model) holds back the producers
-    instead of letting results pile up in memory.
+    instead of letting results pile up in memory. ``pages`` counts the OCR pages of every process.
     """
     if workers <= 1:
-        for task in tasks:
-            yield prepare(task, context)
+        set_page_progress(pages.add if pages is not None else None)
+        try:
+            for task in tasks:
+                yield prepare(task, context)
+        finally:
+            set_page_progress(None)
         return
     context.analyzer.warm_up()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked children: no Rust thread pools
     mp = multiprocessing.get_context(_start_method())
-    pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker, initargs=(context,))
+    pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker, initargs=(context, pages))
     pending: deque[Future[PreparedFile]] = deque()
     todo = iter(tasks)
 

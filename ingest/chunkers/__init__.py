@@ -12,6 +12,7 @@ from ingest.chunkers.base import (
     cn_to_int,
 )
 from ingest.chunkers.generic import chunk_generic
+from ingest.chunkers.pages import assign_pages
 from ingest.chunkers.section import chunk_sections, has_headings
 from ingest.chunkers.statute import chunk_statute, is_statute
 from ingest.document import Document
@@ -45,10 +46,14 @@ def choose_chunker(doc: Document) -> str:
 
 
 def chunk_document(doc: Document, settings: ChunkSettings, length: LengthFn) -> tuple[str, list[Chunk]]:
-    """Chunk one (normalised) document with the configured or automatically chosen chunker.
+    """Chunk one (normalised) document with the configured or automatically chosen chunker; chunks of a paged
+    document get their pages (:func:`assign_pages`).
 
     Returns:
         The chunker's name and the chunks.
     """
     name = choose_chunker(doc) if settings.chunker == "auto" else settings.chunker
-    return name, _CHUNKERS[name](doc, settings, length)
+    chunks = _CHUNKERS[name](doc, settings, length)
+    if doc.pages:
+        assign_pages(chunks, doc.text, doc.pages)
+    return name, chunks

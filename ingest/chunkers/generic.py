@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ingest.chunkers.base import ChunkSettings, LengthFn, embed_text, make_chunk, text_splitter
+from ingest.chunkers.base import ChunkSettings, LengthFn, make_chunk
+from ingest.chunkers.tables import body_parts
 from ingest.document import Document
 from retrieval.types import Chunk
 
@@ -10,14 +11,11 @@ __all__ = ["chunk_generic"]
 
 
 def chunk_generic(doc: Document, settings: ChunkSettings, length: LengthFn) -> list[Chunk]:
-    """Split the whole text; short documents become one chunk. The title is the embedded context."""
+    """Split the whole text (tables by rows, header repeated); short documents become one chunk. The title is
+    the embedded context."""
     text = doc.text.strip()
     if not text:
         return []
-    parts = (
-        [text]
-        if length(embed_text(doc.title, text)) <= settings.chunk_size
-        else text_splitter(settings.chunk_size, settings.chunk_overlap, length).split_text(text)
-    )
+    parts = body_parts(text, doc.title, settings, length)
     meta = {**doc.metadata, "source": doc.source}
     return [make_chunk(doc.id, i, part, doc.title, doc.title, doc.source, dict(meta)) for i, part in enumerate(parts)]

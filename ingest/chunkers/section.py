@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from ingest.chunkers.base import ChunkSettings, LengthFn, embed_text, make_chunk, text_splitter
+from ingest.chunkers.base import ChunkSettings, LengthFn, make_chunk
+from ingest.chunkers.tables import body_parts
 from ingest.document import Document
 from retrieval.types import Chunk
 
@@ -44,15 +45,14 @@ def has_headings(text: str) -> bool:
 
 
 def chunk_sections(doc: Document, settings: ChunkSettings, length: LengthFn) -> list[Chunk]:
-    """Chunk each section separately; the heading path goes into metadata and the embedded context."""
-    splitter = text_splitter(settings.chunk_size, settings.chunk_overlap, length)
+    """Chunk each section separately (tables kept whole or split by rows); the heading path goes into metadata
+    and the embedded context."""
     chunks: list[Chunk] = []
     for headings, body in split_sections(doc.text):
         # The document title is usually the top heading; do not repeat it in the context.
         path = [h for h in headings if h != doc.title]
         context = " ".join([doc.title, *path]).strip()
-        fits = length(embed_text(context, body)) <= settings.chunk_size
-        for part in [body] if fits else splitter.split_text(body):
+        for part in body_parts(body, context, settings, length):
             meta = {**doc.metadata, "headings": headings, "source": doc.source}
             chunks.append(make_chunk(doc.id, len(chunks), part, context, doc.title, doc.source, meta))
     return chunks

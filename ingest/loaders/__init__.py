@@ -1,4 +1,5 @@
-"""File loaders by extension: txt, md, html, pdf, docx, jsonl. Each yields :class:`Document` objects."""
+"""File loaders by extension: txt, md, html, pdf, docx, xlsx, csv, jsonl and images. Each yields
+:class:`Document` objects."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from pathlib import Path
 from ingest.document import BadRecord, Document, LoadError
 from ingest.loaders.docx import load_docx
 from ingest.loaders.html import load_html
+from ingest.loaders.image import IMAGE_SUFFIXES, load_image
 from ingest.loaders.jsonl import FilePart, jsonl_parts, load_jsonl
 from ingest.loaders.pdf import load_pdf
+from ingest.loaders.sheet import load_csv, load_xlsx
 from ingest.loaders.text import load_markdown, load_text, read_text
 
 __all__ = [
     "LOADERS",
     "SUPPORTED_SUFFIXES",
+    "ZIP_SUFFIXES",
     "load_file",
     "discover",
     "read_text",
@@ -32,8 +36,13 @@ LOADERS: dict[str, Loader] = {
     ".htm": load_html,
     ".pdf": load_pdf,
     ".docx": load_docx,
+    ".xlsx": load_xlsx,
+    ".csv": load_csv,
     ".jsonl": load_jsonl,
+    **dict.fromkeys(IMAGE_SUFFIXES, load_image),
 }
+ZIP_SUFFIXES = (".docx", ".xlsx")
+"""Formats that are zip archives: checked for zip bombs before they are opened."""
 SUPPORTED_SUFFIXES = tuple(LOADERS)
 
 

@@ -1,4 +1,5 @@
-"""Word ``.docx`` via python-docx (the ``[docx]`` extra); Heading styles become Markdown headings."""
+"""Word ``.docx`` via python-docx (the ``[docx]`` extra): Heading styles become Markdown headings, tables
+Markdown tables, in document order."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ingest.document import Document, LoadError
+from ingest.layout import markdown_table
 
 __all__ = ["load_docx"]
 
@@ -18,8 +20,9 @@ def load_docx(path: Path, doc_id: str) -> Iterator[Document]:
     try:
         import docx
         from docx.enum.style import WD_STYLE_TYPE
+        from docx.table import Table
     except ImportError as exc:
-        raise LoadError(f"{path}: .docx support needs: pip install 'zhrag[docx]'") from exc
+        raise LoadError(f"{path}: .docx support is not installed: pip install -e \".[docx]\"") from exc
     document = docx.Document(str(path))
     # python-docx resolves ``paragraph.style`` by searching the styles part for every paragraph, which
     # makes a file of many short paragraphs quadratic; read each paragraph's style id and map it once.
@@ -28,7 +31,13 @@ def load_docx(path: Path, doc_id: str) -> Iterator[Document]:
     default_name = default.name if default is not None else ""
     lines: list[str] = []
     title = (document.core_properties.title or "").strip()
-    for para in document.paragraphs:
+    for block in document.iter_inner_content():
+        if isinstance(block, Table):
+            rows = _table_rows(block)
+            if rows:
+                lines.append(markdown_table(rows))
+            continue
+        para = block
         text = para.text.strip()
         if not text:
             continue
@@ -43,7 +52,21 @@ def load_docx(path: Path, doc_id: str) -> Iterator[Document]:
             lines.append(f"{'#' * int(level.group(1))} {text}")
         else:
             lines.append(text)
-    for table in document.tables:
-        for row in table.rows:
-            lines.append(" | ".join(cell.text.strip() for cell in row.cells))
     yield Document(id=doc_id, text="\n\n".join(lines), title=title, source=str(path), format="docx")
+
+
+def _table_rows(table) -> list[list[str]]:
+    """A table's cell texts row by row; a merged cell repeated across the columns it spans is kept once."""
+    rows: list[list[str]] = []
+    for row in table.rows:
+        cells: list[str] = []
+        previous = None
+        for cell in row.cells:
+            if cell._tc is previous:  # noqa: SLF001 - python-docx returns a merged cell once per grid column
+                cells.append("")
+                continue
+            previous = cell._tc  # noqa: SLF001
+            cells.append("\n".join(p.text for p in cell.paragraphs).strip())
+        if any(cells):
+            rows.append(cells)
+    return rows

@@ -1,26 +1,170 @@
-"""PDF via pypdf (the ``[pdf]`` extra): text per page, joined with paragraph breaks."""
+"""PDF via pypdfium2 (the ``[pdf]`` extra): the text layer with positions, cleaned; scanned pages through OCR.
+
+Per page: characters with their boxes -> lines -> running headers, footers and page numbers removed ->
+columns in reading order -> paragraphs rebuilt across lines and pages (:mod:`ingest.layout`). A page
+without a text layer but with images is rendered and OCR'd (the ``[ocr]`` extra); ruled tables become
+Markdown tables (pdfplumber's table finder, only on pages that draw lines).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from ingest.document import Document, LoadError
+from ingest.document import Document, LoadError, LoadWarning
+from ingest.layout import Line, Page, Span, assemble, build_lines, order_columns, remove_furniture, steady_ems
+from ingest.ocr import OCR_HINT, OcrUnavailable, ocr_available, ocr_image, page_progress
 
-__all__ = ["load_pdf"]
+__all__ = ["load_pdf", "pdf_pages", "PDF_HINT", "OCR_DPI"]
+
+PDF_HINT = 'pip install -e ".[pdf]"'
+OCR_DPI = 200
+"""Resolution scanned pages are rendered at for OCR."""
+MIN_TEXT_CHARS = 10
+"""A page with fewer characters in its text layer than this, and an image, is treated as scanned."""
 
 
-def load_pdf(path: Path, doc_id: str) -> Iterator[Document]:
-    """A ``.pdf`` file: one document (scanned PDFs without a text layer are reported, not OCR'd)."""
+def _pdfium(path: Path) -> Any:
     try:
-        from pypdf import PdfReader
+        import pypdfium2
     except ImportError as exc:
-        raise LoadError(f"{path}: PDF support needs: pip install 'zhrag[pdf]'") from exc
-    reader = PdfReader(str(path), strict=False)
-    pages = [page.extract_text() or "" for page in reader.pages]
-    text = "\n\n".join(p.strip() for p in pages if p.strip())
-    if not text:
-        raise LoadError(f"{path}: no extractable text (scanned PDF? run OCR first)")
-    meta_title = (reader.metadata.title if reader.metadata else None) or ""
-    title = meta_title.strip() or next((ln.strip() for ln in text.splitlines() if ln.strip()), "")[:100]
-    yield Document(id=doc_id, text=text, title=title, source=str(path), format="pdf", metadata={"pages": len(pages)})
+        raise LoadError(f"{path}: PDF support is not installed: {PDF_HINT}") from exc
+    return pypdfium2
+
+
+def _open(pdfium: Any, path: Path) -> Any:
+    try:
+        return pdfium.PdfDocument(str(path))
+    except pdfium.PdfiumError as exc:
+        reason = str(exc)
+        if "password" in reason.lower():
+            raise LoadError(f"{path}: the PDF is encrypted and needs a password; decrypt it first") from exc
+        raise LoadError(f"{path}: not a readable PDF (damaged or not a PDF): {reason}") from exc
+
+
+def _text_spans(pdfium: Any, textpage: Any, height: float) -> list[Span]:
+    """The text layer's characters (not those PDFium generates between lines) as spans, top-down."""
+    raw = pdfium.raw
+    spans: list[Span] = []
+    text = textpage.get_text_range()
+    count = textpage.count_chars()
+    if len(text) != count:  # surrogate pairs: fall back to per-character reads
+        text = "".join(textpage.get_text_range(i, 1) for i in range(count))
+    for i, ch in enumerate(text):
+        if ch in "\r\n\x00" or raw.FPDFText_IsGenerated(textpage, i) == 1:
+            continue
+        # Loose boxes (the glyph's advance and the font's ascent/descent): gaps between tight boxes of
+        # narrow glyphs (1, ）) would read as spaces.
+        left, bottom, right, top = textpage.get_charbox(i, loose=True)
+        size = raw.FPDFText_GetFontSize(textpage, i)
+        em = size if size > 0 else (top - bottom) / 1.2
+        spans.append(Span(" " if ch.isspace() else ch, left, right, height - top, height - bottom, em=max(em, 1.0)))
+    return spans
+
+
+def _object_kinds(page: Any) -> list[int]:
+    return [obj.type for obj in page.get_objects(max_depth=2)]
+
+
+RULED_MIN_PATHS = 4
+"""Pages that draw at least this many paths are searched for ruled tables (a header rule alone is one)."""
+
+
+def _ocr_page(page: Any, number: int, width: float, height: float) -> Page:
+    scale = OCR_DPI / 72
+    image = page.render(scale=scale, grayscale=True).to_pil()
+    result = ocr_image(image, scale)
+    return Page(number, width, height, steady_ems(build_lines(result.spans)), ocr=True, confidence=result.confidence)
+
+
+def pdf_pages(path: Path, ocr: bool | None = None) -> tuple[list[Page], list[str], str]:
+    """Read a PDF into pages of lines; pages without a text layer are OCR'd when ``ocr`` (default: if installed).
+
+    Returns:
+        The pages, notes about pages that could not be read, and the PDF's title metadata.
+
+    Raises:
+        LoadError: encrypted, damaged, or only scanned pages and no OCR.
+    """
+    pdfium = _pdfium(path)
+    pdf = _open(pdfium, path)
+    ocr = ocr_available() if ocr is None else ocr
+    pages: list[Page] = []
+    scanned: list[int] = []
+    ruled: list[int] = []
+    try:
+        title = (pdf.get_metadata_value("Title") or "").strip()
+        todo: list[tuple[int, Any, float, float]] = []
+        for index in range(len(pdf)):
+            page = pdf[index]
+            width, height = page.get_size()
+            spans = _text_spans(pdfium, page.get_textpage(), height)
+            kinds = _object_kinds(page)
+            if sum(1 for s in spans if s.text.strip()) >= MIN_TEXT_CHARS or pdfium.raw.FPDF_PAGEOBJ_IMAGE not in kinds:
+                pages.append(Page(index + 1, width, height, build_lines(spans)))
+                if kinds.count(pdfium.raw.FPDF_PAGEOBJ_PATH) >= RULED_MIN_PATHS:
+                    ruled.append(index + 1)
+            else:
+                scanned.append(index + 1)
+                todo.append((index, page, width, height))
+        if todo and not ocr:
+            if not any(p.lines for p in pages):
+                raise OcrUnavailable(f"{path}: scanned PDF (no text layer); OCR is not installed: {OCR_HINT}")
+            pages.extend(Page(i + 1, w, h) for i, _, w, h in todo)
+            pages.sort(key=lambda p: p.number)
+            _add_tables(path, pages, ruled)
+            return pages, [_skipped_pages(scanned)], title
+        page_progress(total=len(todo))
+        for index, page, width, height in todo:
+            pages.append(_ocr_page(page, index + 1, width, height))
+            page_progress(done=1)
+    finally:
+        pdf.close()
+    pages.sort(key=lambda p: p.number)
+    _add_tables(path, pages, ruled)
+    return pages, [], title
+
+
+def _skipped_pages(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:10])) + (" ..." if len(numbers) > 10 else "")
+    return f"{len(numbers)} scanned page(s) without a text layer were not read (pages {shown}); OCR: {OCR_HINT}"
+
+
+def _add_tables(path: Path, pages: list[Page], numbers: list[int]) -> None:
+    """Replace the lines inside ruled tables by one Markdown table block each (pdfplumber, if installed)."""
+    from ingest.loaders.pdf_tables import ruled_tables
+
+    for number, tables in ruled_tables(path, numbers).items():
+        page = pages[number - 1]
+        for bbox, block in tables:
+            x0, top, x1, bottom = bbox
+            kept = [ln for ln in page.lines if not (x0 - 1 <= ln.x0 and ln.x1 <= x1 + 1 and top - 1 <= ln.top <= bottom)]
+            em = min((ln.em for ln in page.lines), default=10.0)
+            page.lines = [*kept, Line(block, x0, x1, top, bottom, em, table=True)]
+
+
+def load_pdf(path: Path, doc_id: str) -> Iterator[Document | LoadWarning]:
+    """A ``.pdf`` file: one document whose text is the cleaned text layer (and OCR of scanned pages).
+
+    Its ``pages`` record where each page starts, so chunks get ``page``/``pages`` metadata.
+    """
+    pages, notes, meta_title = pdf_pages(path)
+    for note in notes:
+        yield LoadWarning(str(path), f"{path}: {note}")
+    pages = [order_columns(p) for p in remove_furniture(pages)]
+    assembled = assemble(pages)
+    if not assembled.text.strip():
+        raise LoadError(f"{path}: no text found (blank pages, or images without readable text)")
+    heading = next((ln[2:].strip() for ln in assembled.text.split("\n") if ln.startswith("# ")), "")
+    first = next((ln.strip() for ln in assembled.text.splitlines() if ln.strip()), "")
+    title = heading or meta_title or first.lstrip("#").strip()[:100]
+    yield Document(
+        id=doc_id,
+        text=assembled.text,
+        title=title,
+        source=str(path),
+        format="pdf",
+        metadata={"page_count": len(pages)},
+        pages=assembled.pages,
+    )

@@ -73,7 +73,8 @@ def test_pdf_and_broken_pdf(tmp_path: Path) -> None:
     good = tmp_path / "good.pdf"
     good.write_bytes(_minimal_pdf("Medical practice law"))
     doc = _one(good)
-    assert "Medical practice law" in doc.text and doc.metadata["pages"] == 1
+    assert "Medical practice law" in doc.text and doc.metadata["page_count"] == 1
+    assert [p.page for p in doc.pages] == [1]
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4\n this is not really a pdf")
     with pytest.raises(LoadError, match="broken.pdf"):
@@ -135,7 +136,7 @@ def test_discover(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.md").write_text("x", encoding="utf-8")
     (tmp_path / "a" / "y.exe").write_text("x", encoding="utf-8")
-    (tmp_path / "z.csv").write_text("x", encoding="utf-8")
-    files, skipped = discover([tmp_path / "a", tmp_path / "z.csv", tmp_path / "missing"])
+    (tmp_path / "z.odt").write_text("x", encoding="utf-8")
+    files, skipped = discover([tmp_path / "a", tmp_path / "z.odt", tmp_path / "missing"])
     assert [(p.name, d) for p, d in files] == [("x.md", "x.md")]
-    assert {s[0].split("/")[-1] for s in skipped} == {"z.csv", "missing"}
+    assert {s[0].split("/")[-1] for s in skipped} == {"z.odt", "missing"}
