@@ -9,7 +9,9 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY ingest ./ingest
 COPY retrieval ./retrieval
-RUN pip install ".[pdf,docx]"
+# OpenCV (under RapidOCR) needs these two shared libraries on a slim image.
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 && rm -rf /var/lib/apt/lists/*
+RUN pip install ".[pdf,ocr,docx,xlsx]"
 COPY data ./data
 
 EXPOSE 8000

@@ -363,6 +363,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             f"chunks of {summary.total_documents} documents [{summary.version}]",
             file=sys.stderr,
         )
+        if summary.ocr_pages:
+            print(f"OCR: {summary.ocr_pages} pages, mean confidence {summary.ocr_confidence}", file=sys.stderr)
     for item in summary.skipped:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     for item in summary.warnings:

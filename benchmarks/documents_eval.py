@@ -21,6 +21,7 @@ import difflib
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,8 +37,16 @@ from ingest.pipeline import IngestOptions, ingest  # noqa: E402
 from retrieval.index import Index  # noqa: E402
 from retrieval.text import default_analyzer  # noqa: E402
 from retrieval.types import CONTINUED  # noqa: E402
-from tests.docgen import cjk_font, render_statute_pdf, scan_pdf  # noqa: E402
+from tests.docgen import RenderStyle, cjk_font, render_statute_pdf, scan_pdf  # noqa: E402
 
+# --styles varied: each book in the next of these layouts (the law's title is the running header).
+VARIED = (
+    {},
+    {"outer_footer": True, "header_on_first": False},
+    {"footer": "第 {n} 页 共 {total} 页", "indent": 0},
+    {"footer": "{n}/{total}", "font_size": 12.0},
+    {"footer": "- {n} -", "font_size": 16.0, "indent": 0},
+)
 DEFAULT_BOOKS = ("劳动合同法(2012-12-28).md", "商标法(2019-04-23).md", "旅游法(2018-10-26).md")
 FORMATS = ("md", "pdf", "scan")
 _CJK_BREAK = re.compile(r"[\u3400-\u9fff]\n+[\u3400-\u9fff]")
@@ -62,18 +71,24 @@ def _install_font() -> None:
         raise SystemExit("no CJK TrueType font: apt-get install fonts-wqy-microhei")
 
 
-def _render(books: list[Path], work: Path, formats: list[str]) -> dict[str, Any]:
+def _law_title(book: Path) -> str:
+    first = next((ln for ln in book.read_text(encoding="utf-8").splitlines() if ln.startswith("# ")), "")
+    return first[2:].strip() or book.stem
+
+
+def _render(books: list[Path], work: Path, formats: list[str], varied: bool) -> dict[str, Any]:
     """Write each format's files under work/<format>/; returns pages per format and render seconds."""
     pages: dict[str, int] = {}
-    for fmt in formats:
+    for fmt in {*formats, "pdf"}:  # a scan is made from the text PDF
         (work / fmt).mkdir(parents=True, exist_ok=True)
     total = 0
-    for book in books:
+    for i, book in enumerate(books):
+        style = RenderStyle(header=_law_title(book), **(VARIED[i % len(VARIED)] if varied else {}))
         if "md" in formats:
             (work / "md" / book.name).write_bytes(book.read_bytes())
         pdf = work / "pdf" / book.with_suffix(".pdf").name
         if "pdf" in formats or "scan" in formats:
-            total += render_statute_pdf(book, pdf)
+            total += render_statute_pdf(book, pdf, style)
         if "scan" in formats:
             scan_pdf(pdf, work / "scan" / pdf.name, dpi=150)
     for fmt in formats:
@@ -170,6 +185,42 @@ def _bm25_ndcg(index_dir: Path, subset: tuple[Path, Path, int] | None) -> float 
     return round(result["nDCG@10"], 4)
 
 
+def _library_speeds(pdfs: list[Path]) -> dict[str, float]:
+    """Pages per second of each candidate library's raw text extraction (characters with positions where the
+    library gives them) on the rendered PDFs: what chose pypdfium2 for the text layer."""
+    import pdfplumber
+    import pypdfium2 as pdfium
+    from pypdf import PdfReader
+
+    def pdfium_chars(path: Path) -> int:
+        pdf = pdfium.PdfDocument(str(path))
+        for page in pdf:
+            textpage = page.get_textpage()
+            for i in range(textpage.count_chars()):
+                textpage.get_charbox(i, loose=True)
+                pdfium.raw.FPDFText_GetFontSize(textpage, i)
+        return len(pdf)
+
+    def plumber_chars(path: Path) -> int:
+        with pdfplumber.open(str(path)) as pdf:
+            for page in pdf.pages:
+                _ = page.chars
+            return len(pdf.pages)
+
+    def pypdf_text(path: Path) -> int:
+        reader = PdfReader(str(path))
+        for page in reader.pages:
+            page.extract_text()
+        return len(reader.pages)
+
+    speeds = {}
+    for name, run in (("pypdfium2", pdfium_chars), ("pdfplumber", plumber_chars), ("pypdf", pypdf_text)):
+        start = time.perf_counter()
+        pages = sum(run(p) for p in pdfs)
+        speeds[name] = round(pages / (time.perf_counter() - start), 1)
+    return speeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
@@ -177,11 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=0, help="A random sample of this many books instead")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument(
+        "--styles", choices=["official", "varied"], default="official",
+        help="official: centred '— N —' footers, indented paragraphs; varied: books rotate through five layouts",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="Ingest worker processes (OCR runs in them)")
     parser.add_argument("--model", help="Embedding model directory (default: a tiny random Qwen3 built here)")
     parser.add_argument("--work", type=Path, help="Keep rendered files and indexes here (default: a temp dir)")
     parser.add_argument("--install-font", action="store_true", help="apt-get install a CJK font if none is found")
     parser.add_argument("--out", type=Path, help="Also write the JSON here")
+    parser.add_argument("--libraries", action="store_true", help="Also time pypdfium2, pdfplumber and pypdf")
     args = parser.parse_args(argv)
     formats = [f for f in args.formats.split(",") if f]
     if args.install_font:
@@ -197,10 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     embedder = SentenceTransformerEmbedder(model, device="cpu")
     analyzer = default_analyzer()
     started = time.perf_counter()
-    pages = _render(books, work, [f for f in formats if f != "md"] + (["md"] if "md" in formats else []))
+    pages = _render(books, work, formats, args.styles == "varied")
     render_seconds = round(time.perf_counter() - started, 1)
     results: dict[str, Any] = {}
     for fmt in formats:
+        shutil.rmtree(work / f"index-{fmt}", ignore_errors=True)  # a reused --work dir: index from scratch
         t0 = time.perf_counter()
         summary = ingest(
             [work / fmt], work / f"index-{fmt}", embedder, analyzer, progress=False,
@@ -224,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         found, chunks = _articles(work / f"index-{fmt}")
         results[fmt].update(_quality(reference or found, found, chunks, headers))
         results[fmt]["bm25_ndcg10"] = _bm25_ndcg(work / f"index-{fmt}", subset)
+    speeds = _library_speeds(sorted((work / "pdf").glob("*.pdf"))) if args.libraries else None
     report = {
+        "library_pages_per_second": speeds,
         "books": [b.name for b in books],
+        "styles": args.styles,
         "stard_questions": subset[2] if subset else 0,
         "render_seconds": render_seconds,
         "model": "tiny random Qwen3 (chunking in Qwen3 tokens; BM25 only)" if not args.model else args.model,

@@ -44,7 +44,7 @@ _NUM = "零〇一二三四五六七八九十百千万两"
 _STRUCTURAL = re.compile(
     rf"^(?:第[{_NUM}\d]+(?:条|章|节|编|分编)|[（(][{_NUM}\d]+[)）]|[{_NUM}]+、|\d+[.、．](?!\d)|[①-⑳]|附件|附录|附表)"
 )
-_PARA_END = tuple("。！？!?：:；;…」』”\"）)")
+_PARA_END = tuple('。！？!?：:；;…」』”"）)')
 _NO_LINE_START = tuple("，。、；：？！）」』”’》〉,.;:?!)]%")
 _DASHES = "-—–－~〜·•_一"
 _PAGE_NUMBER = [
@@ -57,8 +57,11 @@ _PAGE_NUMBER = [
 ]
 FURNITURE_ZONE = 0.15
 """Share of the page height at the top and at the bottom where headers, footers and page numbers live."""
-HEADING_RATIO = 1.15
+HEADING_RATIO = 1.1
 """A paragraph in type this much larger than the body text is a heading."""
+SIZE_CHANGE = 0.08
+"""Type sizes of two lines that differ by more than this share start a new paragraph (OCR sizes are evened
+out first, see :func:`steady_ems`)."""
 
 
 @dataclass(frozen=True)
@@ -182,16 +185,31 @@ def build_lines(spans: Iterable[Span], gap_ems: float = 1.0) -> list[Line]:
     return lines
 
 
-def steady_ems(lines: list[Line], tolerance: float = 0.3) -> list[Line]:
-    """Lines whose size is within ``tolerance`` of the median get the median: an OCR box's height varies with
-    its glyphs and padding (a short box looks larger), which would read as a change of type size."""
+def steady_ems(lines: list[Line], spread: float = 1.2, body_band: float = 1.3) -> list[Line]:
+    """Even out OCR type sizes into classes: sizes within ``spread`` of each other form one class and get its
+    median; a class within ``body_band`` of the body text's (the class with the most characters) joins the
+    body. OCR sizes are estimates, so only a clearly larger type (a title) stays apart."""
     if not lines:
         return lines
-    median = statistics.median(ln.em for ln in lines)
-    return [
-        replace(ln, em=median) if abs(ln.em - median) <= tolerance * median or len(ln.text) <= 4 else ln
-        for ln in lines
+    # A line of a few characters has no reliable size of its own: it takes its predecessor's.
+    lines = [
+        replace(ln, em=prev.em) if len(ln.text) <= 3 and prev is not None else ln
+        for prev, ln in zip([None, *lines[:-1]], lines, strict=True)
     ]
+    classes: list[list[Line]] = []
+    for ln in sorted(lines, key=lambda ln: ln.em):
+        if classes and ln.em <= spread * classes[-1][0].em:
+            classes[-1].append(ln)
+        else:
+            classes.append([ln])
+    body = max(classes, key=lambda group: sum(len(ln.text) for ln in group))
+    body_em = statistics.median(ln.em for ln in body)
+    size: dict[int, float] = {}
+    for group in classes:
+        em = statistics.median(ln.em for ln in group)
+        em = body_em if body_em / body_band < em < body_em * body_band else em
+        size.update((id(ln), em) for ln in group)
+    return [replace(ln, em=size[id(ln)]) for ln in lines]
 
 
 # -- furniture -------------------------------------------------------------------------------------
@@ -216,22 +234,43 @@ def _edge_lines(page: Page) -> list[Line]:
     return top + [ln for ln in bottom if ln not in top]
 
 
+def _title_key(pages: Sequence[Page]) -> str:
+    """The first page's largest type (the document's title, over one or more lines), as a key."""
+    lines = pages[0].lines if pages else []
+    if not lines:
+        return ""
+    median = statistics.median(ln.em for ln in lines)
+    big = max(ln.em for ln in lines)
+    if big < 1.3 * median:
+        return ""
+    return _key("".join(ln.text for ln in sorted(lines, key=lambda ln: ln.top) if ln.em >= 0.95 * big))
+
+
 def remove_furniture(pages: Sequence[Page]) -> list[Page]:
-    """Drop running headers and footers (text repeated at the same height on many pages, page numbers
-    aside) and page numbers in the top and bottom zones. Returns new pages."""
+    """Drop running headers and footers and page numbers from the top and bottom zones.
+
+    A header or footer is text repeated at the same height on many pages (digits aside, so "第 3 页" and
+    "第 4 页" repeat), or the document's title set in smaller type above it (a one-page document has no
+    repetition to go by). Returns new pages.
+    """
     candidates = {id(ln): (page, ln) for page in pages for ln in _edge_lines(page)}
     seen: dict[tuple[str, int], set[int]] = defaultdict(set)
     for page, line in candidates.values():
         seen[(_key(line.text), round(line.top / page.height * 40))].add(page.number)
     needed = max(2, int(0.4 * len(pages) + 0.5))
     repeated = [key for key, where in seen.items() if len(where) >= needed and key[0]]
+    title = _title_key(pages)
     drop: set[int] = set()
     for ident, (page, line) in candidates.items():
         key = _key(line.text)
         band = line.top / page.height * 40
-        if is_page_number(line.text) or any(
-            abs(band - b) <= 1.5 and (key == k or difflib.SequenceMatcher(None, key, k).ratio() >= 0.85)
-            for k, b in repeated
+        if (
+            is_page_number(line.text)
+            or (title and len(key) >= 4 and key in title and line.em < 0.8 * max(ln.em for ln in pages[0].lines))
+            or any(
+                abs(band - b) <= 1.5 and (key == k or difflib.SequenceMatcher(None, key, k).ratio() >= 0.85)
+                for k, b in repeated
+            )
         ):
             drop.add(ident)
     return [replace(page, lines=[ln for ln in page.lines if id(ln) not in drop]) for page in pages]
@@ -339,23 +378,32 @@ def _full(ln: Line) -> bool:
     return ln.column[1] - ln.x1 <= 1.5 * ln.em and not ln.text.endswith(_PARA_END)
 
 
+_HISTORY_END = re.compile(r"(?:通过|修正|修订|公布|施行|发布)[）)]?$")
+
+
+def _indented(ln: Line) -> bool:
+    return ln.x0 - ln.column[0] > 0.8 * ln.em and not _centered(ln)
+
+
 def _breaks(prev: Line, ln: Line, line_gap: float, body_em: float) -> bool:
     """Whether ``ln`` starts a new paragraph after ``prev``."""
     if prev.table or ln.table:
         return True
-    if abs(prev.em - ln.em) > 0.15 * max(prev.em, ln.em):
+    if abs(prev.em - ln.em) > SIZE_CHANGE * max(prev.em, ln.em):
         return True
-    if ln.text.startswith(_NO_LINE_START) or _full(prev):
-        return False  # a line never starts with closing punctuation; a full line wrapped
+    if ln.text.startswith(_NO_LINE_START):
+        return False  # a line never starts with closing punctuation: the previous one wrapped early
+    if _indented(ln):
+        return True  # a first line; a wrapped line starts at the column's edge
+    if _STRUCTURAL.match(ln.text) and (prev.text.endswith(_PARA_END) or _HISTORY_END.search(prev.text)):
+        return True
+    if _full(prev):
+        return False  # a full line stopping mid-sentence wrapped (also a centred title over two lines)
     if _centered(prev) and _centered(ln):  # a title set on two centred lines; chapter headings are smaller
         return not (prev.page == ln.page and ln.em >= 1.3 * body_em)
     if _centered(prev) or _centered(ln):
         return True
-    if ln.x0 - ln.column[0] > 0.8 * ln.em:
-        return True  # indented first line
     if _short(prev, ln):
-        return True
-    if _STRUCTURAL.match(ln.text) and prev.text.endswith(_PARA_END):
         return True
     same_flow = prev.page == ln.page and prev.column == ln.column
     return same_flow and ln.top - prev.bottom > line_gap + 0.8 * ln.em

@@ -115,7 +115,7 @@ def statute_blocks(markdown: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def _page_decorator(style: RenderStyle, size: float) -> Callable:
+def _page_decorator(style: RenderStyle, size: float, total: int) -> Callable:
     from reportlab.lib.pagesizes import A4
 
     width, height = A4
@@ -129,7 +129,7 @@ def _page_decorator(style: RenderStyle, size: float) -> Callable:
             canvas.setLineWidth(0.5)
             canvas.line(72, height - 56, width - 72, height - 56)
         if style.footer:
-            text = style.footer.format(n=n, total="{total}")
+            text = style.footer.format(n=n, total=total)
             canvas.setFont(_FONT, size * 0.8)
             if style.outer_footer:
                 (canvas.drawRightString(width - 72, 40, text) if n % 2 else canvas.drawString(72, 40, text))
@@ -158,14 +158,18 @@ def render_paragraphs_pdf(
         raise RuntimeError("no CJK TrueType font found (Debian: apt-get install fonts-wqy-microhei)")
     _register(font)
     styles = _styles(style.font_size, style.indent)
-    story = []
-    for i, (kind, text) in enumerate(blocks):
-        story.append(Paragraph(_escape(text), styles[kind]))
-        for rows in [(tables or {}).get(i)] if tables and i in tables else []:
-            cells = [[Paragraph(_escape(c), styles["info"]) for c in row] for row in rows]
-            table = Table(cells, repeatRows=1)
-            table.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.6, colors.black)]))
-            story.append(table)
+
+    def story() -> list:  # flowables are consumed by a build: a fresh story for each pass
+        flow = []
+        for i, (kind, text) in enumerate(blocks):
+            flow.append(Paragraph(_escape(text), styles[kind]))
+            if tables and i in tables:
+                cells = [[Paragraph(_escape(c), styles["info"]) for c in row] for row in tables[i]]
+                table = Table(cells, repeatRows=1)
+                table.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.6, colors.black)]))
+                flow.append(table)
+        return flow
+
     width, height = A4
     margin_x, top, bottom = 72, 80, 70
     gap = 18
@@ -175,14 +179,16 @@ def render_paragraphs_pdf(
               rightPadding=0, topPadding=0, bottomPadding=0)
         for i in range(style.columns)
     ]  # fmt: skip
-    buffer = io.BytesIO()
-    decorate = _page_decorator(style, style.font_size)
-    doc = BaseDocTemplate(buffer, pagesize=A4, title=title or "", author="zhrag tests")
-    doc.addPageTemplates([PageTemplate(id="page", frames=frames, onPage=decorate)])
-    doc.build(story)
-    data = buffer.getvalue()
-    total = doc.page
-    path.write_bytes(data.replace(b"{total}", str(total).encode()) if b"{total}" in data else data)
+    total = 0
+    for _ in range(2 if style.footer and "{total}" in style.footer else 1):  # first pass counts the pages
+        buffer = io.BytesIO()
+        doc = BaseDocTemplate(buffer, pagesize=A4, title=title or "", author="zhrag tests")
+        doc.addPageTemplates(
+            [PageTemplate(id="page", frames=frames, onPage=_page_decorator(style, style.font_size, total))]
+        )
+        doc.build(story())
+        total = doc.page
+    path.write_bytes(buffer.getvalue())
     return total
 
 

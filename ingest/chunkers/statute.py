@@ -27,10 +27,14 @@ __all__ = [
 _NUM = "零〇一二三四五六七八九十百千万两"
 ARTICLE_RE = re.compile(rf"^(第([{_NUM}\d]+)条(?:之([{_NUM}]+))?)(?:\s+|(?=[^\s]))")
 # 第二章 总则; OCR drops the space (第二章总则), so a short line without a sentence end counts too.
-_STRUCT_HEADING = re.compile(rf"^第[{_NUM}\d]+(编|分编|章|节)(?:\s|$|(?=[^\s，。；：、的之]{{1,20}}$))")
+_STRUCT_HEADING = re.compile(
+    rf"^第[{_NUM}\d]+(编|分编|章|节)(?:\s|$|(?=[^\s，。；：、的之][^，。；：、的之]{{0,20}}$))"
+)
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*$")
 _STRUCT_LEVEL = {"编": 1, "分编": 2, "章": 3, "节": 4}
 INFO_END = "<!-- INFO END -->"
+# A dated line of the law's history (passed, amended, promulgated, in force): metadata, like the INFO block.
+_HISTORY_LINE = re.compile(r"^[（(]?\d{4}年\d{1,2}月\d{1,2}日.{0,150}(?:通过|修正|修订|公布|施行|发布)[）)]?[。；]?$")
 _COMMENT = re.compile(r"^<!--.*-->$")
 # Headings that introduce text of their own rather than enclosing the chapters after them.
 SECTION_ONLY_HEADINGS = frozenset({"序言", "目录", "前言"})
@@ -72,7 +76,8 @@ def parse_articles(text: str, title: str) -> tuple[str, list[str], list[Article]
     """Split a statute into (law title, preamble paragraphs, articles).
 
     The first ``#`` heading is the law title; later headings (``#`` 编, ``##`` 章, ``###`` 节, or plain
-    ``第X章`` lines) form each article's heading path. Text above ``<!-- INFO END -->`` is metadata.
+    ``第X章`` lines) form each article's heading path. Text above ``<!-- INFO END -->`` is metadata, and so
+    are the dated 通过/修正/公布/施行 lines that open a statute without that marker (a PDF of a law).
     """
     if INFO_END in text:
         head, body = text.split(INFO_END, 1)
@@ -109,7 +114,7 @@ def parse_articles(text: str, title: str) -> tuple[str, list[str], list[Article]
             articles.append(Article(art.group(1), number, [h for _, h in path], [line]))
         elif articles:
             articles[-1].paragraphs.append(line)
-        else:
+        elif preamble or not _HISTORY_LINE.match(line):
             preamble.append(line)
     return law or title, preamble, articles
 

@@ -52,8 +52,10 @@ def _take_caption(buffer: list[str]) -> str:
     if not buffer:
         return ""
     last = buffer[-1].strip()
-    if len(last) <= CAPTION_CHARS and not _TABLE_LINE.match(last) and (
-        last.startswith(("表", "附表", "Table")) or last.endswith(("：", ":")) or not last.endswith(("。", "；"))
+    if (
+        len(last) <= CAPTION_CHARS
+        and not _TABLE_LINE.match(last)
+        and (last.startswith(("表", "附表", "Table")) or last.endswith(("：", ":")) or not last.endswith(("。", "；")))
     ):
         buffer.pop()
         return last
@@ -90,5 +92,7 @@ def body_parts(body: str, context: str, settings: ChunkSettings, length: LengthF
         if kind == "table":
             parts.extend(table_parts(text, budget, length))
         else:
-            parts.extend([text] if length(embed_text(context, text)) <= settings.chunk_size else splitter.split_text(text))
+            parts.extend(
+                [text] if length(embed_text(context, text)) <= settings.chunk_size else splitter.split_text(text)
+            )
     return parts

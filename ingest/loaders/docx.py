@@ -22,7 +22,7 @@ def load_docx(path: Path, doc_id: str) -> Iterator[Document]:
         from docx.enum.style import WD_STYLE_TYPE
         from docx.table import Table
     except ImportError as exc:
-        raise LoadError(f"{path}: .docx support is not installed: pip install -e \".[docx]\"") from exc
+        raise LoadError(f'{path}: .docx support is not installed: pip install -e ".[docx]"') from exc
     document = docx.Document(str(path))
     # python-docx resolves ``paragraph.style`` by searching the styles part for every paragraph, which
     # makes a file of many short paragraphs quadratic; read each paragraph's style id and map it once.

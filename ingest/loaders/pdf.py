@@ -16,11 +16,15 @@ from ingest.document import Document, LoadError, LoadWarning
 from ingest.layout import Line, Page, Span, assemble, build_lines, order_columns, remove_furniture, steady_ems
 from ingest.ocr import OCR_HINT, OcrUnavailable, ocr_available, ocr_image, page_progress
 
-__all__ = ["load_pdf", "pdf_pages", "PDF_HINT", "OCR_DPI"]
+__all__ = ["load_pdf", "pdf_pages", "PDF_HINT", "OCR_MIN_DPI", "OCR_MAX_SIDE"]
 
 PDF_HINT = 'pip install -e ".[pdf]"'
-OCR_DPI = 200
-"""Resolution scanned pages are rendered at for OCR."""
+OCR_MIN_DPI = 150
+"""Scanned pages are rendered for OCR at their image's own resolution, at least this."""
+OCR_MAX_SIDE = 2000
+"""...and at most this many pixels on the long side: the OCR engine shrinks larger images itself, and that
+second resampling lost whole lines in tests."""
+_IMAGE = 3  # FPDF_PAGEOBJ_IMAGE
 MIN_TEXT_CHARS = 10
 """A page with fewer characters in its text layer than this, and an image, is treated as scanned."""
 
@@ -71,8 +75,19 @@ RULED_MIN_PATHS = 4
 """Pages that draw at least this many paths are searched for ruled tables (a header rule alone is one)."""
 
 
+def _ocr_scale(page: Any, width: float, height: float) -> float:
+    """Pixels per point to render a scanned page at: its largest image's own resolution, within bounds."""
+    native = 0.0
+    for obj in page.get_objects(filter=[_IMAGE], max_depth=2):
+        left, _, right, _ = obj.get_bounds()
+        pixels = obj.get_px_size()[0]
+        if right - left > 0.5 * width and pixels > 0:
+            native = max(native, pixels / (right - left))
+    return min(max(native, OCR_MIN_DPI / 72), OCR_MAX_SIDE / max(width, height))
+
+
 def _ocr_page(page: Any, number: int, width: float, height: float) -> Page:
-    scale = OCR_DPI / 72
+    scale = _ocr_scale(page, width, height)
     image = page.render(scale=scale, grayscale=True).to_pil()
     result = ocr_image(image, scale)
     return Page(number, width, height, steady_ems(build_lines(result.spans)), ocr=True, confidence=result.confidence)
@@ -139,7 +154,9 @@ def _add_tables(path: Path, pages: list[Page], numbers: list[int]) -> None:
         page = pages[number - 1]
         for bbox, block in tables:
             x0, top, x1, bottom = bbox
-            kept = [ln for ln in page.lines if not (x0 - 1 <= ln.x0 and ln.x1 <= x1 + 1 and top - 1 <= ln.top <= bottom)]
+            kept = [
+                ln for ln in page.lines if not (x0 - 1 <= ln.x0 and ln.x1 <= x1 + 1 and top - 1 <= ln.top <= bottom)
+            ]
             em = min((ln.em for ln in page.lines), default=10.0)
             page.lines = [*kept, Line(block, x0, x1, top, bottom, em, table=True)]
 

@@ -29,7 +29,9 @@ def ruled_tables(path: Path, numbers: Sequence[int]) -> dict[int, list[tuple[Box
         for number in numbers:
             page = pdf.pages[number - 1]
             for table in page.find_tables({"vertical_strategy": "lines", "horizontal_strategy": "lines"}):
-                rows = [[cell or "" for cell in row] for row in table.extract() if any((cell or "").strip() for cell in row)]
+                rows = [
+                    [cell or "" for cell in row] for row in table.extract() if any((cell or "").strip() for cell in row)
+                ]
                 if len(rows) >= 2 and max(len(r) for r in rows) >= 2:
                     found.setdefault(number, []).append((tuple(table.bbox), markdown_table(rows)))
             page.close()

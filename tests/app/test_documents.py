@@ -199,3 +199,28 @@ def test_documents_api_on_a_milvus_index_updates_both_legs(sample_index: Path, t
     finally:
         milvus.close()
     assert kept <= names and len(names) == 4
+
+
+def test_an_uploaded_pdf_is_cited_by_page_in_search_and_dify(client: TestClient, tmp_path: Path) -> None:
+    from tests.docgen import RenderStyle, cjk_font, render_paragraphs_pdf
+
+    if cjk_font() is None:
+        pytest.skip("no CJK TrueType font (apt-get install fonts-wqy-microhei)")
+    blocks = [("title", "某某医院病历书写管理规定")]
+    blocks += [
+        ("body", f"第{n}条 病历书写应当客观、真实、准确、及时、完整、规范。" * 6) for n in "一二三四五六七八九十"
+    ]
+    blocks.append(("body", "第十一条 住院病历中的手术知情同意书由经治医师负责保存，术后二十四小时内归档。"))
+    pdf = tmp_path / "rules.pdf"
+    pages = render_paragraphs_pdf(blocks, pdf, RenderStyle(header="某某医院病历书写管理规定"))
+    assert pages >= 2
+    response = client.post("/documents", files=[("files", ("病历书写规定.pdf", pdf.read_bytes(), "application/pdf"))])
+    assert response.status_code == 200, response.text
+    (hit,) = [h for h in _bm25(client, "手术知情同意书归档") if h["doc_id"] == "病历书写规定.pdf"][:1]
+    assert hit["metadata"]["article"] == "第十一条" and hit["metadata"]["page"] == pages
+    assert hit["metadata"]["pages"] == [pages, pages] and "— " not in hit["text"]
+    body = {"knowledge_id": "zhrag", "query": "手术知情同意书归档", "retrieval_setting": {"top_k": 20}}
+    dify = client.post("/retrieval", json=body, headers={"Authorization": f"Bearer {USER}"})
+    assert dify.status_code == 200, dify.text
+    record = next(r for r in dify.json()["records"] if r["metadata"]["doc_id"] == "病历书写规定.pdf")
+    assert record["metadata"]["page"] == pages and record["metadata"]["pages"] == [pages, pages]

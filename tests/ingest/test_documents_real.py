@@ -249,8 +249,8 @@ def _many_page_pdf(pages: int) -> bytes:
 def test_hostile_files_are_named_and_skipped_and_the_rest_is_kept(
     statute_pdf: Path, tmp_path: Path, tiny_embedder, analyzer
 ) -> None:
-    from pypdf import PdfReader, PdfWriter
     from PIL import Image
+    from pypdf import PdfReader, PdfWriter
 
     corpus = tmp_path / "in"
     corpus.mkdir()
