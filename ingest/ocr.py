@@ -77,15 +77,19 @@ GAP_PITCHES = 1.6
 """A vertical gap between two read lines this many line pitches tall is read again on its own."""
 MAX_GAPS = 8
 """At most this many gaps are read again per image."""
+BAND_MARGIN = 40
+"""White pixels around a band read again."""
 
 
-def _boxes(engine: Any, array: Any, dy: float = 0.0) -> list[tuple[list[float], list[float], str, float]]:
+def _boxes(
+    engine: Any, array: Any, dx: float = 0.0, dy: float = 0.0
+) -> list[tuple[list[float], list[float], str, float]]:
     result, _ = engine(array)
     out = []
     for box, text, score in result or []:
         text = str(text).strip()
         if text:
-            out.append(([p[0] for p in box], [p[1] + dy for p in box], text, float(score)))
+            out.append(([p[0] + dx for p in box], [p[1] + dy for p in box], text, float(score)))
     return out
 
 
@@ -106,7 +110,11 @@ def _fill_gaps(engine: Any, array: Any, boxes: list) -> list:
         lo, hi = max(0, int(top) - 2), min(array.shape[0], int(bottom) + 2)
         if hi - lo < 0.8 * height:
             continue
-        for xs, ys, text, score in _boxes(engine, array[lo:hi], dy=lo):
+        # A white margin around the band: the detector missed lines flush with a crop's edge.
+        band = np.pad(
+            array[lo:hi], ((BAND_MARGIN, BAND_MARGIN), (BAND_MARGIN, BAND_MARGIN), (0, 0)), constant_values=255
+        )
+        for xs, ys, text, score in _boxes(engine, band, dx=-BAND_MARGIN, dy=lo - BAND_MARGIN):
             if max(ys) - min(ys) >= 0.6 * height and len(text) >= 2:
                 found.append((xs, ys, text, score))
     return found
