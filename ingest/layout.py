@@ -3,10 +3,10 @@
 Pure functions over plain data, shared by the PDF text layer (a span per character) and OCR (a span per
 text box). Coordinates are PDF points with ``top`` growing downwards; ``em`` is a line's character size.
 
-The pipeline for a paged document: :func:`build_lines` per page -> :func:`remove_furniture` over all pages
-(running headers and footers found by repetition, page numbers by their forms) -> :func:`order_columns`
-per page -> :func:`assemble` (wrapped lines joined back into paragraphs, across pages too; larger type
-becomes Markdown headings; tables kept as blocks).
+The pipeline for a paged document: :func:`build_lines` per page, then :func:`layout`: :func:`remove_furniture`
+over all pages (running headers and footers found by repetition, page numbers by their forms) ->
+:func:`order_columns` per page -> :func:`assemble` (wrapped lines joined back into paragraphs, across pages
+too; larger type becomes Markdown headings; tables kept as blocks).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "remove_furniture",
     "order_columns",
     "assemble",
+    "layout",
     "is_page_number",
     "compact_len",
     "markdown_table",
@@ -119,6 +120,12 @@ class Assembled:
 
     text: str
     pages: list[PageSpan]
+
+    def title(self, fallback: str = "") -> str:
+        """The first ``#`` heading, else ``fallback``, else the first line (at most 100 characters)."""
+        heading = next((ln[2:].strip() for ln in self.text.split("\n") if ln.startswith("# ")), "")
+        first = next((ln.strip().lstrip("#").strip() for ln in self.text.splitlines() if ln.strip()), "")
+        return heading or fallback or first[:100]
 
 
 def compact_len(text: str) -> int:
@@ -306,20 +313,28 @@ def _gutter(lines: Sequence[Line], width: float) -> float | None:
     return best if left >= 3 and right >= 3 else None
 
 
-def _geometry(lines: Sequence[Line]) -> tuple[float, float]:
+MIN_GEOMETRY_LINES = 6
+"""A column with fewer lines of text than this takes the document's edges (a page's last few lines)."""
+
+
+def _geometry(lines: Sequence[Line], default: tuple[float, float] | None = None) -> tuple[float, float]:
     """A column's left and right edges: where most lines start and end."""
-    body = [ln for ln in lines if len(ln.text) >= 8] or list(lines)
+    body = [ln for ln in lines if len(ln.text) >= 8 and not ln.table]
+    if default is not None and len(body) < MIN_GEOMETRY_LINES:
+        return default
+    body = body or [ln for ln in lines if not ln.table] or list(lines)
     xs0 = sorted(ln.x0 for ln in body)
     xs1 = sorted(ln.x1 for ln in body)
     return xs0[len(xs0) // 10], xs1[(len(xs1) * 9) // 10]
 
 
-def order_columns(page: Page) -> Page:
-    """Reading order: top to bottom, a two-column band left column first; each line gets its column's edges."""
+def order_columns(page: Page, default: tuple[float, float] | None = None) -> Page:
+    """Reading order: top to bottom, a two-column band left column first; each line gets its column's edges
+    (``default`` where a page has too few lines to tell them)."""
     lines = sorted(page.lines, key=lambda ln: (ln.top, ln.x0))
     gutter = _gutter([ln for ln in lines if not ln.table], page.width)
     if gutter is None:
-        geometry = _geometry([ln for ln in lines if not ln.table] or lines) if lines else (0.0, page.width)
+        geometry = _geometry(lines, default) if lines else (0.0, page.width)
         return replace(page, lines=[replace(ln, column=geometry, page=page.number) for ln in lines])
     ordered: list[Line] = []
     band: list[Line] = []
@@ -340,6 +355,14 @@ def order_columns(page: Page) -> Page:
             band.append(ln)
     flush()
     return replace(page, lines=ordered)
+
+
+def layout(pages: Sequence[Page]) -> Assembled:
+    """Pages of raw lines to a document's text: furniture removed, columns ordered, paragraphs rebuilt."""
+    pages = remove_furniture(pages)
+    every = [ln for page in pages for ln in page.lines if not ln.table]
+    default = _geometry(every) if every else None
+    return assemble([order_columns(page, default) for page in pages])
 
 
 # -- paragraphs ------------------------------------------------------------------------------------

@@ -16,8 +16,11 @@ from ingest.layout import Span
 __all__ = ["OcrResult", "OcrUnavailable", "ocr_available", "ocr_image", "OCR_HINT", "set_page_progress"]
 
 OCR_HINT = 'pip install -e ".[ocr]"  (or: pip install rapidocr-onnxruntime)'
-_ENGINE: Any = None
+_ENGINES: dict[str, Any] = {}
 _LOCK = threading.Lock()
+BAND_DET_SIDE = 320
+"""The detector scales an image's short side up to 736 pixels: right for a page, four times too much work
+for a band of one or two lines (and no better at finding them)."""
 _PAGE_PROGRESS: Callable[[int, int], None] | None = None
 
 
@@ -42,16 +45,15 @@ def ocr_available() -> bool:
     return True
 
 
-def _engine() -> Any:
-    global _ENGINE
+def _engine(kind: str = "page") -> Any:
     with _LOCK:
-        if _ENGINE is None:
+        if kind not in _ENGINES:
             try:
                 from rapidocr_onnxruntime import RapidOCR
             except ImportError as exc:
                 raise OcrUnavailable(f"needs OCR, which is not installed: {OCR_HINT}") from exc
-            _ENGINE = RapidOCR()
-        return _ENGINE
+            _ENGINES[kind] = RapidOCR() if kind == "page" else RapidOCR(det_limit_side_len=BAND_DET_SIDE)
+        return _ENGINES[kind]
 
 
 def set_page_progress(callback: Callable[[int, int], None] | None) -> None:
@@ -131,7 +133,7 @@ def ocr_image(image: Any, scale: float = 1.0) -> OcrResult:
     engine = _engine()
     array = np.asarray(image.convert("RGB"))
     boxes = _boxes(engine, array)
-    boxes += _fill_gaps(engine, array, boxes)
+    boxes += _fill_gaps(_engine("band"), array, boxes)
     spans: list[Span] = []
     weighted = chars = 0.0
     for xs_px, ys_px, text, score in boxes:

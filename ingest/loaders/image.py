@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ingest.document import Document, LoadError
-from ingest.layout import Page, assemble, build_lines, order_columns, steady_ems
+from ingest.layout import Page, build_lines, layout, steady_ems
 from ingest.ocr import OCR_HINT, OcrUnavailable, ocr_available, ocr_image, page_progress
 
 __all__ = ["load_image", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS"]
@@ -43,17 +43,15 @@ def load_image(path: Path, doc_id: str) -> Iterator[Document]:
         result = ocr_image(frame, 1 / POINTS_PER_PIXEL)
         width, height = (d * POINTS_PER_PIXEL for d in frame.size)
         lines = steady_ems(build_lines(result.spans))
-        pages.append(order_columns(Page(number, width, height, lines, ocr=True, confidence=result.confidence)))
+        pages.append(Page(number, width, height, lines, ocr=True, confidence=result.confidence))
         page_progress(done=1)
-    assembled = assemble(pages)
+    assembled = layout(pages)
     if not assembled.text.strip():
         raise LoadError(f"{path}: no text found in the image (OCR read nothing)")
-    heading = next((ln[2:].strip() for ln in assembled.text.split("\n") if ln.startswith("# ")), "")
-    first = next((ln.strip() for ln in assembled.text.splitlines() if ln.strip()), "")
     yield Document(
         id=doc_id,
         text=assembled.text,
-        title=heading or first.lstrip("#").strip()[:100],
+        title=assembled.title(),
         source=str(path),
         format="image",
         metadata={"page_count": len(pages)},

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.document import Document, LoadError, LoadWarning
-from ingest.layout import Line, Page, Span, assemble, build_lines, order_columns, remove_furniture, steady_ems
+from ingest.layout import Line, Page, Span, build_lines, layout, steady_ems
 from ingest.ocr import OCR_HINT, OcrUnavailable, ocr_available, ocr_image, page_progress
 
 __all__ = ["load_pdf", "pdf_pages", "PDF_HINT", "OCR_MIN_DPI", "OCR_MAX_SIDE"]
@@ -169,17 +169,13 @@ def load_pdf(path: Path, doc_id: str) -> Iterator[Document | LoadWarning]:
     pages, notes, meta_title = pdf_pages(path)
     for note in notes:
         yield LoadWarning(str(path), f"{path}: {note}")
-    pages = [order_columns(p) for p in remove_furniture(pages)]
-    assembled = assemble(pages)
+    assembled = layout(pages)
     if not assembled.text.strip():
         raise LoadError(f"{path}: no text found (blank pages, or images without readable text)")
-    heading = next((ln[2:].strip() for ln in assembled.text.split("\n") if ln.startswith("# ")), "")
-    first = next((ln.strip() for ln in assembled.text.splitlines() if ln.strip()), "")
-    title = heading or meta_title or first.lstrip("#").strip()[:100]
     yield Document(
         id=doc_id,
         text=assembled.text,
-        title=title,
+        title=assembled.title(meta_title),
         source=str(path),
         format="pdf",
         metadata={"page_count": len(pages)},

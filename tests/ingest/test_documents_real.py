@@ -279,3 +279,32 @@ def test_hostile_files_are_named_and_skipped_and_the_rest_is_kept(
     chunks = list(index.docs.get(range(index.docs.next_rid())).values())
     index.close()
     assert {c.doc_id for c in chunks} == {"good.pdf"} and all("page" in c.metadata for c in chunks)
+
+
+def test_ruled_pdf_table_becomes_a_markdown_table_in_place(tmp_path: Path) -> None:
+    if cjk_font() is None:
+        pytest.skip("no CJK TrueType font")
+    rows = [["药品名称", "规格", "储存要求"]] + [[f"药品{i}号", f"{i}ml", "冷处保存"] for i in range(1, 6)]
+    blocks = [
+        ("title", "医院药品储存规定"),
+        ("body", "第一条 高警示药品按下表储存："),
+        ("body", "第二条 本规定自发布之日起施行。"),
+    ]
+    path = tmp_path / "table.pdf"
+    render_paragraphs_pdf(blocks, path, RenderStyle(header="医院药品储存规定"), tables={1: rows})
+    text = _doc(path).text
+    head = "| 药品名称 | 规格 | 储存要求 |"
+    assert head in text and "| 药品3号 | 3ml | 冷处保存 |" in text
+    assert text.index("高警示药品") < text.index(head) < text.index("第二条")  # where it stood on the page
+    assert "药品3号 3ml" not in text  # the cells are not also left as loose lines
+
+
+def test_ingest_summary_counts_ocr_pages_and_confidence(tmp_path: Path, tiny_embedder, analyzer) -> None:
+    pytest.importorskip("rapidocr_onnxruntime")
+    if cjk_font() is None:
+        pytest.skip("no CJK TrueType font")
+    corpus = tmp_path / "scans"
+    corpus.mkdir()
+    render_text_image(["第一条 医疗机构应当公开收费标准。", "第二条 本规定自发布之日起施行。"], corpus / "a.jpg")
+    summary = ingest([corpus], tmp_path / "index", tiny_embedder, analyzer, progress=False)
+    assert summary.ocr_pages == 1 and 0.8 < summary.ocr_confidence <= 1.0 and not summary.skipped
