@@ -402,10 +402,13 @@ def _full(ln: Line) -> bool:
 
 
 _HISTORY_END = re.compile(r"(?:通过|修正|修订|公布|施行|发布)[）)]?$")
+_DATE_START = re.compile(r"^[（(]?\d{4}年\d{1,2}月")
 
 
 def _indented(ln: Line) -> bool:
-    return ln.x0 - ln.column[0] > 0.8 * ln.em and not _centered(ln)
+    """A first line's indent: set in from the left edge, and not a centred line (equal margins both sides)."""
+    gap_l, gap_r = ln.x0 - ln.column[0], ln.column[1] - ln.x1
+    return gap_l > 0.8 * ln.em and not (gap_r > 0.5 * ln.em and abs(gap_l - gap_r) < ln.em)
 
 
 def _breaks(prev: Line, ln: Line, line_gap: float, body_em: float) -> bool:
@@ -420,6 +423,8 @@ def _breaks(prev: Line, ln: Line, line_gap: float, body_em: float) -> bool:
         return True  # a first line; a wrapped line starts at the column's edge
     if _STRUCTURAL.match(ln.text) and (prev.text.endswith(_PARA_END) or _HISTORY_END.search(prev.text)):
         return True
+    if _HISTORY_END.search(prev.text) and _DATE_START.match(ln.text):
+        return True  # one dated line of a law's history after another
     if _full(prev):
         return False  # a full line stopping mid-sentence wrapped (also a centred title over two lines)
     if _centered(prev) and _centered(ln):  # a title set on two centred lines; chapter headings are smaller

@@ -65,11 +65,12 @@ def is_statute(text: str) -> bool:
 
 
 def _heading_level(md: re.Match[str] | None, text: str) -> int:
-    """Markdown headings keep their ``#`` level; plain 第X编/章/节 lines get the structural level."""
-    if md:
-        return len(md.group(1))
+    """第X编/章/节 headings get their structural level (a PDF's headings are ranked by type size, where a
+    章 and a 节 can look alike); other Markdown headings keep their ``#`` level."""
     struct = _STRUCT_HEADING.match(text)
-    return _STRUCT_LEVEL[struct.group(1)] if struct else len(_STRUCT_LEVEL)
+    if struct:
+        return _STRUCT_LEVEL[struct.group(1)]
+    return len(md.group(1)) if md else len(_STRUCT_LEVEL)
 
 
 def parse_articles(text: str, title: str) -> tuple[str, list[str], list[Article]]:
