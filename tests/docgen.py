@@ -22,6 +22,7 @@ __all__ = [
     "scan_pdf",
     "render_text_image",
     "FONT_CANDIDATES",
+    "raw_pdf",
 ]
 
 FONT_CANDIDATES = (
@@ -240,3 +241,17 @@ def render_text_image(lines: Sequence[str], path: Path, font: str | None = None,
     for i, line in enumerate(lines):
         draw.text((size, size + i * int(size * 1.8)), line, font=face, fill=0)
     image.save(path)
+
+
+def raw_pdf(objects: Sequence[bytes]) -> bytes:
+    """A PDF file from its objects (numbered from 1, the first the catalog), with a correct xref table."""
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, obj in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)

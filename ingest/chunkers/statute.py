@@ -27,9 +27,7 @@ __all__ = [
 _NUM = "零〇一二三四五六七八九十百千万两"
 ARTICLE_RE = re.compile(rf"^(第([{_NUM}\d]+)条(?:之([{_NUM}]+))?)(?:\s+|(?=[^\s]))")
 # 第二章 总则; OCR drops the space (第二章总则), so a short line without a sentence end counts too.
-_STRUCT_HEADING = re.compile(
-    rf"^第[{_NUM}\d]+(编|分编|章|节)(?:\s|$|(?=[^\s，。；：、的之][^，。；：]{{0,24}}$))"
-)
+_STRUCT_HEADING = re.compile(rf"^第[{_NUM}\d]+(编|分编|章|节)(?:\s|$|(?=[^\s，。；：、的之][^，。；：]{{0,24}}$))")
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*$")
 _STRUCT_LEVEL = {"编": 1, "分编": 2, "章": 3, "节": 4}
 INFO_END = "<!-- INFO END -->"

@@ -18,7 +18,15 @@ from ingest.pipeline import IngestOptions, ingest
 from retrieval.index import Index
 from retrieval.text import normalize_text
 from tests.conftest import SAMPLE_STATUTES
-from tests.docgen import RenderStyle, cjk_font, render_paragraphs_pdf, render_text_image, scan_pdf, statute_blocks
+from tests.docgen import (
+    RenderStyle,
+    cjk_font,
+    raw_pdf,
+    render_paragraphs_pdf,
+    render_text_image,
+    scan_pdf,
+    statute_blocks,
+)
 
 needs_font = pytest.mark.skipif(cjk_font() is None, reason="no CJK TrueType font (apt-get install fonts-wqy-microhei)")
 LAW = "中华人民共和国医师法"
@@ -234,16 +242,7 @@ def _many_page_pdf(pages: int) -> bytes:
     ]
     page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R /Resources << /Font << /F1 << /Type /Font /Subtype /Type1 /BaseFont /Helvetica >> >> >> >>"
     objects += [page] * pages
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, obj in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
+    return raw_pdf(objects)
 
 
 def test_hostile_files_are_named_and_skipped_and_the_rest_is_kept(

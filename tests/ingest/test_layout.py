@@ -10,7 +10,9 @@ W, H = 595.0, 842.0
 LEFT, RIGHT, EM = 72.0, 520.0, 14.0
 
 
-@pytest.mark.parametrize("text", ["— 3 —", "- 3 -", "第 3 页", "第3页 共13页", "第3页，共13页", "3/13", "12", "Page 3 of 9", "一3一"])
+@pytest.mark.parametrize(
+    "text", ["— 3 —", "- 3 -", "第 3 页", "第3页 共13页", "第3页，共13页", "3/13", "12", "Page 3 of 9", "一3一"]
+)
 def test_page_number_forms(text: str) -> None:
     assert is_page_number(text)
 
@@ -37,7 +39,9 @@ def _text(pages: list[Page]) -> str:
 
 def test_headers_footers_go_and_an_article_continues_across_the_page_break() -> None:
     full = "医疗机构应当按照国家有关规定建立健全医疗质量安全管理制度和职"  # 32 characters: a full line
-    page1 = _body(1, [("第一条 为了测试，制定本法。", LEFT + 2 * EM, None), ("第二条 " + full[:28], LEFT + 2 * EM, RIGHT)])
+    page1 = _body(
+        1, [("第一条 为了测试，制定本法。", LEFT + 2 * EM, None), ("第二条 " + full[:28], LEFT + 2 * EM, RIGHT)]
+    )
     page1.lines.insert(3, _line(full, 100 + 2 * 24, LEFT, RIGHT))
     page2 = _body(2, [("工名册，并定期检查。", LEFT, None), ("第三条 本法自公布之日起施行。", LEFT + 2 * EM, None)])
     text = _text([page1, page2])
@@ -80,7 +84,10 @@ def test_larger_type_becomes_a_heading_and_a_title_over_two_lines_is_one() -> No
         _line("侵权责任的，适用本解释。", 244, LEFT, None),
     ])  # fmt: skip
     text = assemble([order_columns(page)]).text
-    assert text.split("\n\n")[:2] == ["# 最高人民法院关于审理医疗损害责任纠纷案件适用法律若干问题的解释", "## 第一章 一般规定"]
+    assert text.split("\n\n")[:2] == [
+        "# 最高人民法院关于审理医疗损害责任纠纷案件适用法律若干问题的解释",
+        "## 第一章 一般规定",
+    ]
 
 
 def test_ocr_sizes_are_evened_but_a_title_stays_apart() -> None:
