@@ -358,8 +358,14 @@ def order_columns(page: Page, default: tuple[float, float] | None = None) -> Pag
 
 
 def layout(pages: Sequence[Page]) -> Assembled:
-    """Pages of raw lines to a document's text: furniture removed, columns ordered, paragraphs rebuilt."""
+    """Pages of raw lines to a document's text: furniture removed, OCR type sizes evened out over the whole
+    document (:func:`steady_ems`; per page, a paragraph crossing a page break saw two sizes), columns
+    ordered, paragraphs rebuilt."""
     pages = remove_furniture(pages)
+    scanned = [ln for page in pages if page.ocr for ln in page.lines if not ln.table]
+    if scanned:
+        steady = {id(old): new for old, new in zip(scanned, steady_ems(scanned), strict=True)}
+        pages = [replace(page, lines=[steady.get(id(ln), ln) for ln in page.lines]) for page in pages]
     every = [ln for page in pages for ln in page.lines if not ln.table]
     default = _geometry(every) if every else None
     return assemble([order_columns(page, default) for page in pages])

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ingest.document import Document, LoadError
-from ingest.layout import Page, build_lines, layout, steady_ems
+from ingest.layout import Page, build_lines, layout
 from ingest.ocr import OCR_HINT, OcrUnavailable, ocr_available, ocr_image, page_progress
 
 __all__ = ["load_image", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS"]
@@ -42,7 +42,7 @@ def load_image(path: Path, doc_id: str) -> Iterator[Document]:
     for number, frame in enumerate(frames, start=1):
         result = ocr_image(frame, 1 / POINTS_PER_PIXEL)
         width, height = (d * POINTS_PER_PIXEL for d in frame.size)
-        lines = steady_ems(build_lines(result.spans))
+        lines = build_lines(result.spans)
         pages.append(Page(number, width, height, lines, ocr=True, confidence=result.confidence))
         page_progress(done=1)
     assembled = layout(pages)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.document import Document, LoadError, LoadWarning
-from ingest.layout import Line, Page, Span, build_lines, layout, steady_ems
+from ingest.layout import Line, Page, Span, build_lines, layout
 from ingest.ocr import OCR_HINT, OcrUnavailable, ocr_available, ocr_image, page_progress
 
 __all__ = ["load_pdf", "pdf_pages", "PDF_HINT", "OCR_MIN_DPI", "OCR_MAX_SIDE"]
@@ -48,16 +48,18 @@ def _open(pdfium: Any, path: Path) -> Any:
 
 
 def _text_spans(pdfium: Any, textpage: Any, height: float) -> list[Span]:
-    """The text layer's characters (not those PDFium generates between lines) as spans, top-down."""
+    """The text layer's characters (not those PDFium generates between lines) as spans, top-down.
+
+    Each character is read by its index (``FPDFText_GetUnicode``): the page's text string does not line up
+    with the indices when a glyph maps to several code points, and every character after it would shift.
+    """
     raw = pdfium.raw
     spans: list[Span] = []
-    text = textpage.get_text_range()
-    count = textpage.count_chars()
-    if len(text) != count:  # surrogate pairs: fall back to per-character reads
-        text = "".join(textpage.get_text_range(i, 1) for i in range(count))
-    for i, ch in enumerate(text):
-        if ch in "\r\n\x00" or raw.FPDFText_IsGenerated(textpage, i) == 1:
+    for i in range(textpage.count_chars()):
+        code = raw.FPDFText_GetUnicode(textpage, i)
+        if code in (0, 10, 13) or raw.FPDFText_IsGenerated(textpage, i) == 1:
             continue
+        ch = chr(code) if code < 0x110000 else "\ufffd"
         # Loose boxes (the glyph's advance and the font's ascent/descent): gaps between tight boxes of
         # narrow glyphs (1, ）) would read as spaces.
         left, bottom, right, top = textpage.get_charbox(i, loose=True)
@@ -90,7 +92,7 @@ def _ocr_page(page: Any, number: int, width: float, height: float) -> Page:
     scale = _ocr_scale(page, width, height)
     image = page.render(scale=scale, grayscale=True).to_pil()
     result = ocr_image(image, scale)
-    return Page(number, width, height, steady_ems(build_lines(result.spans)), ocr=True, confidence=result.confidence)
+    return Page(number, width, height, build_lines(result.spans), ocr=True, confidence=result.confidence)
 
 
 def pdf_pages(path: Path, ocr: bool | None = None) -> tuple[list[Page], list[str], str]:
