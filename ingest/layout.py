@@ -267,13 +267,14 @@ def remove_furniture(pages: Sequence[Page]) -> list[Page]:
     needed = max(2, int(0.4 * len(pages) + 0.5))
     repeated = [key for key, where in seen.items() if len(where) >= needed and key[0]]
     title = _title_key(pages)
+    title_em = max((ln.em for ln in pages[0].lines), default=0.0) if pages else 0.0
     drop: set[int] = set()
     for ident, (page, line) in candidates.items():
         key = _key(line.text)
         band = line.top / page.height * 40
         if (
             is_page_number(line.text)
-            or (title and len(key) >= 4 and key in title and line.em < 0.8 * max(ln.em for ln in pages[0].lines))
+            or (title and len(key) >= 0.6 * len(title) and key in title and line.em < 0.8 * title_em)
             or any(
                 abs(band - b) <= 1.5 and (key == k or difflib.SequenceMatcher(None, key, k).ratio() >= 0.85)
                 for k, b in repeated
