@@ -448,11 +448,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("# bm25 over the turns: " + " | ".join(f"{p.weight:g}×{p.text}" for p in response.bm25_query))
     for rank, result in enumerate(response.results, start=1):
         label = " ".join(x for x in (result.metadata.get("law"), result.metadata.get("article")) if x) or result.title
-        print(f"\n[{rank}] {result.score:.4f}  {label}  ({result.source})")
+        print(f"\n[{rank}] {result.score:.4f}  {label}  ({result.source}{_pages_label(result.metadata)})")
         print(result.text)
     if not response.results:
         print("(no results)")
     return EXIT_OK
+
+
+def _pages_label(metadata: dict[str, Any]) -> str:
+    """``, 第3页`` / ``, 第3–4页`` (and ``, OCR``) for a chunk of a paged source; empty otherwise."""
+    pages = metadata.get("pages")
+    if not isinstance(pages, list) or len(pages) != 2:
+        return ""
+    span = f"{pages[0]}" if pages[0] == pages[1] else f"{pages[0]}–{pages[1]}"
+    return f", 第{span}页" + (", OCR" if metadata.get("ocr") else "")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
