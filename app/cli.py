@@ -495,8 +495,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``zhrag eval``."""
-    from app.evaluate import EvalConfig, run_eval
+    from app.evaluate import EvalConfig, load_dialogues, run_eval
     from app.services import build_services
+    from retrieval.evaluation import load_qrels, load_queries
+
+    load_qrels(args.qrels)  # a bad file is named before the model spends seconds loading
+    if args.queries:
+        load_queries(args.queries)
+    else:
+        load_dialogues(args.dialogues)
 
     settings = _settings(
         args,

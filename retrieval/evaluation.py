@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -30,35 +29,64 @@ _CUTOFF_MRR = 10
 _TREC_MEASURES = {"ndcg_cut.10", "recall.10", "recall.100"}
 
 
+def _qrels_row(fields: list[str]) -> tuple[str, str, str] | None:
+    """(query, document, score) of a BEIR row (3 columns) or a TREC row (``qid 0 docid score``)."""
+    if len(fields) == 3:
+        return fields[0], fields[1], fields[2]
+    if len(fields) == 4:
+        return fields[0], fields[2], fields[3]
+    return None
+
+
 def load_qrels(path: Path | str) -> Qrels:
-    """Read a BEIR qrels TSV (header ``query-id  corpus-id  score``); rows with score <= 0 are dropped."""
+    """Read qrels: BEIR TSV (``query-id  corpus-id  score``, with or without that header) or TREC
+    (``qid 0 docid score``, tab- or space-separated); rows with score <= 0 are dropped.
+
+    Raises:
+        ValueError: naming the file and line of a row that is neither.
+    """
     qrels: Qrels = defaultdict(dict)
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t")
-        header = next(reader, None)
-        if header is None or len(header) < 3:
-            raise ValueError(f"{path}: expected a header 'query-id<TAB>corpus-id<TAB>score'")
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            fields = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+            if not any(f.strip() for f in fields):
                 continue
-            if len(row) < 3:
-                raise ValueError(f"{path}:{lineno}: expected 3 tab-separated columns")
-            score = int(float(row[2]))
+            row = _qrels_row([f.strip() for f in fields])
+            try:
+                score = int(float(row[2])) if row else None
+            except ValueError:
+                score = None
+            if score is None:
+                if lineno == 1 and row:  # a header
+                    continue
+                raise ValueError(
+                    f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score' (BEIR) or 'qid 0 docid score' (TREC)"
+                )
             if score > 0:
                 qrels[row[0]][row[1]] = score
     return dict(qrels)
 
 
 def load_queries(path: Path | str) -> dict[str, str]:
-    """Read BEIR queries JSONL (``{"id", "text"}`` per line)."""
+    """Read BEIR queries JSONL (``{"_id" or "id", "text"}`` per line).
+
+    Raises:
+        ValueError: naming the file, the line and the expected format.
+    """
     queries: dict[str, str] = {}
+    expected = 'BEIR queries JSONL: one {"_id": ..., "text": ...} object per line'
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
-                if "id" not in record or "text" not in record:
-                    raise ValueError(f'{path}:{lineno}: a query needs "id" and "text"')
-                queries[str(record["id"])] = record["text"]
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg}); expected {expected}") from exc
+            qid = record.get("_id", record.get("id")) if isinstance(record, dict) else None
+            if qid is None or not isinstance(record.get("text"), str):
+                raise ValueError(f'{path}:{lineno}: a query needs "_id" (or "id") and "text"; expected {expected}')
+            queries[str(qid)] = record["text"]
     return queries
 
 

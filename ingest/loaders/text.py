@@ -12,17 +12,28 @@ __all__ = ["read_text", "decode_bytes", "load_text", "load_markdown", "markdown_
 
 _HEADING = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
 REPLACEMENT = "\ufffd"
-# Mostly-UTF-8 means at most this many broken sequences, or this share of the bytes (else try GB18030,
-# which decodes almost any bytes, then a detector).
+# Mostly-UTF-8 means at most this many broken sequences, or this share of the bytes, and far more good
+# multi-byte characters than broken ones (else the bytes are GBK/GB18030 or Big5 and decode as those).
 MAX_REPLACED = 16
 MAX_REPLACED_SHARE = 1e-4
+MIN_GOOD_PER_BROKEN = 20
+LEGACY_CHINESE = ["gb18030", "big5"]
+
+
+def _mostly_utf8(repaired: str, replaced: int, size: int) -> bool:
+    """One broken byte in a long UTF-8 file is damage; a dozen in a short file is another encoding."""
+    if replaced > max(MAX_REPLACED, size * MAX_REPLACED_SHARE):
+        return False
+    good = sum(1 for ch in repaired if ord(ch) >= 0x80 and ch != REPLACEMENT)
+    return replaced <= 1 and good >= 1 or good >= MIN_GOOD_PER_BROKEN * replaced
 
 
 def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[str, int]:
-    """Decode bytes: BOMs first, then UTF-8, strict GB18030, then charset detection.
+    """Decode bytes: BOMs first, then UTF-8, then GB18030 or Big5 (whichever reads as Chinese), then detection.
 
-    UTF-8 with a few broken bytes (a truncated copy, one bad sector) stays UTF-8: those bytes become
-    U+FFFD and are counted, instead of the whole file decoding as GB18030 mojibake.
+    UTF-8 with a few broken bytes among many good characters (a truncated copy, one bad sector) stays
+    UTF-8: those bytes become U+FFFD and are counted, instead of the whole file decoding as mojibake. A
+    short GBK or Big5 file is not UTF-8 with damage: it is tried in those encodings first.
 
     Returns:
         The text and how many undecodable byte sequences were replaced.
@@ -40,18 +51,19 @@ def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[str, int]:
         pass
     repaired = data.decode("utf-8", errors="replace")
     replaced = repaired.count(REPLACEMENT) - data.count(REPLACEMENT.encode())
-    if replaced <= max(MAX_REPLACED, len(data) * MAX_REPLACED_SHARE):
+    if _mostly_utf8(repaired, replaced, len(data)):
         return repaired, replaced
-    try:
-        return data.decode("gb18030"), 0
-    except UnicodeDecodeError:
-        pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
-    if best is None:
-        raise LoadError(f"{name}: cannot detect the text encoding")
-    return str(best), 0
+    # GB18030 decodes almost any byte pairs, Big5 text included (as mojibake): let the detector choose
+    # between the two by which reads as language.
+    best = from_bytes(data, cp_isolation=LEGACY_CHINESE).best() or from_bytes(data).best()
+    if best is not None:
+        return str(best), 0
+    try:
+        return data.decode("gb18030"), 0
+    except UnicodeDecodeError as exc:
+        raise LoadError(f"{name}: cannot detect the text encoding") from exc
 
 
 def read_text(path: Path) -> tuple[str, int]:

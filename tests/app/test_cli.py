@@ -330,3 +330,14 @@ def test_an_interrupt_after_the_publish_says_the_new_version_is_live(
     after = current_version(index)
     assert code == EXIT_ERROR and after not in (None, before)
     assert f"interrupted after version {after} was published" in err and "not changed" not in err
+
+
+def test_eval_names_a_questions_file_given_as_queries(cli_index: Path, tmp_path: Path, capsys) -> None:
+    questions = tmp_path / "questions.txt"
+    questions.write_text("医生在执业活动中应当履行哪些义务？\n", encoding="utf-8")
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("q1\t医师法.md\t1\n", encoding="utf-8")  # no header: accepted
+    code = main(["eval", "--index", str(cli_index), "--qrels", str(qrels), "--queries", str(questions)])
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "questions.txt:1" in err and "BEIR queries JSONL" in err

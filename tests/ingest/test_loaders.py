@@ -132,3 +132,30 @@ def test_discover(tmp_path: Path) -> None:
     files, skipped = discover([tmp_path / "a", tmp_path / "z.odt", tmp_path / "missing"])
     assert [(p.name, d) for p, d in files] == [("x.md", "x.md")]
     assert {s[0].split("/")[-1] for s in skipped} == {"z.odt", "missing"}
+
+
+def test_short_gbk_and_big5_files_decode_as_chinese_not_broken_utf8(tmp_path: Path) -> None:
+    short = tmp_path / "gbk.txt"
+    short.write_bytes("医疗纠纷预防和处理条".encode("gbk"))  # 20 bytes: 12 broken UTF-8 sequences
+    items = list(load_file(short, short.name))
+    assert [d.text for d in items if isinstance(d, Document)] == ["医疗纠纷预防和处理条"]
+    assert not [i for i in items if not isinstance(i, Document)]  # no "replaced" warning
+    big5 = tmp_path / "big5.txt"
+    text = "醫療機構應當建立健全醫療質量管理制度，保障醫療安全。患者有權查閱、複製其病歷資料。\n" * 25
+    big5.write_bytes(text.encode("big5"))
+    assert 1900 < big5.stat().st_size < 2200
+    assert _one(big5).text.strip() == text.strip()
+
+
+def test_a_long_utf8_file_with_one_broken_byte_keeps_its_text(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    sentence = "第一条 患者有权复制病历资料。".encode()
+    body = sentence * 24_000
+    cut = len(sentence) * 12_000  # between two characters
+    data = body[:cut] + b"\xff" + body[cut:]
+    assert len(data) > 1_000_000
+    path.write_bytes(data)
+    items = list(load_file(path, path.name))
+    doc = next(d for d in items if isinstance(d, Document))
+    assert doc.text.count("\ufffd") == 1 and doc.text.replace("\ufffd", "") == body.decode()
+    assert any("1 undecodable" in getattr(i, "reason", "") for i in items)

@@ -44,3 +44,35 @@ def test_load_qrels(tmp_path: Path) -> None:
     path.write_text("query-id\tcorpus-id\tscore\nq1\td1\n", encoding="utf-8")
     with pytest.raises(ValueError, match=":2"):
         load_qrels(path)
+
+
+def test_beir_and_trec_inputs_load_with_or_without_a_header(tmp_path) -> None:
+    from retrieval.evaluation import load_qrels, load_queries
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"_id": "q1", "text": "医师的义务"}\n{"id": "q2", "text": "假药"}\n', encoding="utf-8")
+    assert load_queries(queries) == {"q1": "医师的义务", "q2": "假药"}
+    expected = {"q1": {"d1": 1}, "q2": {"d2": 2}}
+    for name, text in {
+        "with_header.tsv": "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\nq2\td3\t0\n",
+        "no_header.tsv": "q1\td1\t1\nq2\td2\t2\n",
+        "trec.txt": "q1 0 d1 1\nq2 0 d2 2\n",
+    }.items():
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        assert load_qrels(path) == expected, name
+
+
+def test_a_questions_file_given_as_queries_is_named_with_the_format(tmp_path) -> None:
+    import pytest
+
+    from retrieval.evaluation import load_qrels, load_queries
+
+    questions = tmp_path / "questions.txt"
+    questions.write_text("医生在执业活动中应当履行哪些义务？\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"questions\.txt:1: not JSON .*BEIR queries JSONL"):
+        load_queries(questions)
+    broken = tmp_path / "qrels.tsv"
+    broken.write_text("query-id\tcorpus-id\tscore\nq1\td1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"qrels\.tsv:2: expected"):
+        load_qrels(broken)
