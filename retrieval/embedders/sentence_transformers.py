@@ -58,6 +58,11 @@ def model_reference(model: str) -> str:
     return str(path.resolve()) if path.is_dir() else model
 
 
+def _looks_like_path(model: str) -> bool:
+    """A reference written as a path (``/…``, ``./…``, ``../…``, ``~/…``) rather than a hub id ``ORG/NAME``."""
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or "\\" in model
+
+
 def resolve_model_path(model: str, source: ModelSource = "huggingface") -> str:
     """Map a model reference to what ``SentenceTransformer`` loads.
 
@@ -73,12 +78,16 @@ def resolve_model_path(model: str, source: ModelSource = "huggingface") -> str:
     """
     if Path(model).expanduser().is_dir():
         return model_reference(model)
+    if _looks_like_path(model):
+        raise EmbedderError(f"model directory {model} does not exist (a local model is a directory with config.json)")
     if model.startswith(MODELSCOPE_PREFIX) or source == "modelscope":
         model_id = model.removeprefix(MODELSCOPE_PREFIX)
         try:
             from modelscope import snapshot_download
         except ImportError as exc:
-            raise EmbedderError("ModelScope download needs: pip install 'zhrag[modelscope]'") from exc
+            raise EmbedderError(
+                'ModelScope download needs: pip install -e ".[modelscope]" (in a zhrag checkout)'
+            ) from exc
         return snapshot_download(model_id)
     cached = _hub_cache(model)
     if cached is not None:
@@ -94,7 +103,7 @@ def unavailable_message(model: str, why: str) -> str:
     name = model.rsplit("/", 1)[-1]
     return (
         f"cannot load embedding model {model!r}: {why}. Use a mirror (HF_ENDPOINT=https://hf-mirror.com), "
-        f"ModelScope (--model modelscope:{model}, after pip install 'zhrag[modelscope]'), or a downloaded copy "
+        f'ModelScope (--model modelscope:{model}, after pip install -e ".[modelscope]"), or a downloaded copy '
         f"(--model /path/to/{name}); for an offline smoke test, a tiny random model: "
         "zhrag tiny-model /tmp/tiny, then --model /tmp/tiny (or ZHRAG_MODEL=/tmp/tiny)"
     )

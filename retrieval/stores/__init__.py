@@ -25,7 +25,7 @@ MILVUS_INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "hnsw")
 """``--index-type`` values a Milvus store takes (``auto``: Milvus' AUTOINDEX; ``flat``: exact)."""
 _INSTALL_HINTS = {
     "faiss": "pip install faiss-cpu",
-    "milvus": "pip install 'zhrag[milvus]'",
+    "milvus": 'pip install -e ".[milvus]" (in a zhrag checkout)',
 }
 
 

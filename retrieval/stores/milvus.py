@@ -1,4 +1,4 @@
-"""Milvus vector store (scale-out; ``pip install 'zhrag[milvus]'``). Milvus Lite works with a local file URI.
+"""Milvus vector store (scale-out; ``pip install -e ".[milvus]"``). Milvus Lite works with a local file URI.
 
 Every published index version owns one *generation* of the index's collection (``<collection>__g<hex>``):
 a writer copies the live generation's stored vectors into a new one (nothing is re-embedded), applies its

@@ -199,7 +199,7 @@ def test_modelscope_missing_gives_install_hint(monkeypatch: pytest.MonkeyPatch) 
     import sys
 
     monkeypatch.setitem(sys.modules, "modelscope", None)
-    with pytest.raises(EmbedderError, match="zhrag\\[modelscope\\]"):
+    with pytest.raises(EmbedderError, match=r'pip install -e "\.\[modelscope\]"'):
         SentenceTransformerEmbedder("modelscope:Qwen/Qwen3-Embedding-0.6B", device="cpu")
 
 
@@ -314,3 +314,16 @@ def test_a_model_that_cannot_be_had_fails_at_once_naming_every_way_out(monkeypat
         "zhrag tiny-model",
     ):
         assert way_out in message
+
+
+def test_a_missing_model_directory_is_named_as_such(tmp_path) -> None:
+    import pytest
+
+    from retrieval.embedders.base import EmbedderError
+    from retrieval.embedders.sentence_transformers import resolve_model_path
+
+    missing = tmp_path / "models" / "qwen3"
+    with pytest.raises(EmbedderError, match=rf"model directory {missing} does not exist"):
+        resolve_model_path(str(missing))
+    with pytest.raises(EmbedderError, match="does not exist"):
+        resolve_model_path("./no-such-model")

@@ -21,7 +21,7 @@ def _milvus_available() -> bool:
 
 STORES = [
     "faiss",
-    pytest.param("milvus", marks=pytest.mark.skipif(not _milvus_available(), reason="pip install 'zhrag[milvus]'")),
+    pytest.param("milvus", marks=pytest.mark.skipif(not _milvus_available(), reason='pip install -e ".[milvus]"')),
 ]
 
 

@@ -22,7 +22,7 @@ except ImportError:
 BACKENDS = [
     "faiss",
     "numpy",
-    pytest.param("milvus", marks=pytest.mark.skipif(not HAVE_MILVUS, reason="pip install 'zhrag[milvus]'")),
+    pytest.param("milvus", marks=pytest.mark.skipif(not HAVE_MILVUS, reason='pip install -e ".[milvus]"')),
 ]
 
 
@@ -128,7 +128,7 @@ def test_faiss_auto_is_exact_below_the_threshold(tmp_path: Path, vectors: np.nda
     assert store.describe()["kind"] == "auto" and store.describe()["layout"] == "flat"
 
 
-@pytest.mark.skipif(not HAVE_MILVUS, reason="pip install 'zhrag[milvus]'")
+@pytest.mark.skipif(not HAVE_MILVUS, reason='pip install -e ".[milvus]"')
 @pytest.mark.parametrize("deep_search", [True, False])
 def test_milvus_filters_longer_than_one_expression_are_searched_in_parts(
     vectors: np.ndarray, tmp_path: Path, monkeypatch, deep_search: bool
@@ -163,7 +163,7 @@ def test_milvus_filters_longer_than_one_expression_are_searched_in_parts(
     assert (store.search(vectors[:1], 3, np.array([], dtype=np.int64))[1] == MISSING_ID).all()
 
 
-@pytest.mark.skipif(not HAVE_MILVUS, reason="pip install 'zhrag[milvus]'")
+@pytest.mark.skipif(not HAVE_MILVUS, reason='pip install -e ".[milvus]"')
 def test_milvus_lite_iterators_log_no_server_traceback(
     vectors: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -177,7 +177,7 @@ def test_milvus_lite_iterators_log_no_server_traceback(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.skipif(not HAVE_MILVUS, reason="pip install 'zhrag[milvus]'")
+@pytest.mark.skipif(not HAVE_MILVUS, reason='pip install -e ".[milvus]"')
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_milvus_index_types_find_the_exact_neighbours(tmp_path: Path, kind: str) -> None:
     """``--index-type flat`` is exact; ``hnsw`` (with its search depth) finds the exact top 10 on 500 vectors."""
