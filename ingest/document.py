@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.layout import PageSpan
+from ingest.layout import Assembled, PageSpan
 
 __all__ = ["Document", "LoadError", "BadRecord", "LoadWarning"]
 
@@ -36,6 +36,21 @@ class Document:
     format: str = "txt"
     metadata: dict[str, Any] = field(default_factory=dict)
     pages: list[PageSpan] | None = None
+
+    @classmethod
+    def paged(
+        cls, doc_id: str, assembled: Assembled, path: str, fmt: str, page_count: int, title: str = ""
+    ) -> Document:
+        """A document read page by page (PDF, image): its text, where its pages start, ``page_count``."""
+        return cls(
+            id=doc_id,
+            text=assembled.text,
+            title=assembled.title(title),
+            source=path,
+            format=fmt,
+            metadata={"page_count": page_count},
+            pages=assembled.pages,
+        )
 
 
 @dataclass(frozen=True)

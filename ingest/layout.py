@@ -241,16 +241,16 @@ def _edge_lines(page: Page) -> list[Line]:
     return top + [ln for ln in bottom if ln not in top]
 
 
-def _title_key(pages: Sequence[Page]) -> str:
-    """The first page's largest type (the document's title, over one or more lines), as a key."""
+def _title(pages: Sequence[Page]) -> tuple[str, float]:
+    """The first page's largest type (the document's title, over one or more lines) as a key, and its size."""
     lines = pages[0].lines if pages else []
     if not lines:
-        return ""
+        return "", 0.0
     median = statistics.median(ln.em for ln in lines)
     big = max(ln.em for ln in lines)
     if big < 1.3 * median:
-        return ""
-    return _key("".join(ln.text for ln in sorted(lines, key=lambda ln: ln.top) if ln.em >= 0.95 * big))
+        return "", big
+    return _key("".join(ln.text for ln in sorted(lines, key=lambda ln: ln.top) if ln.em >= 0.95 * big)), big
 
 
 def remove_furniture(pages: Sequence[Page]) -> list[Page]:
@@ -266,8 +266,7 @@ def remove_furniture(pages: Sequence[Page]) -> list[Page]:
         seen[(_key(line.text), round(line.top / page.height * 40))].add(page.number)
     needed = max(2, int(0.4 * len(pages) + 0.5))
     repeated = [key for key, where in seen.items() if len(where) >= needed and key[0]]
-    title = _title_key(pages)
-    title_em = max((ln.em for ln in pages[0].lines), default=0.0) if pages else 0.0
+    title, title_em = _title(pages)
     drop: set[int] = set()
     for ident, (page, line) in candidates.items():
         key = _key(line.text)

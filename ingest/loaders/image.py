@@ -48,12 +48,4 @@ def load_image(path: Path, doc_id: str) -> Iterator[Document]:
     assembled = layout(pages)
     if not assembled.text.strip():
         raise LoadError(f"{path}: no text found in the image (OCR read nothing)")
-    yield Document(
-        id=doc_id,
-        text=assembled.text,
-        title=assembled.title(),
-        source=str(path),
-        format="image",
-        metadata={"page_count": len(pages)},
-        pages=assembled.pages,
-    )
+    yield Document.paged(doc_id, assembled, str(path), "image", len(pages))

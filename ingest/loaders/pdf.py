@@ -24,7 +24,6 @@ OCR_MIN_DPI = 150
 OCR_MAX_SIDE = 2000
 """...and at most this many pixels on the long side: the OCR engine shrinks larger images itself, and that
 second resampling lost whole lines in tests."""
-_IMAGE = 3  # FPDF_PAGEOBJ_IMAGE
 MIN_TEXT_CHARS = 10
 """A page with fewer characters in its text layer than this, and an image, is treated as scanned."""
 
@@ -79,8 +78,10 @@ RULED_MIN_PATHS = 4
 
 def _ocr_scale(page: Any, width: float, height: float) -> float:
     """Pixels per point to render a scanned page at: its largest image's own resolution, within bounds."""
+    from pypdfium2.raw import FPDF_PAGEOBJ_IMAGE
+
     native = 0.0
-    for obj in page.get_objects(filter=[_IMAGE], max_depth=2):
+    for obj in page.get_objects(filter=[FPDF_PAGEOBJ_IMAGE], max_depth=2):
         left, _, right, _ = obj.get_bounds()
         pixels = obj.get_px_size()[0]
         if right - left > 0.5 * width and pixels > 0:
@@ -125,22 +126,22 @@ def pdf_pages(path: Path, ocr: bool | None = None) -> tuple[list[Page], list[str
             else:
                 scanned.append(index + 1)
                 todo.append((index, page, width, height))
+        notes: list[str] = []
         if todo and not ocr:
             if not any(p.lines for p in pages):
                 raise OcrUnavailable(f"{path}: scanned PDF (no text layer); OCR is not installed: {OCR_HINT}")
             pages.extend(Page(i + 1, w, h) for i, _, w, h in todo)
-            pages.sort(key=lambda p: p.number)
-            _add_tables(path, pages, ruled)
-            return pages, [_skipped_pages(scanned)], title
-        page_progress(total=len(todo))
-        for index, page, width, height in todo:
-            pages.append(_ocr_page(page, index + 1, width, height))
-            page_progress(done=1)
+            notes.append(_skipped_pages(scanned))
+        else:
+            page_progress(total=len(todo))
+            for index, page, width, height in todo:
+                pages.append(_ocr_page(page, index + 1, width, height))
+                page_progress(done=1)
     finally:
         pdf.close()
     pages.sort(key=lambda p: p.number)
     _add_tables(path, pages, ruled)
-    return pages, [], title
+    return pages, notes, title
 
 
 def _skipped_pages(numbers: list[int]) -> str:
@@ -174,12 +175,4 @@ def load_pdf(path: Path, doc_id: str) -> Iterator[Document | LoadWarning]:
     assembled = layout(pages)
     if not assembled.text.strip():
         raise LoadError(f"{path}: no text found (blank pages, or images without readable text)")
-    yield Document(
-        id=doc_id,
-        text=assembled.text,
-        title=assembled.title(meta_title),
-        source=str(path),
-        format="pdf",
-        metadata={"page_count": len(pages)},
-        pages=assembled.pages,
-    )
+    yield Document.paged(doc_id, assembled, str(path), "pdf", len(pages), meta_title)
