@@ -233,7 +233,9 @@ def test_csv_in_gbk_is_a_table(tmp_path: Path) -> None:
 
 def _many_page_pdf(pages: int) -> bytes:
     """A PDF of ``pages`` pages sharing one content stream (small file, many pages)."""
-    stream = b"BT /F1 12 Tf 72 720 Td (Article 1 of the test law applies to every page.) Tj ET"
+    # Mid-page (not a running header) and 600 characters a page: 6 million characters in all, over the
+    # document-length limit if the file-time limit has not stopped it first; either way a limit, by its name.
+    stream = b"BT /F1 10 Tf 20 400 Td (" + b"Article 1 applies here. " * 25 + b") Tj ET"
     kids = " ".join(f"{4 + i} 0 R" for i in range(pages))
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
