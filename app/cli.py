@@ -723,7 +723,7 @@ def cmd_citations(args: argparse.Namespace) -> int:
     else:
         for c in result.citations:
             status = "found" if c.found else f"NOT FOUND ({c.reason})"
-            print(f"{text[c.span[0] : c.span[1]]}\t{c.law or c.law_text or '?'} {c.article}\t{status}")
+            print(f"{text[c.span[0] : c.span[1]]}\t{c.law or c.title or c.law_text or '?'} {c.article}\t{status}")
         if not result.citations:
             print("no citations", file=sys.stderr)
     return EXIT_OK if all(c.found for c in result.citations) else EXIT_SKIPPED

@@ -20,6 +20,8 @@ __all__ = [
     "doc_key",
     "aggregate_hits",
     "truncate_run",
+    "verdict_label",
+    "judge_verdicts",
 ]
 
 Qrels = dict[str, dict[str, int]]
@@ -135,3 +137,42 @@ def evaluate_run(qrels: Qrels, run: Run) -> dict[str, float]:
     per_query = per_query_metrics(qrels, run)
     n = max(1, len(per_query))
     return {m: round(sum(v[m] for v in per_query.values()) / n, 4) for m in METRICS}
+
+
+def verdict_label(found: bool, reason: str | None) -> str:
+    """A citation verdict as one label: ``found`` or the reason without its detail (``no such article``)."""
+    return "found" if found else (reason or "").split(" (")[0]
+
+
+def judge_verdicts(cases: Iterable[Mapping[str, Any]], got: Mapping[str, list[tuple[str, str, str]]]) -> dict[str, Any]:
+    """Score citation verdicts against expected ones.
+
+    Args:
+        cases: ``{"id", "citations": [{"law_text", "article", "expect"}]}`` in text order.
+        got: case id -> ``(law as written, article, label)`` of each citation found, in text order.
+
+    A citation is right when the one at its position has the same law as written, article and label; a
+    false certification is a ``found`` where something else was expected; extra citations are counted.
+    """
+    right = total = false_found = extra = 0
+    wrong: list[dict[str, Any]] = []
+    for case in cases:
+        found = got.get(case["id"], [])
+        extra += max(0, len(found) - len(case["citations"]))
+        for at, want in enumerate(case["citations"]):
+            total += 1
+            have = found[at] if at < len(found) else None
+            expected = (want["law_text"], want["article"], want["expect"])
+            if have == expected:
+                right += 1
+                continue
+            false_found += have is not None and have[2] == "found"
+            wrong.append({"id": case["id"], "expected": list(expected), "got": list(have) if have else None})
+    return {
+        "citations": total,
+        "right": right,
+        "accuracy": round(right / total, 4) if total else 0.0,
+        "certified_falsely": false_found,
+        "extra_citations": extra,
+        "wrong": wrong,
+    }

@@ -122,11 +122,18 @@ class CitationOut(BaseModel):
     item: int | None = None
     span: list[int] = Field(description="[start, end) of the citation in the text")
     found: bool
-    reason: str | None = Field(None, description="unknown law | no law named | no such article (…)")
+    reason: str | None = Field(
+        None,
+        description="Why not found: no law named | unknown law (no law zhrag knows of) | law not in index (a real "
+        "law this index does not hold) | article not in index (the index holds part of the law) | no such article "
+        "(…) | the filter excludes this article",
+    )
     version: str | None = Field(None, description="The law's version (date) the article was found in")
     newer_version: str | None = Field(
         None, description="A newer version of the law in the index, which does not have this article"
     )
+    title: str | None = Field(None, description="For a real law the index does not hold: its full title")
+    replaced_by: str | None = Field(None, description="For a repealed law the index does not hold: its successor")
 
 
 class WeightedText(BaseModel):

@@ -31,6 +31,8 @@ def test_a_cited_article_comes_first_in_every_mode(client: TestClient) -> None:
                 "reason": None,
                 "version": "2021-01-01",  # from the book's own 施行 line
                 "newer_version": None,
+                "title": None,
+                "replaced_by": None,
             }
         ]
 
@@ -73,7 +75,7 @@ def test_no_citation_behaves_exactly_as_before(sample_index: Path, services) -> 
 def test_verify_an_answer(client: TestClient) -> None:
     answer = (
         "根据《民法典》第一千一百六十五条，行为人因过错侵害他人民事权益造成损害的，应当承担侵权责任；"
-        "另见医师法第九十九条和《医疗纠纷处理法》第三条。"
+        "另见医师法第九十九条和《医疗纠纷处理法》第三条，以及刑法第三百三十五条。"
     )
     response = client.post("/citations/verify", json={"text": answer})
     assert response.status_code == 200
@@ -82,10 +84,12 @@ def test_verify_an_answer(client: TestClient) -> None:
         ("民法典", "第一千一百六十五条", True),
         ("医师法", "第九十九条", False),
         ("医疗纠纷处理法", "第三条", False),
+        ("刑法", "第三百三十五条", False),
     ]
-    first, second, third = citations
+    first, second, third, fourth = citations
     assert "过错侵害他人民事权益" in first["text"] and first["chunk_id"] and first["index_version"].startswith("v-")
     assert answer[first["span"][0] : first["span"][1]] == "《民法典》第一千一百六十五条"
     assert second["reason"].startswith("no such article") and second["text"] is None
     assert third["reason"] == "unknown law" and third["law"] is None
+    assert (fourth["reason"], fourth["title"]) == ("law not in index", "中华人民共和国刑法")
     assert client.post("/citations/verify", json={"text": ""}).status_code == 422
