@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "Condition",
@@ -31,6 +31,8 @@ __all__ = [
     "COLUMN_FIELDS",
     "MAX_CONDITIONS",
     "MAX_VALUES",
+    "FieldName",
+    "FIELD_PATTERN",
 ]
 
 Operator = Literal[
@@ -59,7 +61,10 @@ COLUMN_FIELDS: Mapping[str, str] = {"doc_id": "doc_id", "source": "source", "tit
 """Fields read from the chunk row itself rather than its metadata (``chunk_id`` is the row's ``id``)."""
 MAX_CONDITIONS = 32
 MAX_VALUES = 1000
-_FIELD = re.compile(r"^[\w.-]{1,64}$")
+FIELD_PATTERN = r"^[\w.-]{1,64}$"
+_FIELD = re.compile(FIELD_PATTERN)
+FieldName = Annotated[str, StringConstraints(pattern=FIELD_PATTERN)]
+"""A metadata field a filter may name: letters, digits, ``_ . -`` and CJK, at most 64."""
 SQL_NUMBER = "zhrag_number"
 """Name under which :func:`sql_number` is registered on the SQLite connection."""
 
@@ -71,9 +76,11 @@ class FilterError(ValueError):
 class Condition(BaseModel):
     """One condition: metadata field ``name`` (or any of several), an operator and a value."""
 
-    name: str | list[str]
+    model_config = ConfigDict(strict=True)
+
+    name: FieldName | Annotated[list[FieldName], Field(min_length=1, max_length=MAX_CONDITIONS)]
     comparison_operator: Operator
-    value: str | int | float | list[str] | None = None
+    value: str | int | float | Annotated[list[str], Field(min_length=1, max_length=MAX_VALUES)] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class MetadataFilter:
         """``{"law": "X", "article_no": [1, 2]}``: field ``is`` a value, or ``in`` a list, for every key."""
         conditions = []
         for key, value in filters.items():
+            _field(key)  # a bad name is the filter's error, named, before a condition is built
             if isinstance(value, list):
                 if not value:
                     raise FilterError(f"filter {key!r} needs a string/number or a non-empty list of them")

@@ -182,6 +182,15 @@ class Searcher:
         """The mode a search in ``mode`` runs in: ``hybrid`` without an embedder is its BM25 leg alone."""
         return BM25 if mode == HYBRID and self.embedder is None else mode
 
+    def _check(self, options: SearchOptions) -> None:
+        """Refuse what this searcher cannot do, whatever the query or filter turns out to find."""
+        if options.mode not in SEARCH_MODES:
+            raise SearchError(f"unknown mode {options.mode!r}; choose one of {SEARCH_MODES}")
+        if options.rerank and self.reranker is None:
+            raise SearchError("reranking was asked for but no reranker is configured (--reranker / ZHRAG_RERANKER)")
+        if options.mode == DENSE and self.embedder is None:
+            raise SearchError("dense retrieval needs an embedding model; use mode 'bm25' or load the model")
+
     def rrf_k_for(self, options: SearchOptions) -> int:
         """The RRF constant a search uses."""
         return self.rrf_k if options.rrf_k is None else options.rrf_k
@@ -260,15 +269,14 @@ class Searcher:
         """
         start = time.perf_counter()
         options = options or SearchOptions()
-        if options.mode not in SEARCH_MODES:
-            raise SearchError(f"unknown mode {options.mode!r}; choose one of {SEARCH_MODES}")
+        self._check(options)
         queries = [query] if isinstance(query, str) else list(query)
         queries = [normalize_query(q) for q in queries]
         if not all(queries):
             options = _drop_empty_queries(queries, options)
             queries = [q for q in queries if q]
-        if not queries:
-            raise SearchError("query is empty")
+        if not queries:  # only spaces or control characters: nothing to search for, nothing found
+            return SearchOutcome([], [], _ms(start), options.mode)
         spec = as_filter(options.filters)
         allowed = self.index.docs.filter_rids(spec) if spec is not None else None
         if allowed is not None and len(allowed) == 0:
@@ -280,8 +288,6 @@ class Searcher:
         ranked, detail = self.rank(queries, options, allowed)
         reranked = False
         if options.rerank:
-            if self.reranker is None:
-                raise SearchError("reranking was asked for but no reranker is configured (--reranker / ZHRAG_RERANKER)")
             ranked = self._rerank(queries[0], ranked[: max(DEFAULT_RERANK_CANDIDATES, options.top_k)])
             reranked = True
         ranked, cited, verdicts = self._cited_first(queries, ranked, allowed)

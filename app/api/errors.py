@@ -1,29 +1,47 @@
-"""One error shape for every 4xx/5xx: ``{"error": {"code", "message", "detail"}}`` (Dify's own on ``/retrieval``).
+"""One error shape for every 4xx/5xx: ``{"error": {"code", "message", "detail"}}``.
 
-Error bodies never echo the request: a 100 MB invalid body gets a short answer, and bytes that are not
-JSON cannot break the error handler itself.
+A router may declare another shape through its route class (Dify's ``/retrieval`` does, see
+``routes_dify.DifyRoute``). Error bodies never echo the request: a 100 MB invalid body gets a short answer,
+and bytes that are not JSON cannot break the error handler itself.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import compile_path
 
-__all__ = ["ErrorBody", "ErrorResponse", "ERROR_RESPONSES", "error_response", "install_error_handlers", "JsonOnly"]
+from retrieval.metadata_filter import FIELD_PATTERN
+
+__all__ = [
+    "ErrorBody",
+    "ErrorResponse",
+    "ERROR_RESPONSES",
+    "error_response",
+    "install_error_handlers",
+    "JsonRoute",
+    "readable",
+    "BLANK",
+]
 
 log = logging.getLogger(__name__)
 
-DIFY_PATH = "/retrieval"
-_JSON_TYPES = ("application/json",)
-_BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+_HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"})
+_VALUE_ERROR = "Value error, "
+BLANK = r"[^\s\x1c-\x1f]"
+"""The pattern of a text that must hold more than spaces: the schema says it, so clients agree. The same set
+as Python's ``str.strip()`` in every regex dialect (Python's ``\\s`` also takes ``\x1c-\x1f``, Rust's and
+JavaScript's do not)."""
 
 
 class ErrorBody(BaseModel):
@@ -64,37 +82,62 @@ def error_response(
     return JSONResponse(status_code=status, content={"error": body.model_dump(exclude_none=True)})
 
 
-def _readable(exc: RequestValidationError) -> str:
+def _message(err: dict[str, Any]) -> str:
+    """Pydantic's message in plain words: no "Value error, " prefix, a blank text or a bad field said as such."""
+    pattern = (err.get("ctx") or {}).get("pattern") if err.get("type") == "string_pattern_mismatch" else None
+    if pattern == BLANK:
+        return "must not be empty or only spaces"
+    if pattern == FIELD_PATTERN:
+        return "invalid filter field name (letters, digits, _ . - and CJK, at most 64)"
+    return str(err.get("msg", "")).removeprefix(_VALUE_ERROR)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """``filters.law`` from pydantic's location, without the body, union member labels and ``~`` tags."""
+    shown = [str(p) for p in loc if p != "body" and p != "[key]"]
+    return ".".join(p for p in shown if not p.startswith("~") and "[" not in p and not p.startswith("constrained-"))
+
+
+def readable(exc: RequestValidationError) -> str:
+    """Every problem of a request, one line: ``field: what is wrong; …``."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    return "; ".join(parts)
+        loc = _where(tuple(err.get("loc", ())))
+        parts.append(f"{loc}: {_message(err)}" if loc else _message(err))
+    return "; ".join(dict.fromkeys(parts))[:2000]
 
 
 def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Where and what, never the offending input."""
     return [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": _message(e), "type": str(e.get("type"))}
         for e in exc.errors()
     ]
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the API documents for this path (Starlette names only the first matching route's)."""
+    for template, item in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].match(request.url.path):
+            return ", ".join(sorted(method.upper() for method in item if method.upper() in _HTTP_METHODS))
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map validation errors, HTTP errors and unexpected exceptions to the one error shape."""
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message = _readable(exc)[:2000]
-        if request.url.path == DIFY_PATH:
-            return JSONResponse(status_code=422, content={"error_code": 422, "error_msg": message})
-        return error_response(422, message, "validation_error", _validation_detail(exc))
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, readable(exc), "validation_error", _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = error_response(exc.status_code, str(exc.detail))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
+        allowed = _allowed_methods(request) if exc.status_code == 405 else None
+        if allowed:
+            response.headers["Allow"] = allowed
         return response
 
     @app.exception_handler(Exception)
@@ -103,24 +146,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal error; the server log has the details", "internal_error")
 
 
-class JsonOnly:
-    """ASGI middleware: a body-carrying request to a JSON route must say ``Content-Type: application/json``
-    (or ``multipart/form-data`` for uploads); anything else is 415 before any parsing."""
+class JsonRoute(APIRoute):
+    """A route whose body must be JSON (``Content-Type: application/json`` or ``+json``; ``multipart/form-data``
+    for uploads): anything else is 415 before the body is read. Every router of the API uses it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"].encode() in _BODY_METHODS:
-            headers = dict(scope.get("headers") or [])
-            media = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
-            has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
-            if has_body and not (media in _JSON_TYPES or media.endswith("+json") or media == "multipart/form-data"):
-                message = f"send JSON with 'Content-Type: application/json' (got {media or 'none'})"
-                if scope["path"] == DIFY_PATH:
-                    response = JSONResponse(status_code=415, content={"error_code": 415, "error_msg": message})
-                else:
-                    response = error_response(415, message, "unsupported_media_type")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        async def json_only(request: Request) -> Response:
+            if request.method in _BODY_METHODS:
+                media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+                has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+                if has_body and not (
+                    media == "application/json" or media.endswith("+json") or media == "multipart/form-data"
+                ):
+                    message = f"send JSON with 'Content-Type: application/json' (got {media or 'none'})"
+                    raise HTTPException(415, detail=message)
+            return await handler(request)
+
+        return json_only

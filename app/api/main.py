@@ -7,16 +7,19 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api import routes_citations, routes_dify, routes_documents, routes_embed, routes_search
 from app.api.auth import RequireKey
-from app.api.errors import JsonOnly, install_error_handlers
+from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit, Deadline
 from app.api.observability import Metrics, RequestContext, metrics_endpoint
 from app.api.serving import announce, serve_latest
@@ -60,8 +63,6 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = None
-        app.state.load_error = None
         watcher = None
         if load:
             try:
@@ -96,7 +97,6 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.state.load_error = None
 
     install_error_handlers(app)
-    app.add_middleware(JsonOnly)  # added first = innermost: keys, then size, then content type
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, uploads=settings.max_upload_bytes)
     app.add_middleware(RequireKey, keys=settings.keys, admin_keys=settings.admin_keys)
     app.add_middleware(Deadline, timeout_s=settings.request_timeout_s)
@@ -109,14 +109,22 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
         )
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], tags=["ops"], summary="Prometheus metrics")
+    app.add_api_route(
+        "/metrics",
+        metrics_endpoint,
+        methods=["GET"],
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Text format"}},
+    )
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["ops"])
+    @app.get("/ready", tags=["ops"], responses={503: {"description": "The index or the model is not loaded (yet)"}})
     def ready(request: Request) -> JSONResponse:
         """Readiness: the index (and the model, unless disabled) are loaded."""
         services = request.app.state.services
@@ -144,4 +152,32 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.include_router(routes_dify.router)
     app.include_router(routes_documents.router)
     app.include_router(routes_citations.router)
+    app.openapi = partial(_openapi, app)
     return app
+
+
+def _describe_this_server(app: FastAPI, components: dict[str, Any]) -> None:
+    """What this server's configuration decides, said in its schema: no reranker, the model's dimension."""
+    if not app.state.settings.reranker:
+        rerank = components["SearchRequest"]["properties"]["rerank"]
+        rerank.update(const=False, description="Always false here: the server has no reranker (ZHRAG_RERANKER)")
+    services = app.state.services
+    if services is not None:
+        known = routes_dify.knowledge_ids(app.state.settings, services)
+        components["DifyRetrievalRequest"]["properties"]["knowledge_id"]["examples"] = sorted(known)
+        dim = services.index.manifest["embedder"]["dim"]
+        dimensions = components["OpenAIEmbeddingRequest"]["properties"]["dimensions"]["anyOf"][0]
+        dimensions.update(maximum=dim, description=f"At most the model's {dim}")
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the models routes name in ``openapi_extra`` (their references then resolve)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(routes_documents.COMPONENTS)
+        _describe_this_server(app, components)
+        app.openapi_schema = schema
+    return app.openapi_schema

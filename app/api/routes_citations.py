@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import ServicesDep
-from app.api.errors import ERROR_RESPONSES
+from app.api.errors import ERROR_RESPONSES, JsonRoute
 from app.api.schemas import CitationOut
 from app.services import Services
 from retrieval.types import CONTINUED
 
 __all__ = ["router", "VerifyRequest", "VerifiedCitation", "VerifyResponse", "verify_text"]
 
-router = APIRouter(tags=["citations"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["citations"], responses=ERROR_RESPONSES, route_class=JsonRoute)
 MAX_TEXT_CHARS = 20_000
 
 
 class VerifyRequest(BaseModel):
     """A text whose citations to check."""
+
+    model_config = ConfigDict(strict=True)
 
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
 

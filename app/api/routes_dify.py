@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from app.api.auth import bearer, key_matches
 from app.api.deps import ServicesDep
-from app.api.schemas import MetadataCondition
-from app.settings import MAX_TOP_K
+from app.api.errors import BLANK, JsonRoute, readable
+from app.api.schemas import MetadataCondition, Whole
+from app.services import Services
+from app.settings import MAX_TOP_K, Settings
 from retrieval.metadata_filter import FilterError
 from retrieval.searcher import BM25, DENSE, HYBRID, LEG_KINDS, SearchError, SearchOptions, SearchOutcome
 
-__all__ = ["router", "DifyRetrievalRequest", "DifyRetrievalResponse", "DifyError", "relevance_scores"]
-
-router = APIRouter(tags=["dify"])
+__all__ = [
+    "router",
+    "DifyRoute",
+    "knowledge_ids",
+    "DifyRetrievalRequest",
+    "DifyRetrievalResponse",
+    "DifyError",
+    "relevance_scores",
+]
 
 # Dify's suggested error codes.
 INVALID_AUTH_FORMAT = 1001
@@ -28,15 +39,19 @@ KNOWLEDGE_NOT_FOUND = 2001
 class RetrievalSetting(BaseModel):
     """Dify ``retrieval_setting``."""
 
-    top_k: int = Field(ge=1, le=MAX_TOP_K)
+    model_config = ConfigDict(strict=True)
+
+    top_k: Whole = Field(ge=1, le=MAX_TOP_K)
     score_threshold: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class DifyRetrievalRequest(BaseModel):
     """Dify ``POST /retrieval`` body."""
 
+    model_config = ConfigDict(strict=True)
+
     knowledge_id: str
-    query: str = Field(min_length=1, max_length=2000)
+    query: str = Field(min_length=1, max_length=2000, pattern=BLANK)
     retrieval_setting: RetrievalSetting
     metadata_condition: MetadataCondition | None = None
 
@@ -73,6 +88,33 @@ def _error(status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error_code": code, "error_msg": message})
 
 
+def knowledge_ids(settings: Settings, services: Services) -> set[str]:
+    """The ``knowledge_id`` values this server answers: the index directory's name, ``zhrag`` and any
+    configured (``ZHRAG_KNOWLEDGE_IDS``)."""
+    return {services.index.root.name, "zhrag", *(settings.knowledge_ids or [])}
+
+
+class DifyRoute(JsonRoute):
+    """Every error of a Dify route in Dify's shape ``{error_code, error_msg}``: a body that is not JSON, one
+    that does not validate, the wrong content type."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def dify_errors(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return _error(422, 422, readable(exc))
+            except HTTPException as exc:
+                return _error(exc.status_code, exc.status_code, str(exc.detail))
+
+        return dify_errors
+
+
+router = APIRouter(tags=["dify"], route_class=DifyRoute)
+
+
 def relevance_scores(outcome: SearchOutcome, rrf_max: float) -> list[float]:
     """Scores in [0, 1] as Dify expects: reranker probability, cosine, RRF / its maximum, or BM25 / top BM25."""
     scores = [h.score for h in outcome.hits]
@@ -101,8 +143,7 @@ def retrieval(
             return _error(403, INVALID_AUTH_FORMAT, "Invalid Authorization header format. Expected 'Bearer <api-key>'.")
         if not key_matches(key, settings.keys):
             return _error(403, AUTH_FAILED, "Authorization failed")
-    known = {services.index.root.name, "zhrag", *(settings.knowledge_ids or [])}
-    if body.knowledge_id not in known:
+    if body.knowledge_id not in knowledge_ids(settings, services):
         return _error(404, KNOWLEDGE_NOT_FOUND, f"The knowledge does not exist: {body.knowledge_id!r}")
     condition = body.metadata_condition
     spec = condition.to_filter() if condition else None

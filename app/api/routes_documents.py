@@ -17,11 +17,12 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.datastructures import UploadFile
 
 from app.api.deps import ServicesDep
-from app.api.errors import ERROR_RESPONSES
+from app.api.errors import BLANK, ERROR_RESPONSES, JsonRoute
 from app.api.serving import serve_latest
 from app.services import Services, ingest_limits
 from ingest.chunkers import ChunkSettings
@@ -29,9 +30,9 @@ from ingest.loaders import SUPPORTED_SUFFIXES
 from ingest.pipeline import IngestOptions, IngestRejected, NothingToIngest, ingest, remove_documents
 from retrieval.index import IndexLockedError
 
-__all__ = ["router", "DocumentIn", "DocumentsIn", "DocumentPage", "DocumentsChanged", "safe_file_name"]
+__all__ = ["router", "DocumentIn", "DocumentsIn", "DocumentPage", "DocumentsChanged", "safe_file_name", "COMPONENTS"]
 
-router = APIRouter(tags=["documents"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["documents"], responses=ERROR_RESPONSES, route_class=JsonRoute)
 
 MAX_FILES = 100
 MAX_DOCUMENTS = 1000
@@ -41,16 +42,20 @@ MAX_OFFSET = 10**12
 
 
 class DocumentIn(BaseModel):
-    """One document given as text."""
+    """One document given as text (other fields go in ``metadata``)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     id: str = Field(min_length=1, max_length=256, description="Document id (the same id replaces it)")
-    text: str = Field(min_length=1)
+    text: str = Field(min_length=1, pattern=BLANK)
     title: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict, description="Stored with every chunk; filterable")
 
 
 class DocumentsIn(BaseModel):
     """Several documents given as text."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     documents: list[DocumentIn] = Field(min_length=1, max_length=MAX_DOCUMENTS)
 
@@ -86,6 +91,10 @@ class DocumentsChanged(BaseModel):
 
 
 _TEXT_BODY = TypeAdapter(DocumentIn | DocumentsIn)
+COMPONENTS: dict[str, Any] = models_json_schema(
+    [(DocumentIn, "validation"), (DocumentsIn, "validation")], ref_template="#/components/schemas/{model}"
+)[1]["$defs"]
+"""The JSON bodies' schemas, for the OpenAPI document's components (the route reads its body itself)."""
 _UPLOAD_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -101,7 +110,9 @@ _UPLOAD_SCHEMA = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
+                    },
                     "required": ["files"],
                 }
             },

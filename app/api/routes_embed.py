@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, status
 
 from app.api.deps import ServicesDep
-from app.api.errors import ERROR_RESPONSES
+from app.api.errors import ERROR_RESPONSES, JsonRoute
 from app.api.schemas import EmbedRequest, EmbedResponse, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
 from app.services import Services
 from retrieval.embedders import EmbedderError, truncate_dim
@@ -18,7 +18,7 @@ from retrieval.protocols import Embedder
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["embeddings"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["embeddings"], responses=ERROR_RESPONSES, route_class=JsonRoute)
 QUERY_TYPES = ("query",)
 EMBED_PIECE = 64
 """Texts queued at a time by one embedding request (the unit in which it can be cancelled)."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from app.api.deps import ServicesDep, SessionsDep
-from app.api.errors import ERROR_RESPONSES
+from app.api.errors import ERROR_RESPONSES, JsonRoute
 from app.api.schemas import SearchRequest, SearchResponse, to_search_response
-from app.dialogue_search import DialogueInputError, run_search
+from app.dialogue_search import DialogueInputError, UnknownConversation, run_search
 from retrieval.docstore import FilterError
 from retrieval.embedders import EmbedderError
 from retrieval.searcher import SearchError
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["search"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["search"], responses=ERROR_RESPONSES, route_class=JsonRoute)
 
 
 @router.post("/search", response_model=SearchResponse)
@@ -22,6 +22,8 @@ def search(body: SearchRequest, services: ServicesDep, sessions: SessionsDep) ->
     """Top-k passages for a question or the last user turn of a conversation."""
     try:
         outcome, query, session_id = run_search(services, body, sessions)
+    except UnknownConversation as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except (FilterError, DialogueInputError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     except SearchError as exc:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
 
+from app.api.errors import BLANK
 from app.settings import MAX_TOP_K
 from retrieval.dialogue import DialogueMode
-from retrieval.metadata_filter import MAX_CONDITIONS, Condition, MetadataFilter
+from retrieval.metadata_filter import MAX_CONDITIONS, MAX_VALUES, Condition, FieldName, MetadataFilter
 from retrieval.searcher import HYBRID, Expand, SearchMode, SearchOutcome
 
 __all__ = [
@@ -29,6 +39,8 @@ __all__ = [
     "MAX_TOTAL_CHARS",
     "MAX_QUERY_CHARS",
     "MAX_EMBED_TEXTS",
+    "Whole",
+    "has_text",
 ]
 
 MAX_QUERY_CHARS = 2000
@@ -36,31 +48,109 @@ MAX_MESSAGES = 20
 MAX_MESSAGE_CHARS = 4000
 MAX_TOTAL_CHARS = 16000
 MAX_EMBED_TEXTS = 2048
-FilterValue = str | int | float | bool | list[str | int | float | bool]
+FilterValue = (
+    str | int | float | bool | Annotated[list[str | int | float | bool], Field(min_length=1, max_length=MAX_VALUES)]
+)
+_CONDITION_KEYS = {"conditions", "logical_operator"}
+# additionalProperties: a key that is no field name is refused by the schema, not only by the server;
+# without Dify's two keys, so that exactly one form matches
+Filters = Annotated[
+    dict[FieldName, FilterValue],
+    Field(
+        max_length=MAX_CONDITIONS,
+        json_schema_extra={
+            "additionalProperties": False,
+            "not": {"anyOf": [{"required": [key]} for key in sorted(_CONDITION_KEYS)]},
+        },
+    ),
+]
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be an integer")
+    return value
+
+
+Whole = Annotated[int, Field(strict=False), BeforeValidator(_whole)]
+"""An integer as JSON Schema has it: 3 or 3.0, never true or "3" (request models are otherwise strict)."""
+
+
+def has_text(value: str | None) -> bool:
+    """Whether ``value`` holds more than spaces, as the schema's pattern :data:`BLANK` decides."""
+    return bool(value and value.strip())
+
+
+_USER_TURN = {
+    "type": "object",
+    "properties": {"role": {"const": "user"}, "content": {"type": "string", "pattern": BLANK}},
+    "required": ["role", "content"],
+}
+# A search needs something to answer: a query, a conversation with a user turn, or a stored conversation.
+_SEARCH_INPUT = {
+    "anyOf": [
+        {"required": ["query"], "properties": {"query": {"type": "string", "pattern": BLANK}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array", "contains": _USER_TURN}}},
+        {"required": ["session_id"], "properties": {"session_id": {"type": "string"}}},
+    ]
+}
 
 
 class MetadataCondition(BaseModel):
-    """Dify's ``metadata_condition``, zhrag's filter language: conditions joined by ``and``/``or``."""
+    """Dify's ``metadata_condition``, zhrag's filter language: conditions joined by ``and``/``or``.
 
-    logical_operator: Literal["and", "or"] = "and"
-    conditions: list[Condition] = Field(max_length=MAX_CONDITIONS)
+    ``null`` counts as absent (Dify sends ``"conditions": null``): no conditions, joined by ``and``.
+    """
+
+    # one of the two keys, so that an equality filter ({"law": "…"}) is not read as a condition
+    model_config = ConfigDict(
+        strict=True, json_schema_extra={"anyOf": [{"required": ["conditions"]}, {"required": ["logical_operator"]}]}
+    )
+
+    logical_operator: Literal["and", "or"] | None = "and"
+    conditions: list[Condition] | None = Field(None, max_length=MAX_CONDITIONS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_a_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not _CONDITION_KEYS & data.keys():
+            raise ValueError("a metadata condition has 'conditions' or 'logical_operator'")
+        return data
 
     def to_filter(self) -> MetadataFilter:
         """The core's filter."""
-        return MetadataFilter(self.conditions, any_of=self.logical_operator == "or")
+        return MetadataFilter(self.conditions or [], any_of=self.logical_operator == "or")
+
+
+def _filter_form(value: Any) -> str:
+    """Dify's conditions when one of their keys is there, else the field -> value shorthand."""
+    if isinstance(value, MetadataCondition) or (isinstance(value, dict) and _CONDITION_KEYS & value.keys()):
+        return "~conditions"
+    return "~fields"
+
+
+FilterSpec = Annotated[
+    Annotated[MetadataCondition, Tag("~conditions")] | Annotated[Filters, Tag("~fields")], Discriminator(_filter_form)
+]
+"""A ``/search`` filter in either form (a ``~`` tag is left out of error messages)."""
 
 
 class ChatMessage(BaseModel):
     """One OpenAI-format chat message."""
+
+    model_config = ConfigDict(strict=True)
 
     role: Literal["user", "assistant", "system"]
     content: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
 class SearchRequest(BaseModel):
-    """``POST /search``: a query, a conversation (``messages``), or both."""
+    """``POST /search``: a query, a conversation (``messages``), or both.
 
-    model_config = ConfigDict(extra="forbid")
+    A conversation longer than ``MAX_TOTAL_CHARS`` loses its oldest turns (the newest is always kept).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_SEARCH_INPUT)
 
     query: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="The question")
     messages: list[ChatMessage] | None = Field(
@@ -69,9 +159,9 @@ class SearchRequest(BaseModel):
         description="OpenAI-format conversation; the last user turn is answered",
     )
     session_id: str | None = Field(None, max_length=128, description="Server-side conversation to continue")
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    top_k: Whole = Field(5, ge=1, le=MAX_TOP_K)
     mode: SearchMode = HYBRID
-    filters: MetadataCondition | dict[str, FilterValue] | None = Field(
+    filters: FilterSpec | None = Field(
         None,
         description='Metadata filter applied inside retrieval: {"law": "...", "article_no": [1, 2]} (equality / any of), '
         'or Dify\'s {"logical_operator": "and", "conditions": [{"name": "article_no", "comparison_operator": "≤", '
@@ -80,16 +170,15 @@ class SearchRequest(BaseModel):
     rerank: bool = False
     score_threshold: float | None = Field(None, description="Drop results scoring below this (higher = better)")
     expand: Expand = "none"
-    neighbors: int = Field(1, ge=0, le=5)
+    neighbors: Whole = Field(1, ge=0, le=5)
     group_by: Literal["doc_id"] | None = None
     dialogue_mode: DialogueMode = "auto"
 
     @model_validator(mode="after")
     def _needs_input(self) -> SearchRequest:
-        if not (self.query and self.query.strip()) and not self.messages and not self.session_id:
-            raise ValueError("give a non-empty 'query' or 'messages'")
-        if self.messages and sum(len(m.content) for m in self.messages) > MAX_TOTAL_CHARS:
-            raise ValueError(f"conversation too long: at most {MAX_TOTAL_CHARS} characters in 'messages'")
+        user_turn = any(m.role == "user" and has_text(m.content) for m in self.messages or [])
+        if not has_text(self.query) and not user_turn and self.session_id is None:
+            raise ValueError("give a non-empty 'query', 'messages' with a user turn, or a 'session_id'")
         return self
 
 
@@ -195,23 +284,29 @@ def to_search_response(outcome: SearchOutcome, query: str, session_id: str | Non
     )
 
 
+NonBlank = Annotated[str, StringConstraints(pattern=BLANK)]
+EmbedText = Annotated[str, StringConstraints(max_length=MAX_QUERY_CHARS * 4, pattern=BLANK)]
+"""A text to embed: an empty one has no embedding."""
+
+
 class EmbedRequest(BaseModel):
     """``POST /embed``: one ``text`` or a list of ``texts``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, max_length=MAX_QUERY_CHARS * 4)
-    texts: list[str] | None = Field(None, max_length=MAX_EMBED_TEXTS)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]}
+    )
+
+    # absent, never null: the schema's oneOf counts a key that is present
+    text: EmbedText = Field(None, validate_default=False)  # type: ignore[assignment]
+    texts: list[EmbedText] = Field(None, min_length=1, max_length=MAX_EMBED_TEXTS, validate_default=False)  # type: ignore[assignment]
     input_type: Literal["query", "document"] = "document"
 
     @model_validator(mode="after")
     def _one_of(self) -> EmbedRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' or 'texts'")
-        if self.texts is not None and not self.texts:
-            raise ValueError("'texts' is empty")
-        if any(not t.strip() for t in ([self.text] if self.text is not None else self.texts or [])):
-            raise ValueError("an empty text has no embedding")
         return self
 
 
@@ -227,23 +322,18 @@ class EmbedResponse(BaseModel):
 class OpenAIEmbeddingRequest(BaseModel):
     """OpenAI ``POST /v1/embeddings``."""
 
-    input: str | list[str]
+    model_config = ConfigDict(strict=True)
+
+    input: Annotated[
+        Annotated[NonBlank, Tag("~text")]
+        | Annotated[list[NonBlank], Field(min_length=1, max_length=MAX_EMBED_TEXTS), Tag("~list")],
+        Discriminator(lambda value: "~list" if isinstance(value, list) else "~text"),
+    ] = Field(description=f"A text or a list of texts (at most {MAX_EMBED_TEXTS}), none empty")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: Annotated[int, Field(strict=False, ge=1), BeforeValidator(_whole)] | None = None
     input_type: Literal["query", "document", "passage"] | None = None
     user: str | None = None
-
-    @model_validator(mode="after")
-    def _bounded(self) -> OpenAIEmbeddingRequest:
-        items = [self.input] if isinstance(self.input, str) else self.input
-        if not items:
-            raise ValueError("'input' is empty")
-        if len(items) > MAX_EMBED_TEXTS:
-            raise ValueError(f"at most {MAX_EMBED_TEXTS} inputs per request")
-        if any(not t.strip() for t in items):
-            raise ValueError("an empty input has no embedding")
-        return self
 
 
 class OpenAIEmbeddingResponse(BaseModel):

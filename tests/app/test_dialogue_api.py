@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi.testclient import TestClient
 
 from app.sessions import SessionStore
@@ -44,14 +46,17 @@ def test_session_id_keeps_history(client: TestClient) -> None:
     assert other["queries"] == [CHAT[2]["content"]]
 
 
-def test_oversize_conversation_is_422(client: TestClient) -> None:
+def test_oversize_conversation_is_422_and_a_long_one_keeps_its_newest_turns(client: TestClient) -> None:
     many = [{"role": "user", "content": "医师"}] * 21
     response = client.post("/search", json={"messages": many})
     assert response.status_code == 422 and "messages" in response.json()["error"]["message"]
-    long = [{"role": "user", "content": "医" * 3999}] * 5
-    response = client.post("/search", json={"messages": long})
-    assert response.status_code == 422 and "too long" in response.json()["error"]["message"]
     assert client.post("/search", json={"messages": [{"role": "assistant", "content": "hi"}]}).status_code == 422
+    # 5 x 3,999 characters: over the 16,000 a conversation may use, so the oldest turn is left out
+    long = [{"role": "user", "content": f"第{i}轮" + "医师执业" * 998} for i in range(5)]
+    response = client.post("/search", json={"messages": long, "mode": "bm25"})
+    assert response.status_code == 200
+    used = json.dumps(response.json()["bm25_query"], ensure_ascii=False)
+    assert "第4轮" in used and "第1轮" in used and "第0轮" not in used
 
 
 def test_session_store_bounds_and_expiry() -> None:
@@ -146,8 +151,8 @@ def test_dify_metadata_condition_is_pushed_into_retrieval(client: TestClient) ->
 
 def test_dify_bad_condition_is_a_dify_error(client: TestClient) -> None:
     bad = _condition({"name": 'law"', "comparison_operator": "is", "value": "x"})
-    response = _dify(client, metadata_condition=bad)
-    assert response.status_code == 400 and "invalid filter field" in response.json()["error_msg"]
+    response = _dify(client, metadata_condition=bad)  # refused by the schema, in Dify's shape
+    assert response.status_code == 422 and "invalid filter field" in response.json()["error_msg"]
     unknown_op = _condition({"name": "law", "comparison_operator": "like", "value": "x"})
     assert _dify(client, metadata_condition=unknown_op).status_code == 422
 
