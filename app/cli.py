@@ -354,17 +354,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict(), ensure_ascii=False))
     else:
         print(
-            f"indexed {summary.documents_indexed} documents ({summary.documents_unchanged} unchanged, "
+            f"indexed {_count(summary.documents_indexed, 'document')} ({summary.documents_unchanged} unchanged, "
             f"{summary.documents_removed} removed) into "
-            f"{summary.chunks} chunks, {summary.tokens} tokens, in {summary.seconds}s "
+            f"{_count(summary.chunks, 'chunk')}, {_count(summary.tokens, 'token')}, in {summary.seconds}s "
             f"({summary.chunks_per_second} chunks/s, {summary.tokens_per_second:.0f} tokens/s; embedding "
             f"{summary.embed_tokens_per_second:.0f} tokens/s, {summary.padding_ratio:.1%} padding; "
-            f"{summary.workers} workers); index {summary.index} now holds {summary.total_chunks} "
-            f"chunks of {summary.total_documents} documents [{summary.version}]",
+            f"{_count(summary.workers, 'worker')}); index {summary.index} now holds "
+            f"{_count(summary.total_chunks, 'chunk')} of {_count(summary.total_documents, 'document')} "
+            f"[{summary.version}]",
             file=sys.stderr,
         )
         if summary.ocr_pages:
-            print(f"OCR: {summary.ocr_pages} pages, mean confidence {summary.ocr_confidence}", file=sys.stderr)
+            ocr = f"OCR: {_count(summary.ocr_pages, 'page')}, mean confidence {summary.ocr_confidence}"
+            print(ocr, file=sys.stderr)
     for item in summary.skipped:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     for item in summary.warnings:
@@ -703,7 +705,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     with tqdm(total=total, desc="migrate", unit="vector", disable=None, dynamic_ncols=True) as bar:
         version = migrate_store(settings.index, store, on_moved=bar.update)
     chunks = read_manifest(settings.index).get("counts", {}).get("chunks", 0)
-    print(f"moved {chunks} vectors from {before['backend']} to {store['backend']}; version {version}", file=sys.stderr)
+    moved = _count(chunks, "vector")
+    print(f"moved {moved} from {before['backend']} to {store['backend']}; version {version}", file=sys.stderr)
+    lite = Path(before.get("uri", ""))
+    if (
+        before["backend"] == "milvus"
+        and lite.name
+        and lite.exists()
+        and lite.resolve().parent == settings.index.resolve()
+    ):
+        print(
+            f"{lite} stays while the previous version, kept to roll back to, uses it; "
+            "the next change to the index removes both",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -747,8 +762,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         for doc_id, source, chunks in rows:
             print(f"{doc_id}\t{chunks}\t{source}")
-        print(f"{len(rows)} of {total} documents", file=sys.stderr)
+        print(f"{len(rows)} of {_count(total, 'document')}", file=sys.stderr)
     return EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 document``, ``2 documents``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -758,10 +778,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
     removal = remove_documents(_settings(args).index, args.doc_ids)
     for doc_id in removal.missing:
         print(f"not in the index: {doc_id}", file=sys.stderr)
-    print(
-        f"deleted {len(removal.removed)} documents ({removal.chunks_removed} chunks); version {removal.version}",
-        file=sys.stderr,
-    )
+    if removal.removed:
+        deleted = _count(len(removal.removed), "document")
+        print(
+            f"deleted {deleted} ({_count(removal.chunks_removed, 'chunk')}); version {removal.version}", file=sys.stderr
+        )
+    else:
+        print("deleted nothing; the index is unchanged", file=sys.stderr)
     return EXIT_SKIPPED if removal.missing else EXIT_OK
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import uuid
 from collections import Counter
@@ -250,8 +251,17 @@ class MilvusStore:
             for name in sorted(names):
                 if client.has_collection(name):
                     client.drop_collection(name)
+            emptied = not client.list_collections()
         finally:
             client.close()
+        lite = Path(conf["uri"])
+        # a Milvus Lite file the index made for itself (INDEX/milvus.db) goes with its last collection
+        if emptied and _is_lite(conf["uri"]) and lite.resolve().parent == path.resolve().parent:
+            if lite.is_dir():  # newer Milvus Lite keeps a directory under the file's name
+                shutil.rmtree(lite, ignore_errors=True)
+            else:
+                lite.unlink(missing_ok=True)
+            (lite.parent / f".{lite.name}.lock").unlink(missing_ok=True)
 
     # -- the store protocol ----------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:

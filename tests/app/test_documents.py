@@ -138,10 +138,12 @@ def test_cli_list_and_delete(index_copy: Path, capsys) -> None:
     assert listed["total"] == 6 and {d["doc_id"] for d in listed["documents"]} >= {"医师法.md", "药品管理法.md"}
     assert main(["delete", "医师法.md", "nope.md", "--index", str(index_copy)]) == 3  # one was not there
     err = capsys.readouterr().err
-    assert "not in the index: nope.md" in err and "deleted 1 documents" in err
+    assert "not in the index: nope.md" in err and "deleted 1 document (" in err
     assert main(["list", "--index", str(index_copy)]) == 0
-    out = capsys.readouterr().out
-    assert "医师法.md" not in out and "药品管理法.md" in out
+    out, err = capsys.readouterr()
+    assert "医师法.md" not in out and "药品管理法.md" in out and "of 5 documents" in err
+    assert main(["delete", "nope.md", "--index", str(index_copy)]) == 3
+    assert "deleted nothing; the index is unchanged" in capsys.readouterr().err
 
 
 def test_a_swapped_out_version_is_released_after_its_last_request(client: TestClient) -> None:

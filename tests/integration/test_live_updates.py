@@ -234,7 +234,7 @@ def test_ctrl_c_after_the_summary_keeps_the_success(tmp_path: Path, tiny_model_d
             summary = writer.stderr.readline()
         writer.send_signal(signal.SIGINT)
         _, err = writer.communicate(timeout=60)
-        assert summary.startswith("indexed 1 documents") and writer.returncode == 0, err[-2000:]
+        assert summary.startswith("indexed 1 document (") and writer.returncode == 0, err[-2000:]
         assert "Traceback" not in err and "KeyboardInterrupt" not in err
         assert current_version(index) is not None
 

@@ -157,6 +157,27 @@ def test_migrate_to_milvus_and_back_keeps_the_results(sample_index: Path, tmp_pa
     same({mode: results(mode) for mode in before}, before)
 
 
+def test_migrating_off_milvus_lite_removes_its_file_once_no_version_uses_it(
+    sample_index: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    from app.cli import main
+
+    index = tmp_path / "index"
+    shutil.copytree(sample_index, index)
+    assert main(["migrate", "--index", str(index), "--to", "milvus"]) == 0  # the default INDEX/milvus.db
+    lite = index / "milvus.db"
+    assert lite.exists()
+    capsys.readouterr()
+    assert main(["migrate", "--index", str(index), "--to", "faiss", "--index-type", "flat"]) == 0
+    err = capsys.readouterr().err
+    assert lite.exists() and "the next change to the index removes both" in err  # the rollback version uses it
+    assert main(["delete", "医师法.md", "--index", str(index)]) == 0  # the Milvus version is pruned now
+    assert not lite.exists() and not (index / ".milvus.db.lock").exists()
+    assert {p.name for p in index.iterdir() if not p.name.startswith("v-")} == {"CURRENT", ".writer.lock"}
+
+
 def test_bm25_leg_in_milvus_scores_like_the_local_leg(tmp_path: Path, tiny_embedder, analyzer, monkeypatch) -> None:
     """The same statutes indexed with the BM25 leg in Milvus and in a local file: the same chunks with the
     same scores (float32 rounding aside), for plain queries, weighted multi-turn queries and id filters."""
