@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Index",
+    "LiveDocs",
     "IndexWriter",
     "ZhragIndexError",
     "IndexNotFoundError",
@@ -210,8 +211,9 @@ def _load_store(version: Path, manifest: dict[str, Any]) -> VectorStore:
     return load_store(backend, version, manifest["dim"], **store_conf)
 
 
-class Index:
-    """A read-only view of the live version of an index."""
+class LiveDocs:
+    """The live version's manifest and chunks, without its vectors or BM25: what listing documents and
+    checking citations read (opens in milliseconds whatever the index's size)."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -219,6 +221,22 @@ class Index:
         if self.manifest.get("format") != FORMAT_VERSION:
             raise ZhragIndexError(f"index format {self.manifest.get('format')} is not supported by this zhrag")
         self.docs = DocStore(self.version_dir / DOCSTORE_FILE)
+
+    @property
+    def version(self) -> str:
+        """The name of the version this view opened."""
+        return self.version_dir.name
+
+    def close(self) -> None:
+        """Release the docstore connection."""
+        self.docs.close()
+
+
+class Index(LiveDocs):
+    """A read-only view of the live version of an index."""
+
+    def __init__(self, root: Path | str) -> None:
+        super().__init__(root)
         self.store = _load_store(self.version_dir, self.manifest)
         bm25_dir = self.version_dir / BM25_DIR
         self.bm25: LexicalIndex | None
@@ -233,14 +251,9 @@ class Index:
         """Vector dimension."""
         return int(self.manifest["dim"])
 
-    @property
-    def version(self) -> str:
-        """The name of the version this view opened."""
-        return self.version_dir.name
-
     def close(self) -> None:
         """Release the docstore connection (and the vector store's, where it holds one)."""
-        self.docs.close()
+        super().close()
         close = getattr(self.store, "close", None)
         if close is not None:
             close()

@@ -8,10 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import ServicesDep
 from app.api.errors import ERROR_RESPONSES, JsonRoute
 from app.api.schemas import CitationOut
-from app.services import Services
-from retrieval.types import CONTINUED
+from app.citations import check_citations
 
-__all__ = ["router", "VerifyRequest", "VerifiedCitation", "VerifyResponse", "verify_text"]
+__all__ = ["router", "VerifyRequest", "VerifiedCitation", "VerifyResponse"]
 
 router = APIRouter(tags=["citations"], responses=ERROR_RESPONSES, route_class=JsonRoute)
 MAX_TEXT_CHARS = 20_000
@@ -39,33 +38,12 @@ class VerifyResponse(BaseModel):
     citations: list[VerifiedCitation]
 
 
-def verify_text(services: Services, text: str) -> VerifyResponse:
-    """Parse and check ``text`` against the served index (shared by the route and ``zhrag citations``)."""
-    citations = services.searcher.citations
-    if citations is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="citation checking is off (ZHRAG_CITATIONS)")
-    docs = services.index.docs
-    out = []
-    for verdict in citations.check(text):
-        body = verdict.to_dict()
-        chunks = docs.get(verdict.rids) if verdict.rids else {}
-        parts = [chunks[r] for r in verdict.rids if r in chunks]
-        article_text = None
-        if parts:
-            marker = f"{parts[0].metadata.get('article', '')}{CONTINUED}"
-            article_text = "\n".join([parts[0].text, *(p.text.removeprefix(marker) for p in parts[1:])])
-        out.append(
-            VerifiedCitation(
-                **body,
-                text=article_text,
-                chunk_id=parts[0].id if parts else None,
-                index_version=services.index.version,
-            )
-        )
-    return VerifyResponse(citations=out)
-
-
 @router.post("/citations/verify", response_model=VerifyResponse, summary="Check the statute citations in a text")
 def verify(body: VerifyRequest, services: ServicesDep) -> VerifyResponse:
-    """Every 《law》第N条 in ``text``: found or not (``unknown law``, ``no such article``), with the article's text."""
-    return verify_text(services, body.text)
+    """Every 《law》第N条 in ``text``: found or not (``unknown law``, ``law not in index``, ``no such article``
+    …), with the article's text."""
+    if services.searcher.citations is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="citation checking is off (ZHRAG_CITATIONS)")
+    index = services.index
+    checked = check_citations(services.searcher.citations, index.docs, index.version, body.text)
+    return VerifyResponse(citations=[VerifiedCitation(**c) for c in checked])

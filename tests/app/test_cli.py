@@ -341,3 +341,31 @@ def test_eval_names_a_questions_file_given_as_queries(cli_index: Path, tmp_path:
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "questions.txt:1" in err and "BEIR queries JSONL" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["--help"],
+        ["citations", "民法典第1165条；刑法第234条；网络购物法第55条", "--index", "{index}"],
+        ["list", "--index", "{index}"],
+        ["info", "--index", "{index}"],
+    ],
+)
+def test_commands_that_compute_no_vector_never_load_torch_or_the_model(sample_index: Path, command: list[str]) -> None:
+    """What makes ``zhrag citations`` take 12 s is importing torch and loading the model; these commands
+    read files and SQLite only (their start-up time is a benchmark: benchmarks/cli_startup.py)."""
+    import subprocess
+    import sys
+
+    args = [a.replace("{index}", str(sample_index)) for a in command]
+    probe = (
+        "import sys\nfrom app.cli import main\ntry:\n    code = main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+        "    code = exc.code\nheavy = sorted(m for m in ('torch', 'sentence_transformers', 'transformers', 'faiss')"
+        " if m in sys.modules)\nprint('HEAVY', heavy, file=sys.stderr)\nsys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert "HEAVY []" in done.stderr, done.stderr[-2000:]
+    if command[0] == "citations":
+        assert "第一千一百六十五条\tfound" in done.stdout and "(unknown law)" in done.stdout
