@@ -291,7 +291,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.chunkers import ChunkSettings
     from ingest.pipeline import IngestOptions, ingest
     from ingest.stages import default_workers
-    from retrieval.index import current_version, read_manifest
+    from retrieval.index import IndexNotFoundError, current_version, read_manifest, reserve_writer
 
     settings = _settings(
         args,
@@ -301,77 +301,79 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         devices=args.devices,
         max_batch_tokens=args.max_batch_tokens,
     )
-    try:
-        manifest = read_manifest(settings.index)
-    except Exception:  # noqa: BLE001 - a new index
-        manifest = None
-    if manifest is not None and args.model is None:
-        from app.services import embedder_for_index
+    # The lock first: a second ingest into the same index is refused at once, not after the model loads.
+    with reserve_writer(settings.index):
+        try:
+            manifest = read_manifest(settings.index)
+        except IndexNotFoundError:  # a new index (a damaged one is an error, not a new one)
+            manifest = None
+        if manifest is not None and args.model is None:
+            from app.services import embedder_for_index
 
-        embedder = embedder_for_index(manifest, settings)  # keep adding with the index's own model
-    else:
-        embedder = build_embedder(settings)
-    chunk = ChunkSettings(
-        chunk_size=args.chunk_size or ChunkSettings.chunk_size,
-        chunk_overlap=args.chunk_overlap if args.chunk_overlap is not None else ChunkSettings.chunk_overlap,
-        chunker=args.chunker,
-    )
-    analyzer = build_analyzer(settings, manifest)
-    recorded = (manifest or {}).get("domain")
-    if recorded and args.domain and args.domain != recorded:
-        raise CliError(f"{settings.index} is a {recorded} index; --domain {args.domain} cannot change that")
-    # An index keeps its domain; one older than the record takes an explicit --domain, else its instruction's.
-    domain = recorded or index_domain(settings, None if args.domain else manifest)
-    before = current_version(settings.index)
-    try:
-        summary = ingest(
-            args.paths,
-            settings.index,
-            embedder,
-            analyzer,
-            chunk,
-            store=_store_options(args, settings),
-            progress=not (args.quiet or args.json),
-            prune=args.prune,
-            options=IngestOptions(
-                workers=settings.workers or default_workers(),
-                devices=settings.devices or None,
-                max_batch_tokens=settings.max_batch_tokens,
-                cancel=STOP,
-                limits=ingest_limits(settings),
-            ),
-            domain=domain,
+            embedder = embedder_for_index(manifest, settings)  # keep adding with the index's own model
+        else:
+            embedder = build_embedder(settings)
+        chunk = ChunkSettings(
+            chunk_size=args.chunk_size or ChunkSettings.chunk_size,
+            chunk_overlap=args.chunk_overlap if args.chunk_overlap is not None else ChunkSettings.chunk_overlap,
+            chunker=args.chunker,
         )
-    except KeyboardInterrupt:
-        after = current_version(settings.index)
-        if after == before:
-            raise
-        # Stopped after the swap (while the writer tidied up): the new version is whole and live.
-        print(f"zhrag: interrupted after version {after} was published; it is live and complete", file=sys.stderr)
-        return EXIT_ERROR
-    _work_done(EXIT_SKIPPED if summary.skipped else EXIT_OK)
-    if args.json:
-        print(json.dumps(summary.to_dict(), ensure_ascii=False))
-    else:
-        print(
-            f"indexed {_count(summary.documents_indexed, 'document')} ({summary.documents_unchanged} unchanged, "
-            f"{summary.documents_removed} removed) into "
-            f"{_count(summary.chunks, 'chunk')}, {_count(summary.tokens, 'token')}, in {summary.seconds}s "
-            f"({summary.chunks_per_second} chunks/s, {summary.tokens_per_second:.0f} tokens/s; embedding "
-            f"{summary.embed_tokens_per_second:.0f} tokens/s, {summary.padding_ratio:.1%} padding; "
-            f"{_count(summary.workers, 'worker')}); index {summary.index} now holds "
-            f"{_count(summary.total_chunks, 'chunk')} of {_count(summary.total_documents, 'document')} "
-            f"[{summary.version}]",
-            file=sys.stderr,
-        )
-        if summary.ocr_pages:
-            ocr = f"OCR: {_count(summary.ocr_pages, 'page')}, mean confidence {summary.ocr_confidence}"
-            print(ocr, file=sys.stderr)
-    for item in summary.skipped:
-        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
-    for item in summary.warnings:
-        print(f"warning: {item['reason']}", file=sys.stderr)
-    return EXIT_SKIPPED if summary.skipped else EXIT_OK
+        analyzer = build_analyzer(settings, manifest)
+        recorded = (manifest or {}).get("domain")
+        if recorded and args.domain and args.domain != recorded:
+            raise CliError(f"{settings.index} is a {recorded} index; --domain {args.domain} cannot change that")
+        # An index keeps its domain; one older than the record takes an explicit --domain, else its instruction's.
+        domain = recorded or index_domain(settings, None if args.domain else manifest)
+        before = current_version(settings.index)
+        try:
+            summary = ingest(
+                args.paths,
+                settings.index,
+                embedder,
+                analyzer,
+                chunk,
+                store=_store_options(args, settings),
+                progress=not (args.quiet or args.json),
+                prune=args.prune,
+                options=IngestOptions(
+                    workers=settings.workers or default_workers(),
+                    devices=settings.devices or None,
+                    max_batch_tokens=settings.max_batch_tokens,
+                    cancel=STOP,
+                    limits=ingest_limits(settings),
+                ),
+                domain=domain,
+            )
+        except KeyboardInterrupt:
+            after = current_version(settings.index)
+            if after == before:
+                raise
+            # Stopped after the swap (while the writer tidied up): the new version is whole and live.
+            print(f"zhrag: interrupted after version {after} was published; it is live and complete", file=sys.stderr)
+            return EXIT_ERROR
+        _work_done(EXIT_SKIPPED if summary.skipped else EXIT_OK)
+        if args.json:
+            print(json.dumps(summary.to_dict(), ensure_ascii=False))
+        else:
+            print(
+                f"indexed {_count(summary.documents_indexed, 'document')} ({summary.documents_unchanged} unchanged, "
+                f"{summary.documents_removed} removed) into "
+                f"{_count(summary.chunks, 'chunk')}, {_count(summary.tokens, 'token')}, in {summary.seconds}s "
+                f"({summary.chunks_per_second} chunks/s, {summary.tokens_per_second:.0f} tokens/s; embedding "
+                f"{summary.embed_tokens_per_second:.0f} tokens/s, {summary.padding_ratio:.1%} padding; "
+                f"{_count(summary.workers, 'worker')}); index {summary.index} now holds "
+                f"{_count(summary.total_chunks, 'chunk')} of {_count(summary.total_documents, 'document')} "
+                f"[{summary.version}]",
+                file=sys.stderr,
+            )
+            if summary.ocr_pages:
+                ocr = f"OCR: {_count(summary.ocr_pages, 'page')}, mean confidence {summary.ocr_confidence}"
+                print(ocr, file=sys.stderr)
+        for item in summary.skipped:
+            print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+        for item in summary.warnings:
+            print(f"warning: {item['reason']}", file=sys.stderr)
+        return EXIT_SKIPPED if summary.skipped else EXIT_OK
 
 
 def milvus_collection(index: Path) -> str:
@@ -863,9 +865,7 @@ def _work_done(code: int) -> None:
     printed a KeyboardInterrupt traceback after a successful run. Only for the process's own command."""
 
     def leave(_signum: int, _frame: object) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _leave_now(code)
 
     if _COMMAND_PROCESS.is_set():
         _on_stop_signals(leave)
@@ -889,8 +889,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zhrag: interrupted; the index was not changed", file=sys.stderr)
         code = EXIT_ERROR
+        if _COMMAND_PROCESS.is_set():
+            _leave_now(code)
     _work_done(code)
     return code
+
+
+def _leave_now(code: int) -> None:
+    """End the process with ``code`` without the interpreter's teardown. After an interrupt, a native thread
+    may still be inside the model (torch's); tearing down around it aborted with "terminate called without an
+    active exception" (exit 134) instead of the documented 1. Everything to keep was already cleaned up."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

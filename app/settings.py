@@ -139,8 +139,13 @@ class Settings(BaseSettings):
 
     @property
     def keys(self) -> list[str]:
-        """Every accepted API key (``api_keys`` plus ``api_key``)."""
+        """The query keys (``api_keys`` plus ``api_key``)."""
         return [k for k in [*self.api_keys, self.api_key] if k]
+
+    @property
+    def accepted_keys(self) -> list[str]:
+        """Every key some route accepts: the query keys and the admin keys (accepted everywhere)."""
+        return [*self.keys, *(k for k in self.admin_keys if k)]
 
     @field_validator("devices", "api_keys", "admin_keys", "cors_origins", mode="before")
     @classmethod

@@ -35,6 +35,30 @@ def _time(argv: list[str], repeat: int) -> dict[str, float]:
     return {"median_s": round(statistics.median(runs), 3), "max_s": round(max(runs), 3)}
 
 
+_HOLDER = "import sys, time\nfrom retrieval.index import reserve_writer\nwith reserve_writer(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n"
+
+
+def _refused_ingest(index: Path, repeat: int) -> dict[str, float]:
+    """A second ``zhrag ingest`` while another process holds the index's writer lock."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(index)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        model = json.loads((index / (index / "CURRENT").read_text().strip() / "manifest.json").read_text())
+        argv = [sys.executable, "-m", "app.cli", "ingest", str(ROOT / "data" / "statutes" / "医师法.md")]
+        argv += ["--index", str(index), "--model", model["embedder"]["model"], "--quiet"]
+        runs = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+            runs.append(time.perf_counter() - start)
+            if done.returncode != 2 or "another ingest is writing" not in done.stderr:
+                raise SystemExit(f"expected a refusal: {done.returncode} {done.stderr[-300:]}")
+    finally:
+        holder.kill()
+        holder.wait()
+    return {"median_s": round(statistics.median(runs), 3), "max_s": round(max(runs), 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, required=True)
@@ -51,6 +75,7 @@ def main() -> None:
         "zhrag citations TEXT": [*cli, "citations", ANSWER, "--index", index],
     }
     results = {name: _time(argv, args.repeat) for name, argv in commands.items()}
+    results["zhrag ingest, refused (another writer holds the index)"] = _refused_ingest(args.index, args.repeat)
     chunks = json.loads((args.index / (args.index / "CURRENT").read_text().strip() / "manifest.json").read_text())
     report = {
         "index": str(args.index),

@@ -8,6 +8,7 @@ whatever the worker count.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -263,9 +265,40 @@ class PageCounter:
             return self._done.value, self._total.value
 
 
-def _init_worker(context: StageContext, pages: PageCounter | None = None) -> None:
+_PR_SET_PDEATHSIG = 1
+_WATCHDOG_S = 1.0
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when ``parent`` dies, however it dies (``kill -9``, the OOM killer): a worker blocked
+    on a pipe or a lock would otherwise live on forever, holding its memory.
+
+    Linux delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); everywhere a daemon thread also
+    watches for the worker being handed to another parent. A parent that died before this ran is caught by
+    the first check.
+    """
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watchdog alone
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCHDOG_S)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="zhrag-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(context: StageContext, pages: PageCounter | None = None, parent: int | None = None) -> None:
     global _CONTEXT
     _CONTEXT = context
+    if parent is not None:
+        _die_with(parent)
     set_page_progress(pages.add if pages is not None else None)
     # Stopping is the parent's job: Ctrl-C reaches the whole process group, so workers ignore SIGINT and
     # are shut down by the parent; SIGTERM (``pkill``) ends a worker silently instead of through the
@@ -305,7 +338,7 @@ def prepared_in_order(
     context.analyzer.warm_up()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked children: no Rust thread pools
     mp = multiprocessing.get_context(_start_method())
-    pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker, initargs=(context, pages))
+    pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker, initargs=(context, pages, os.getpid()))
     pending: deque[Future[PreparedFile]] = deque()
     todo = iter(tasks)
 

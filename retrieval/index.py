@@ -15,6 +15,7 @@ kept for running readers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ __all__ = [
     "read_manifest",
     "current_version",
     "migrate_store",
+    "reserve_writer",
+    "remove_dead_staging",
+    "UPLOAD_PREFIX",
     "MANIFEST_FILE",
     "FORMAT_VERSION",
 ]
@@ -57,7 +61,6 @@ MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".writer.lock"
 FORMAT_VERSION = 1
-KEEP_VERSIONS = 2
 _STAGING_PREFIX = ".staging-"
 _VERSION_PREFIX = "v-"
 
@@ -87,7 +90,15 @@ class _WriterLock:
     """
 
     _held: set[str] = set()
+    _reserved: dict[str, _WriterLock] = {}
     _guard = threading.Lock()
+
+    @classmethod
+    def take(cls, root: Path) -> _WriterLock:
+        """The lock this process reserved for ``root`` (:func:`reserve_writer`), else a new one."""
+        with cls._guard:
+            reserved = cls._reserved.pop(str(root.resolve()), None)
+        return reserved if reserved is not None and reserved._fd is not None else cls(root)
 
     def __init__(self, root: Path) -> None:
         self.path = root / LOCK_FILE
@@ -119,6 +130,55 @@ class _WriterLock:
             self._fd = None
             with self._guard:
                 self._held.discard(self._key)
+
+
+@contextlib.contextmanager
+def reserve_writer(root: Path | str) -> Iterator[None]:
+    """Take the index's writer lock now, for the writer this process opens next: a command refuses a
+    second writer at once, before the minutes of loading a model. Released on leaving, if no writer took it.
+
+    Raises:
+        IndexLockedError: another writer holds the index.
+    """
+    root = Path(root)
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    lock = _WriterLock(root)
+    key = str(root.resolve())
+    with _WriterLock._guard:
+        _WriterLock._reserved[key] = lock
+    try:
+        yield
+    finally:
+        with _WriterLock._guard:
+            unused = _WriterLock._reserved.pop(key, None)
+        if unused is not None:
+            unused.release()
+        if created and [p.name for p in root.iterdir()] == [LOCK_FILE]:  # nothing was written: no trace left
+            shutil.rmtree(root, ignore_errors=True)
+
+
+UPLOAD_PREFIX = "_upload-"
+"""Directories the API saves uploads in before ingesting them (inside the index, so they are cleaned up too)."""
+
+
+def remove_dead_staging(root: Path | str) -> list[str]:
+    """Remove what dead writers left (``.staging-*``, ``_upload-*``) when no writer holds the index; returns
+    the names removed. A server calls it at start-up: one killed mid-upload leaves hundreds of MB."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    try:
+        lock = _WriterLock(root)
+    except IndexLockedError:
+        return []  # a live writer: its staging is its own
+    try:
+        stale = [p for p in root.iterdir() if p.name.startswith((_STAGING_PREFIX, UPLOAD_PREFIX)) and p.is_dir()]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return [p.name for p in stale]
+    finally:
+        lock.release()
 
 
 def _now() -> str:
@@ -279,11 +339,13 @@ class IndexWriter:
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = _WriterLock(self.root)
+        self._lock = _WriterLock.take(self.root)
         for stale in self.root.glob(f"{_STAGING_PREFIX}*"):  # we hold the lock: their writers are dead
             shutil.rmtree(stale, ignore_errors=True)
         previous = _current_version(self.root)
         self._base = previous.name if previous else ""
+        if previous is not None:
+            self._remove_unpublished(previous)
         self.staging = self.root / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         self.staging.mkdir()
         try:
@@ -421,6 +483,7 @@ class IndexWriter:
             self.manifest["store"] = describe()
         self.manifest.update(extra or {})
         self.manifest["updated_at"] = _now()
+        self.manifest["previous_version"] = self._base or None  # kept by the next prune, whatever the names
         self._counts = (self.docs.count_documents(), self.docs.count())
         self.manifest["counts"] = {"documents": self._counts[0], "chunks": self._counts[1]}
         self.docs.close()
@@ -460,16 +523,39 @@ class IndexWriter:
         return sorted(p for p in self.root.iterdir() if p.name.startswith(_VERSION_PREFIX) and p.is_dir())
 
     def _prune(self, live: str) -> None:
-        versions = self._versions()
-        old = [v for v in versions if v.name != live][: -(KEEP_VERSIONS - 1) or None]
-        kept = [v for v in versions if v not in old]
-        for version in old:
-            try:
-                backend = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))["store"]["backend"]
-                discard_store(backend, version, kept)
-            except Exception as exc:  # noqa: BLE001 - pruning is best effort; the data stays consistent
-                log.warning("could not release the store of %s: %s", version.name, exc)
-            shutil.rmtree(version, ignore_errors=True)
+        """Keep the version just published and the one that was live before it (``CURRENT`` said so when
+        this writer took the lock); remove every other, an orphan a crashed writer renamed but never
+        published included — whatever their names sort as."""
+        keep = {live, self._base}
+        kept = [v for v in self._versions() if v.name in keep]
+        for version in self._versions():
+            if version.name not in keep:
+                self._remove_version(version, kept)
+
+    def _remove_unpublished(self, live: Path) -> None:
+        """Versions neither live nor the live one's predecessor: a writer killed between renaming its
+        version into place and writing ``CURRENT`` left them (we hold the lock: it is dead)."""
+        try:
+            before = json.loads((live / MANIFEST_FILE).read_text(encoding="utf-8")).get("previous_version")
+        except (OSError, ValueError):
+            return
+        if before is None:  # written before versions named their predecessor: nothing can be told apart
+            return
+        keep = {live.name, before}
+        kept = [v for v in self._versions() if v.name in keep]
+        for version in self._versions():
+            if version.name not in keep:
+                log.warning("removing %s: it was never published (its writer died before CURRENT)", version.name)
+                self._remove_version(version, kept)
+
+    @staticmethod
+    def _remove_version(version: Path, kept: list[Path]) -> None:
+        try:
+            backend = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))["store"]["backend"]
+            discard_store(backend, version, kept)
+        except Exception as exc:  # noqa: BLE001 - pruning is best effort; the data stays consistent
+            log.warning("could not release the store of %s: %s", version.name, exc)
+        shutil.rmtree(version, ignore_errors=True)
 
 
 def migrate_store(root: Path | str, store: dict[str, Any], on_moved: Callable[[int], None] | None = None) -> str:

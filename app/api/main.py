@@ -26,7 +26,7 @@ from app.api.serving import announce, serve_latest
 from app.services import build_services, index_domain
 from app.sessions import SessionStore
 from app.settings import Settings
-from retrieval.index import current_version
+from retrieval.index import current_version, remove_dead_staging
 
 __all__ = ["create_app"]
 
@@ -65,6 +65,9 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = None
         if load:
+            removed = remove_dead_staging(settings.index)
+            if removed:
+                log.warning("removed what dead writers left in %s: %s", settings.index, ", ".join(removed))
             try:
                 services = build_services(settings, serving=True, on_embed_batch=metrics.batch_size.observe)
                 services.warm_up()

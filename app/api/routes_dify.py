@@ -137,11 +137,11 @@ def retrieval(
 ) -> JSONResponse:
     """Top-k records for a Dify knowledge query (hybrid search; Bearer key checked when configured)."""
     settings = request.app.state.settings
-    if settings.keys:
+    if settings.accepted_keys:
         key = bearer(authorization)
         if key is None:
             return _error(403, INVALID_AUTH_FORMAT, "Invalid Authorization header format. Expected 'Bearer <api-key>'.")
-        if not key_matches(key, settings.keys):
+        if not key_matches(key, settings.accepted_keys):
             return _error(403, AUTH_FAILED, "Authorization failed")
     if body.knowledge_id not in knowledge_ids(settings, services):
         return _error(404, KNOWLEDGE_NOT_FOUND, f"The knowledge does not exist: {body.knowledge_id!r}")

@@ -28,7 +28,7 @@ from app.services import Services, ingest_limits
 from ingest.chunkers import ChunkSettings
 from ingest.loaders import SUPPORTED_SUFFIXES
 from ingest.pipeline import IngestOptions, IngestRejected, NothingToIngest, ingest, remove_documents
-from retrieval.index import IndexLockedError
+from retrieval.index import UPLOAD_PREFIX, IndexLockedError
 
 __all__ = ["router", "DocumentIn", "DocumentsIn", "DocumentPage", "DocumentsChanged", "safe_file_name", "COMPONENTS"]
 
@@ -205,7 +205,8 @@ async def add_documents(request: Request, services: ServicesDep) -> DocumentsCha
     services = _services(services)
     settings = request.app.state.settings
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    with tempfile.TemporaryDirectory(prefix="zhrag-upload-") as tmp:
+    # inside the index: a server killed mid-upload leaves it where the next start-up removes it
+    with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX, dir=settings.index) as tmp:
         folder = Path(tmp)
         if media == "multipart/form-data":
             names = await _save_uploads(request, folder)

@@ -369,3 +369,31 @@ def test_commands_that_compute_no_vector_never_load_torch_or_the_model(sample_in
     assert "HEAVY []" in done.stderr, done.stderr[-2000:]
     if command[0] == "citations":
         assert "第一千一百六十五条\tfound" in done.stdout and "(unknown law)" in done.stdout
+
+
+def test_a_second_ingest_is_refused_before_the_model_loads(sample_index: Path, tiny_model_dir: Path) -> None:
+    """The lock is taken first: the refusal names the holder, and torch was never imported (it used to come
+    after ~20-40 s of model loading). The time it takes is a benchmark (benchmarks/cli_startup.py)."""
+    import subprocess
+    import sys
+
+    from retrieval.index import current_version, reserve_writer
+
+    probe = (
+        "import sys\nfrom app.cli import main\ncode = main(sys.argv[1:])\n"
+        "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\nsys.exit(code)"
+    )
+    before = current_version(sample_index)
+    with reserve_writer(sample_index):  # another writer, holding the index
+        args = ["ingest", str(SAMPLE_STATUTES / "医师法.md"), "--index", str(sample_index)]
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args, "--model", str(tiny_model_dir)], capture_output=True, text=True
+        )
+    assert done.returncode == EXIT_USAGE and "another ingest is writing" in done.stderr
+    assert "TORCH False" in done.stderr and current_version(sample_index) == before
+
+
+def test_an_ingest_that_fails_before_writing_leaves_no_new_index_directory(tmp_path: Path, tiny_model_dir) -> None:
+    index = tmp_path / "new-index"
+    assert main(["ingest", str(tmp_path / "nope.md"), "--index", str(index), "--model", str(tiny_model_dir)]) != 0
+    assert not index.exists()

@@ -109,6 +109,19 @@ def test_admin_keys_guard_document_changes(client: TestClient) -> None:
     assert client.post("/documents", json={"id": "a", "text": "医师应当如实记录病历。"}).status_code == 200
 
 
+def test_dify_retrieval_takes_every_accepted_key_and_only_those(client: TestClient, index_copy: Path) -> None:
+    body = {"knowledge_id": "zhrag", "query": "医师的义务", "retrieval_setting": {"top_k": 2}}
+    for key in (ADMIN, USER):  # the admin key is accepted everywhere, /retrieval included
+        assert client.post("/retrieval", json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    refused = client.post("/retrieval", json=body, headers={"Authorization": "Bearer nope"})
+    assert refused.status_code == 403 and refused.json()["error_code"] == 1002
+    # admin keys alone: /retrieval is not left open
+    with TestClient(create_app(Settings(index=index_copy, admin_keys=ADMIN, reload_interval=0))) as only_admin:
+        assert only_admin.post("/retrieval", json=body).status_code == 403
+        ok = only_admin.post("/retrieval", json=body, headers={"Authorization": f"Bearer {ADMIN}"})
+        assert ok.status_code == 200
+
+
 def test_a_second_writer_gets_409(client: TestClient, index_copy: Path) -> None:
     writer = IndexWriter(index_copy, read_manifest(index_copy)["embedder"])  # holds the writer lock
     try:
@@ -226,3 +239,19 @@ def test_an_uploaded_pdf_is_cited_by_page_in_search_and_dify(client: TestClient,
     assert dify.status_code == 200, dify.text
     record = next(r for r in dify.json()["records"] if r["metadata"]["doc_id"] == "病历书写规定.pdf")
     assert record["metadata"]["page"] == pages and record["metadata"]["pages"] == [pages, pages]
+
+
+def test_start_up_removes_what_dead_writers_left_but_not_a_live_writers(index_copy: Path) -> None:
+    """A server killed mid-upload left its upload and staging directories (hundreds of MB) until the next
+    write; the next start removes them — unless a writer is alive and they are its own."""
+    from retrieval.index import remove_dead_staging, reserve_writer
+
+    for name in (".staging-deadbeef", "_upload-x1y2"):
+        (index_copy / name).mkdir()
+        (index_copy / name / "part").write_bytes(b"\0" * 1024)
+    with reserve_writer(index_copy):  # a live writer (another process would hold the same lock)
+        assert remove_dead_staging(index_copy) == []
+    settings = Settings(index=index_copy, reload_interval=0)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/ready").status_code == 200
+    assert not list(index_copy.glob(".staging-*")) and not list(index_copy.glob("_upload-*"))
