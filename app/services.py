@@ -257,7 +257,9 @@ def serving_embedder(embedder: Embedder, settings: Settings, on_batch: Callable[
     if settings.microbatch:
         if hasattr(embedder, "batch_size"):  # one forward pass per micro-batch
             embedder.batch_size = max(embedder.batch_size, settings.microbatch_size)  # type: ignore[attr-defined]
-        embedder = MicroBatcher(embedder, settings.microbatch_wait_ms, settings.microbatch_size, on_batch)
+        embedder = MicroBatcher(
+            embedder, settings.microbatch_wait_ms, settings.microbatch_size, on_batch, bulk_slice=settings.bulk_slice
+        )
     if settings.query_cache_size > 0:
         embedder = QueryCache(embedder, settings.query_cache_size)
     return embedder

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retrieval.dialogue import REWRITE_WEIGHT
 from retrieval.embedders import EmbedderBackend
+from retrieval.embedders.microbatch import DEFAULT_BULK_SLICE
 from retrieval.embedders.sentence_transformers import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_SEQ_LENGTH,
@@ -83,6 +84,13 @@ class Settings(BaseSettings):
     microbatch: bool = Field(True, description="Embed concurrent requests' queries together in one forward pass")
     microbatch_wait_ms: float = Field(2.0, description="Longest a query waits for others to join its batch")
     microbatch_size: int = Field(64, description="Most texts in one micro-batch")
+    bulk_slice: int = Field(
+        DEFAULT_BULK_SLICE,
+        ge=1,
+        description="Most texts of one bulk forward pass (documents, ingest batches, large embedding requests); "
+        "searches go between slices, so it bounds their wait (raise it on a GPU, where batches pay)",
+    )
+    max_bulk_per_key: int = Field(2, ge=1, description="Bulk embedding requests one key may have running (429 above)")
     query_cache_size: int = Field(4096, description="Query vectors kept in an LRU cache (0: off)")
     torch_threads: int | None = Field(None, description="CPU threads for the model (default: the cores)")
     faiss_threads: int = Field(1, description="FAISS threads when searching (one query at a time: 1 avoids spinning)")

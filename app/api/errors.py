@@ -60,7 +60,7 @@ class ErrorResponse(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": HTTPStatus(status).phrase}
-    for status in (400, 401, 403, 404, 409, 413, 415, 422, 500, 503, 504)
+    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503, 504)
 }
 """OpenAPI ``responses`` for routers: the error shape, documented."""
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+import threading
+from collections.abc import Iterator
 
+from fastapi import HTTPException, Request, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
 
-__all__ = ["BodyLimit", "Deadline"]
+__all__ = ["BodyLimit", "Deadline", "BulkSlots", "caller"]
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +136,39 @@ class Deadline:
                 raise
         finally:
             watcher.cancel()
+
+
+def caller(request: Request) -> str:
+    """Who is asking: the Bearer key (hashed, never kept in clear), else the client's address."""
+    header = request.headers.get("authorization", "")
+    if header.startswith("Bearer "):
+        return "key:" + hashlib.sha256(header.removeprefix("Bearer ").strip().encode()).hexdigest()[:16]
+    return f"addr:{request.client.host if request.client else '?'}"
+
+
+class BulkSlots:
+    """At most ``per_caller`` bulk embedding requests running per key: one client cannot queue the model full."""
+
+    def __init__(self, per_caller: int) -> None:
+        self.per_caller = per_caller
+        self._running: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, who: str) -> Iterator[None]:
+        """A slot for ``who`` while the block runs; 429 when all of theirs are taken."""
+        with self._lock:
+            if self._running.get(who, 0) >= self.per_caller:
+                raise HTTPException(
+                    status.HTTP_429_TOO_MANY_REQUESTS,
+                    detail=f"at most {self.per_caller} bulk embedding requests at a time per key (ZHRAG_MAX_BULK_PER_KEY)",
+                    headers={"Retry-After": "1"},
+                )
+            self._running[who] = self._running.get(who, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[who] -= 1
+                if not self._running[who]:
+                    del self._running[who]

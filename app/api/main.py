@@ -20,7 +20,7 @@ from app import __version__
 from app.api import routes_citations, routes_dify, routes_documents, routes_embed, routes_search
 from app.api.auth import RequireKey
 from app.api.errors import install_error_handlers
-from app.api.limits import BodyLimit, Deadline
+from app.api.limits import BodyLimit, BulkSlots, Deadline
 from app.api.observability import Metrics, RequestContext, metrics_endpoint
 from app.api.serving import announce, serve_latest
 from app.services import build_services, index_domain
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.sessions = SessionStore()
+    app.state.bulk_slots = BulkSlots(settings.max_bulk_per_key)
     app.state.services = None
     app.state.load_error = None
 

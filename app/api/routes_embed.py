@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 
 from app.api.deps import ServicesDep
 from app.api.errors import ERROR_RESPONSES, JsonRoute
+from app.api.limits import BulkSlots, caller
 from app.api.schemas import EmbedRequest, EmbedResponse, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
 from app.services import Services
 from retrieval.embedders import EmbedderError, truncate_dim
+from retrieval.embedders.microbatch import Lane, batcher_of
 from retrieval.protocols import Embedder
 
 __all__ = ["router"]
@@ -22,6 +25,8 @@ router = APIRouter(tags=["embeddings"], responses=ERROR_RESPONSES, route_class=J
 QUERY_TYPES = ("query",)
 EMBED_PIECE = 64
 """Texts queued at a time by one embedding request (the unit in which it can be cancelled)."""
+INTERACTIVE_TEXTS = 8
+"""A query-side request with at most this many texts goes ahead of bulk work, like a search; larger ones are bulk."""
 
 
 def _embedder(services: Services) -> Embedder:
@@ -30,33 +35,39 @@ def _embedder(services: Services) -> Embedder:
     return services.embedder
 
 
-async def _piece(embedder: Embedder, texts: list[str], as_query: bool) -> np.ndarray:
-    """One piece: queued on the micro-batcher without holding a thread, else computed in a worker thread."""
-    if as_query and hasattr(embedder, "submit_queries"):
-        return await asyncio.wrap_future(embedder.submit_queries(texts))  # type: ignore[attr-defined]
-    if not as_query and hasattr(embedder, "submit"):
-        return await asyncio.wrap_future(embedder.submit(texts, "document"))  # type: ignore[attr-defined]
+async def _piece(embedder: Embedder, texts: list[str], as_query: bool, lane: Lane) -> np.ndarray:
+    """One piece: queued on the micro-batcher in its lane without holding a thread, else computed in a
+    worker thread."""
+    batcher = batcher_of(embedder)
+    if batcher is not None:
+        return await asyncio.wrap_future(batcher.submit(texts, "query" if as_query else "document", lane))
     return await anyio.to_thread.run_sync(embedder.embed_queries if as_query else embedder.embed_documents, texts)
 
 
-async def _embed(embedder: Embedder, texts: list[str], as_query: bool) -> np.ndarray:
+async def _embed(
+    embedder: Embedder, texts: list[str], as_query: bool, slots: BulkSlots | None = None, who: str = ""
+) -> np.ndarray:
     """Embed in pieces of ``EMBED_PIECE`` texts: a request that times out or whose client goes away is
-    cancelled between pieces (a queued piece is dropped), not computed to the end."""
+    cancelled between pieces (a queued piece is dropped), not computed to the end. A few query texts go
+    ahead like a search; anything larger is bulk work, at most ``max_bulk_per_key`` requests per key."""
+    lane: Lane = "interactive" if as_query and len(texts) <= INTERACTIVE_TEXTS else "bulk"
     parts = []
     try:
-        for start in range(0, len(texts), EMBED_PIECE):
-            parts.append(await _piece(embedder, texts[start : start + EMBED_PIECE], as_query))
+        with slots.hold(who) if slots is not None and lane == "bulk" else contextlib.nullcontext():
+            for start in range(0, len(texts), EMBED_PIECE):
+                parts.append(await _piece(embedder, texts[start : start + EMBED_PIECE], as_query, lane))
     except EmbedderError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
 @router.post("/embed", response_model=EmbedResponse, response_model_exclude_none=True)
-async def embed(body: EmbedRequest, services: ServicesDep) -> EmbedResponse:
+async def embed(body: EmbedRequest, services: ServicesDep, request: Request) -> EmbedResponse:
     """Embed ``text`` or ``texts``; ``input_type: "query"`` adds the query instruction."""
     embedder = _embedder(services)
     texts = [body.text] if body.text is not None else list(body.texts or [])
-    vectors = await _embed(embedder, texts, body.input_type in QUERY_TYPES)
+    as_query = body.input_type in QUERY_TYPES
+    vectors = await _embed(embedder, texts, as_query, request.app.state.bulk_slots, caller(request))
     rows = vectors.tolist()
     return EmbedResponse(
         model=embedder.name,
@@ -67,13 +78,15 @@ async def embed(body: EmbedRequest, services: ServicesDep) -> EmbedResponse:
 
 
 @router.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
-async def openai_embeddings(body: OpenAIEmbeddingRequest, services: ServicesDep) -> OpenAIEmbeddingResponse:
+async def openai_embeddings(
+    body: OpenAIEmbeddingRequest, services: ServicesDep, request: Request
+) -> OpenAIEmbeddingResponse:
     """OpenAI-compatible embeddings. Inputs are documents unless ``input_type`` is ``query`` or the
     requested model name contains ``query``; ``dimensions`` truncates (Matryoshka) and re-normalises."""
     embedder = _embedder(services)
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     as_query = body.input_type == "query" or "query" in (body.model or "").lower()
-    vectors = await _embed(embedder, texts, as_query)
+    vectors = await _embed(embedder, texts, as_query, request.app.state.bulk_slots, caller(request))
     if body.dimensions is not None:
         if body.dimensions > vectors.shape[1]:
             raise HTTPException(

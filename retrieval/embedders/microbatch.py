@@ -4,14 +4,18 @@ Concurrent requests each want one or two short query vectors. Run one by one (or
 thread pool) they leave the accelerator idle or fight over the CPU; :class:`MicroBatcher` queues them,
 waits at most a few milliseconds for company, and embeds them in one forward pass on its single worker
 thread. Callers that have other work (the BM25 leg) take a future with :meth:`MicroBatcher.submit_queries`.
+
+Two lanes share the model fairly: ``interactive`` (the questions of searches) always goes first, ``bulk``
+(documents, ingest batches, embedding requests with many inputs) runs in slices of at most ``bulk_slice``
+texts, one slice at a time, so a search waits for at most one slice, never for a queue of bulk work.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -22,24 +26,95 @@ import numpy as np
 from retrieval.embedders.base import EmbedderError
 from retrieval.protocols import Embedder
 
-__all__ = ["MicroBatcher", "QueryCache", "Side", "DEFAULT_MAX_WAIT_MS", "DEFAULT_MAX_BATCH", "submit_queries"]
+__all__ = [
+    "MicroBatcher",
+    "QueryCache",
+    "Side",
+    "Lane",
+    "DEFAULT_MAX_WAIT_MS",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_BULK_SLICE",
+    "submit_queries",
+    "batcher_of",
+]
 
 log = logging.getLogger(__name__)
 
 Side = Literal["query", "document", "tokens"]
 """What a request holds: query texts, document texts, or pre-tokenised documents (ingest through the server)."""
+Lane = Literal["interactive", "bulk"]
+"""Who waits on a request: a person behind a search (``interactive``) or a batch job (``bulk``)."""
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_BATCH = 64
+DEFAULT_BULK_SLICE = 1
+SEARCHES_ACTIVE_S = 1.0
+"""Bulk work yields half the model's time while an interactive request came this recently."""
 
 
 @dataclass
 class _Request:
     texts: list[str]
     side: Side
+    lane: Lane = "interactive"
     future: Future[np.ndarray] = field(default_factory=Future)
 
 
-_STOP = object()
+class _Lanes:
+    """The two queues of waiting requests and the stop mark, under one condition."""
+
+    def __init__(self) -> None:
+        self.interactive: deque[_Request] = deque()
+        self.bulk: deque[_Request] = deque()
+        self.stopping = False
+        self.changed = threading.Condition()
+
+    def put(self, request: _Request) -> None:
+        with self.changed:
+            (self.interactive if request.lane == "interactive" else self.bulk).append(request)
+            self.changed.notify()
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopping = True
+            self.changed.notify()
+
+    def next_batch(self, max_batch: int, wait_s: float) -> list[_Request] | None:
+        """Interactive requests first (up to ``max_batch`` texts, waiting up to ``wait_s`` for company),
+        else one bulk slice; ``None`` once stopped and empty."""
+        with self.changed:
+            while not (self.interactive or self.bulk or self.stopping):
+                self.changed.wait()
+            if self.interactive:
+                batch = [self.interactive.popleft()]
+                size = len(batch[0].texts)
+                deadline = time.monotonic() + wait_s
+                while size < max_batch:
+                    if not self.interactive:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or self.stopping or self.bulk:
+                            break
+                        self.changed.wait(left)
+                        continue
+                    batch.append(self.interactive.popleft())
+                    size += len(batch[-1].texts)
+                return batch
+            if self.bulk:
+                return [self.bulk.popleft()]
+            return None
+
+    def rest(self, seconds: float) -> None:
+        """Idle up to ``seconds``, unless an interactive request (or the stop) arrives first."""
+        deadline = time.monotonic() + seconds
+        with self.changed:
+            while not (self.interactive or self.stopping) and (left := deadline - time.monotonic()) > 0:
+                self.changed.wait(left)
+
+    def drain(self) -> list[_Request]:
+        with self.changed:
+            left = [*self.interactive, *self.bulk]
+            self.interactive.clear()
+            self.bulk.clear()
+            return left
 
 
 class _Wrapper:
@@ -78,6 +153,7 @@ class MicroBatcher(_Wrapper):
         max_wait_ms: Longest the first request of a batch waits for others to join.
         max_batch: Most texts in one forward pass (a larger request still runs whole, alone).
         on_batch: Called with the number of texts of each forward pass (e.g. a metrics histogram).
+        bulk_slice: Most texts of one bulk forward pass (the longest a search can wait behind bulk work).
     """
 
     def __init__(
@@ -86,34 +162,76 @@ class MicroBatcher(_Wrapper):
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         max_batch: int = DEFAULT_MAX_BATCH,
         on_batch: Callable[[int], None] | None = None,
+        bulk_slice: int = DEFAULT_BULK_SLICE,
     ) -> None:
         self.inner = inner
+        self.bulk_slice = max(1, bulk_slice)
         self.name = inner.name
         self.max_wait_s = max(0.0, max_wait_ms / 1000)
         self.max_batch = max(1, max_batch)
         self.on_batch = on_batch
         self.batch_sizes: list[int] = []
         """Texts per forward pass, most recent last (bounded; for metrics and tests)."""
-        self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._lanes = _Lanes()
         self._closed = threading.Event()
         self._under_load = False
         self._thread = threading.Thread(target=self._loop, name="zhrag-microbatch", daemon=True)
         self._thread.start()
 
     # -- submitting ------------------------------------------------------------------------------
-    def submit(self, texts: Sequence[str], side: Side) -> Future[np.ndarray]:
-        """Queue texts; the future holds their vectors (or the error embedding them raised)."""
-        request = _Request(list(texts), side)
-        if not request.texts:
-            request.future.set_result(np.zeros((0, self.dim), dtype=np.float32))
-            return request.future
+    def submit(self, texts: Sequence[str], side: Side, lane: Lane | None = None) -> Future[np.ndarray]:
+        """Queue texts; the future holds their vectors (or the error embedding them raised).
+
+        ``lane`` defaults to ``interactive`` for queries and ``bulk`` for documents; bulk work is cut into
+        slices of ``bulk_slice`` texts queued one after another, so searches run between them.
+        """
+        lane = lane or ("interactive" if side == "query" else "bulk")
+        texts = list(texts)
+        if not texts:
+            done: Future[np.ndarray] = Future()
+            done.set_result(np.zeros((0, self.dim), dtype=np.float32))
+            return done
         if self._closed.is_set():
             raise EmbedderError("the embedding worker has stopped")
-        self._queue.put(request)
+        if lane == "bulk" and len(texts) > self.bulk_slice:
+            return self._sliced(texts, side)
+        request = _Request(texts, side, lane)
+        self._lanes.put(request)
         return request.future
 
+    def _sliced(self, texts: list[str], side: Side) -> Future[np.ndarray]:
+        """Bulk texts in slices, each queued when the one before is done (then a search goes between)."""
+        done: Future[np.ndarray] = Future()
+        parts: list[np.ndarray] = []
+
+        def next_slice(start: int) -> None:
+            if done.cancelled():
+                return
+            if start >= len(texts):
+                done.set_result(np.concatenate(parts))
+                return
+            piece = _Request(texts[start : start + self.bulk_slice], side, "bulk")
+
+            def finished(f: Future[np.ndarray]) -> None:
+                failure = EmbedderError("a slice was cancelled") if f.cancelled() else f.exception()
+                if failure is not None:
+                    if not done.done():
+                        done.set_exception(failure)
+                    return
+                parts.append(f.result())
+                next_slice(start + self.bulk_slice)
+
+            piece.future.add_done_callback(finished)
+            if self._closed.is_set():
+                piece.future.set_exception(EmbedderError("the embedding worker has stopped"))
+                return
+            self._lanes.put(piece)
+
+        next_slice(0)
+        return done
+
     def submit_queries(self, texts: Sequence[str]) -> Future[np.ndarray]:
-        """Queue queries (with the query instruction)."""
+        """Queue queries (with the query instruction), ahead of bulk work."""
         return self.submit(texts, "query")
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -121,11 +239,11 @@ class MicroBatcher(_Wrapper):
         return self.submit(texts, "query").result()
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Document vectors, computed in a shared batch."""
+        """Document vectors, in bulk slices."""
         return self.submit(texts, "document").result()
 
     def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
-        """Pre-tokenised documents (an ingest batch), run alone on the worker: the model keeps one owner."""
+        """Pre-tokenised documents (an ingest batch), in bulk slices on the worker: the model keeps one owner."""
         return self.submit(batch, "tokens").result()  # type: ignore[arg-type]
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -133,32 +251,25 @@ class MicroBatcher(_Wrapper):
         if self._closed.is_set():
             return
         self._closed.set()
-        self._queue.put(_STOP)
+        self._lanes.stop()
         self._thread.join(timeout)
 
     # -- the worker ------------------------------------------------------------------------------
     def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
+        last_interactive = -1e9
+        while True:
+            batch = self._lanes.next_batch(self.max_batch, self.max_wait_s if self._under_load else 0.0)
+            if batch is None:
                 break
-            batch: list[_Request] = [first]  # type: ignore[list-item]
-            size = len(batch[0].texts)
-            deadline = time.monotonic() + (self.max_wait_s if self._under_load else 0.0)
-            while size < self.max_batch:
-                try:
-                    wait = deadline - time.monotonic()
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-                size += len(item.texts)  # type: ignore[union-attr]
             self._under_load = len(batch) > 1
+            started = time.monotonic()
             self._run(batch)
+            if batch[0].lane == "interactive":
+                last_interactive = time.monotonic()
+            elif started - last_interactive < SEARCHES_ACTIVE_S:
+                # Searches are coming in: bulk gets at most half the model's time, so their tokenising,
+                # BM25 and HTTP work find a free core instead of competing with the next slice.
+                self._lanes.rest(time.monotonic() - started)
         self._fail_leftovers()
 
     def _run(self, batch: list[_Request]) -> None:
@@ -203,12 +314,8 @@ class MicroBatcher(_Wrapper):
             del self.batch_sizes[:2048]
 
     def _fail_leftovers(self) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, _Request) and item.future.set_running_or_notify_cancel():
+        for item in self._lanes.drain():
+            if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(EmbedderError("the embedding worker has stopped"))
 
 
@@ -270,6 +377,15 @@ class QueryCache(_Wrapper):
 
         pending.add_done_callback(resolved)
         return done
+
+
+def batcher_of(embedder: Embedder) -> MicroBatcher | None:
+    """The :class:`MicroBatcher` that owns the model behind ``embedder`` (through a cache), if any."""
+    while isinstance(embedder, _Wrapper):
+        if isinstance(embedder, MicroBatcher):
+            return embedder
+        embedder = embedder.inner
+    return None
 
 
 def submit_queries(embedder: Embedder, texts: Sequence[str]) -> Future[np.ndarray]:

@@ -105,3 +105,26 @@ def test_cors_is_off_by_default_and_answers_preflights_when_configured(services:
         assert search.status_code == 200 and search.headers["access-control-allow-origin"] == "https://chat.example.cn"
         other = c.options("/search", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_bulk_embedding_requests_are_limited_per_key_and_queries_are_not(services: Services, sample_index) -> None:
+    with _client(services, sample_index, api_keys="k1,k2") as c:
+        slots = c.app.state.bulk_slots
+        k1 = {"Authorization": "Bearer k1"}
+        bulk = {"input": [f"第{i}条 医师应当遵守执业规范。" for i in range(20)]}
+        with slots.hold(caller_of("k1")), slots.hold(caller_of("k1")):  # k1 has two bulk requests running
+            refused = c.post("/v1/embeddings", json=bulk, headers=k1)
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert "ZHRAG_MAX_BULK_PER_KEY" in refused.json()["error"]["message"]
+            query = {"input": ["医师有哪些义务？"], "input_type": "query"}
+            assert c.post("/v1/embeddings", json=query, headers=k1).status_code == 200  # a question is no bulk
+            assert c.post("/v1/embeddings", json=bulk, headers={"Authorization": "Bearer k2"}).status_code == 200
+        assert c.post("/v1/embeddings", json=bulk, headers=k1).status_code == 200
+
+
+def caller_of(key: str) -> str:
+    from starlette.requests import Request
+
+    from app.api.limits import caller
+
+    return caller(Request({"type": "http", "headers": [(b"authorization", f"Bearer {key}".encode())]}))

@@ -160,3 +160,37 @@ def test_query_cache_answers_repeats_without_the_model(gate: Gate) -> None:
         assert gate.calls[-1] == [QUESTIONS[0]] and cache.hits == 2 and cache.misses == 6
     finally:
         cache.close()
+
+
+class Recorder(Gate):
+    """Every forward pass in order, as (side, texts); a document pass can be held like a query one."""
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(["doc", *texts])
+        self.entered.set()
+        self.release.wait(10)
+        return self.inner.embed_documents(texts)
+
+
+def test_a_search_waits_for_one_bulk_slice_never_for_the_bulk_queue(tiny_embedder) -> None:
+    """Four clients' bulk work (documents) is queued; a question arrives while the first slice runs: it goes
+    next, before the other 39 slices (the model used to serve them first in, first out)."""
+    recorder = Recorder(tiny_embedder)
+    batcher = MicroBatcher(recorder, max_wait_ms=1, bulk_slice=16)
+    try:
+        recorder.release.clear()
+        bulk = [
+            batcher.submit([f"{c}号文件第{i}条 医师应当遵守执业规范。" for i in range(160)], "document")
+            for c in range(4)
+        ]
+        assert recorder.entered.wait(5)  # the first bulk slice is on the model
+        question = batcher.submit_queries(["医师有哪些义务？"])
+        recorder.release.set()
+        question.result(10)
+        for future in bulk:
+            assert future.result(30).shape == (160, tiny_embedder.dim)
+        sides = ["doc" if call[0] == "doc" else "query" for call in recorder.calls]
+        assert sides.index("query") == 1 and len(sides) == 1 + 4 * 10  # one slice, the question, the rest
+        assert all(len(call) - 1 <= 16 for call in recorder.calls if call[0] == "doc")
+    finally:
+        batcher.close()

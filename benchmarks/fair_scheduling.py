@@ -1,0 +1,134 @@
+"""Search latency while clients send bulk embedding requests, against the same server idle (same run).
+
+    python benchmarks/fair_scheduling.py --index IDX [--searches 200] [--clients 4] [--out FILE]
+
+Starts ``zhrag serve`` on IDX (its own model) with one key per client, measures ``/search`` (hybrid) alone,
+then again while ``--clients`` threads loop ``/v1/embeddings`` with 64 inputs x 2,000 characters each (the
+load of issue 23). Prints p50/p99/max of the searches, how many failed (504 or other), and the bulk throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.bench.machine import machine_info  # noqa: E402
+
+QUESTIONS = ["医师在执业活动中应当履行哪些义务", "销售假药要承担什么责任", "传染病疫情报告的时限", "医疗机构泄露患者隐私"]
+BULK_TEXT = ("医疗机构及其医务人员应当严格遵守医疗卫生管理法律、行政法规、部门规章和诊疗护理规范。" * 60)[:2000]
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _searches(base: str, n: int, key: str, phase: str) -> tuple[list[float], int]:
+    """``n`` searches, each a new question (the server's query cache never answers them)."""
+    times, failed = [], 0
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
+        for i in range(n):
+            start = time.perf_counter()
+            r = client.post(f"{base}/search", json={"query": f"{QUESTIONS[i % 4]}（{phase}{i}）", "top_k": 5})
+            times.append(time.perf_counter() - start)
+            failed += r.status_code != 200
+    return times, failed
+
+
+def _summary(times: list[float], failed: int) -> dict[str, float]:
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return {
+        "p50_ms": round(1000 * statistics.median(ordered), 1),
+        "p99_ms": round(1000 * p99, 1),
+        "max_ms": round(1000 * ordered[-1], 1),
+        "failed": failed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--searches", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--server-repo", type=Path, default=ROOT, help="Run the server from this checkout (a baseline)")
+    args = parser.parse_args()
+    port, keys = _port(), [f"bench-key-{i}" for i in range(args.clients + 1)]
+    env = {**os.environ, "ZHRAG_API_KEYS": ",".join(keys), "ZHRAG_RELOAD_INTERVAL": "0", "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--index", str(args.index), "--port", str(port), "--log-level", "error"],
+        cwd=args.server_repo,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        _searches(base, 20, keys[-1], "预热")  # warm-up
+        idle = _summary(*_searches(base, args.searches, keys[-1], "空闲"))
+        stop, bulk_done, bulk_status = threading.Event(), [0], {}
+
+        def bulk(key: str) -> None:
+            sent = 0
+            with httpx.Client(timeout=600, headers={"Authorization": f"Bearer {key}"}) as client:
+                while not stop.is_set():
+                    texts = [f"{key}第{sent}批第{i}份：{BULK_TEXT}"[:2000] for i in range(64)]  # all distinct
+                    sent += 1
+                    r = client.post(f"{base}/v1/embeddings", json={"input": texts})
+                    bulk_status[r.status_code] = bulk_status.get(r.status_code, 0) + 1
+                    bulk_done[0] += r.status_code == 200
+
+        threads = [threading.Thread(target=bulk, args=(keys[i],)) for i in range(args.clients)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)  # the bulk queue is full
+        start = time.perf_counter()
+        loaded = _summary(*_searches(base, args.searches, keys[-1], "负载"))
+        seconds = time.perf_counter() - start
+        stop.set()
+        for t in threads:
+            t.join()
+        report = {
+            "index": str(args.index),
+            "server_repo": str(args.server_repo),
+            "searches": args.searches,
+            "bulk_clients": args.clients,
+            "idle": idle,
+            "under_bulk_load": loaded,
+            "p99_ratio": round(loaded["p99_ms"] / idle["p99_ms"], 2),
+            "bulk_texts_per_s": round(64 * bulk_done[0] / seconds, 1),
+            "bulk_statuses": bulk_status,
+            "machine": machine_info(),
+        }
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    text = json.dumps(report, ensure_ascii=False, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
