@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(8 << 20, description="Largest request body (413 above)")
     max_upload_bytes: int = Field(128 << 20, description="Largest POST /documents body (files; 413 above)")
+    write_wait_s: float = Field(
+        5.0, ge=0, description="POST/DELETE /documents answer 200 when done this soon, else 202 with a job to follow"
+    )
     request_timeout_s: float = Field(60.0, ge=0, description="Longest a request may take (504 after; 0: no limit)")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins browsers may call from (JSON list or comma-separated; * = any)"

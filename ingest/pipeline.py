@@ -126,6 +126,8 @@ class IngestOptions:
         limits: Per-file size, document length and time limits (a file over one is skipped and reported).
         all_or_nothing: Publish nothing when any file or record is skipped (:class:`IngestRejected`).
         source_names: How a file's path is recorded as its documents' ``source`` (path -> name).
+        isolated: Prepare files in a freshly started worker process even with one worker (a server: the
+            per-file time limit applies and a runaway file's memory stays outside it).
     """
 
     workers: int = 1
@@ -136,6 +138,7 @@ class IngestOptions:
     limits: FileLimits = field(default_factory=FileLimits)
     all_or_nothing: bool = False
     source_names: Mapping[str, str] = field(default_factory=dict)
+    isolated: bool = False
 
 
 @dataclass
@@ -321,6 +324,8 @@ def ingest(
 
         def rotate(full: _Shard | None) -> None:
             nonlocal inflight
+            if options.cancel is not None and options.cancel.is_set():  # between shards too, not only files
+                raise KeyboardInterrupt
             submitted = None
             if full and full.docs:
                 with embedded_lock:
@@ -333,7 +338,9 @@ def ingest(
         pages = PageCounter()
         with (
             _ocr_progress(pages, progress),
-            contextlib.closing(prepared_in_order(tasks, context, summary.workers, pages)) as results,
+            contextlib.closing(
+                prepared_in_order(tasks, context, summary.workers, pages, isolated=options.isolated)
+            ) as results,
         ):
             for result in results:
                 if options.cancel is not None and options.cancel.is_set():

@@ -24,6 +24,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -319,14 +320,23 @@ def _start_method() -> str:
 
 
 def prepared_in_order(
-    tasks: Iterable[FileTask], context: StageContext, workers: int = 1, pages: PageCounter | None = None
+    tasks: Iterable[FileTask],
+    context: StageContext,
+    workers: int = 1,
+    pages: PageCounter | None = None,
+    isolated: bool = False,
 ) -> Iterator[PreparedFile]:
     """:func:`prepare` over ``tasks``, yielded in input order.
 
     ``workers <= 1`` runs in this process. More workers run as processes with a bounded look-ahead
     (``LOOKAHEAD_PER_WORKER`` tasks each), so a slow consumer (the model) holds back the producers
     instead of letting results pile up in memory. ``pages`` counts the OCR pages of every process.
+    ``isolated`` runs even one worker as a process, started fresh (``spawn``): what a server does, so a
+    file's time limit applies (it needs a main thread) and a runaway file's memory is not the server's.
     """
+    if isolated:
+        yield from _in_processes(tasks, context, max(1, workers), None, multiprocessing.get_context("spawn"))
+        return
     if workers <= 1:
         set_page_progress(pages.add if pages is not None else None)
         try:
@@ -337,7 +347,12 @@ def prepared_in_order(
         return
     context.analyzer.warm_up()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked children: no Rust thread pools
-    mp = multiprocessing.get_context(_start_method())
+    yield from _in_processes(tasks, context, workers, pages, multiprocessing.get_context(_start_method()))
+
+
+def _in_processes(
+    tasks: Iterable[FileTask], context: StageContext, workers: int, pages: PageCounter | None, mp: Any
+) -> Iterator[PreparedFile]:
     pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker, initargs=(context, pages, os.getpid()))
     pending: deque[Future[PreparedFile]] = deque()
     todo = iter(tasks)

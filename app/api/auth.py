@@ -1,6 +1,6 @@
 """API keys: with ``ZHRAG_API_KEYS`` set, every route but ``/health`` and ``/ready`` wants ``Authorization: Bearer KEY``.
 
-With ``ZHRAG_ADMIN_KEYS`` set, changing documents (``POST``/``DELETE /documents``) wants one of those; an
+With ``ZHRAG_ADMIN_KEYS`` set, changing documents (``POST``/``DELETE /documents``, ``DELETE /jobs``) wants one of those; an
 admin key is accepted everywhere else too. Keys are compared in constant time. ``/retrieval`` checks the
 same keys itself, answering in Dify's shape.
 """
@@ -19,7 +19,7 @@ __all__ = ["RequireKey", "key_matches", "bearer", "OPEN_PATHS", "ADMIN_PREFIX"]
 OPEN_PATHS = frozenset({"/health", "/ready"})
 """Probes answer without a key (a load balancer has none); they reveal no paths or data."""
 SELF_CHECKED = frozenset({"/retrieval"})
-ADMIN_PREFIX = "/documents"
+ADMIN_PREFIX = ("/documents", "/jobs")
 ADMIN_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 

@@ -22,7 +22,8 @@ from app.api.auth import RequireKey
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit, BulkSlots, Deadline
 from app.api.observability import Metrics, RequestContext, metrics_endpoint
-from app.api.serving import announce, serve_latest
+from app.api.serving import announce, serve_latest, swap_to_latest
+from app.jobs import JobQueue
 from app.services import build_services, index_domain
 from app.sessions import SessionStore
 from app.settings import Settings
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
             if settings.reload_interval > 0 and app.state.services is not None:
                 watcher = asyncio.create_task(_follow_index(app, settings.reload_interval))
         yield
+        await asyncio.to_thread(app.state.jobs.close)  # a running write sees its cancel; nothing half-published
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.state.metrics = metrics
     app.state.sessions = SessionStore()
     app.state.bulk_slots = BulkSlots(settings.max_bulk_per_key)
+    app.state.jobs = JobQueue(on_published=partial(swap_to_latest, app))
     app.state.services = None
     app.state.load_error = None
 

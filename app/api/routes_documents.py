@@ -8,27 +8,29 @@ every file or record publishes nothing. One writer at a time: a second one gets 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
+import threading
 import unicodedata
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.datastructures import UploadFile
 
 from app.api.deps import ServicesDep
 from app.api.errors import BLANK, ERROR_RESPONSES, JsonRoute
-from app.api.serving import serve_latest
+from app.jobs import Job, JobQueue
 from app.services import Services, ingest_limits
 from ingest.chunkers import ChunkSettings
 from ingest.loaders import SUPPORTED_SUFFIXES
 from ingest.pipeline import IngestOptions, IngestRejected, NothingToIngest, ingest, remove_documents
-from retrieval.index import UPLOAD_PREFIX, IndexLockedError
+from retrieval.index import UPLOAD_PREFIX, IndexLockedError, LiveDocs
 
 __all__ = ["router", "DocumentIn", "DocumentsIn", "DocumentPage", "DocumentsChanged", "safe_file_name", "COMPONENTS"]
 
@@ -39,6 +41,8 @@ MAX_DOCUMENTS = 1000
 MAX_NAME_BYTES = 200
 UPLOAD_CHUNK = 1 << 20
 MAX_OFFSET = 10**12
+JOB_SHARD_CHUNKS = 256
+"""Chunks embedded between two looks at a job's cancel."""
 
 
 class DocumentIn(BaseModel):
@@ -190,61 +194,113 @@ def _shown(text: str, names: dict[str, str]) -> str:
     return text
 
 
+class JobOut(BaseModel):
+    """A write job: follow it at ``GET /jobs/{id}``, cancel it with ``DELETE /jobs/{id}``."""
+
+    id: str
+    kind: Literal["add", "delete"]
+    state: Literal["queued", "running", "published", "failed", "cancelled"]
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    result: DocumentsChanged | None = Field(None, description="What a published job did")
+    error: str | None = Field(None, description="Why a job failed or was cancelled (nothing was published)")
+
+
+_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobOut, "description": "Not done yet: a job to follow (Location: /jobs/{id})"}
+}
+
+
+def _jobs(request: Request) -> JobQueue:
+    return request.app.state.jobs
+
+
+async def _answer(job: Job, wait_s: float) -> DocumentsChanged | JSONResponse:
+    """The result when the job ends within ``wait_s`` (its error as the answer's), else 202 and the job."""
+    await anyio.to_thread.run_sync(job.done.wait, wait_s)
+    if job.state == "published" and job.result is not None:
+        return DocumentsChanged(**job.result)
+    if job.state in ("failed", "cancelled"):
+        code = job.error_status or (status.HTTP_409_CONFLICT if job.state == "cancelled" else 422)
+        raise HTTPException(code, detail=job.error or job.state)
+    body = JobOut(**job.to_dict()).model_dump(mode="json")
+    return JSONResponse(status_code=status.HTTP_202_ACCEPTED, content=body, headers={"Location": f"/jobs/{job.id}"})
+
+
+def _ingest_job(request: Request, services: Services, folder: Path, names: dict[str, str]):
+    """The work of an add job: the pipeline over the saved files, in a fresh worker process (the per-file
+    time limit holds there), cancellable between files and shards, all or nothing."""
+    settings = request.app.state.settings
+    embedder, analyzer, chunker = services.embedder, services.analyzer, services.index.manifest.get("chunker", {})
+
+    def run(cancel: threading.Event) -> dict[str, Any]:
+        options = IngestOptions(
+            workers=1,
+            isolated=True,
+            limits=ingest_limits(settings),
+            all_or_nothing=True,
+            source_names=names,
+            cancel=cancel,
+            shard_chunks=JOB_SHARD_CHUNKS,
+        )
+        try:
+            summary = ingest(
+                [folder], settings.index, embedder, analyzer, ChunkSettings(**chunker), progress=False, options=options
+            )
+        except IndexLockedError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+        except (IngestRejected, NothingToIngest) as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=_shown(str(exc), names)) from exc
+        return DocumentsChanged(
+            version=summary.version,
+            documents_indexed=summary.documents_indexed,
+            documents_unchanged=summary.documents_unchanged,
+            chunks=summary.chunks,
+            total_documents=summary.total_documents,
+            total_chunks=summary.total_chunks,
+            warnings=[_shown(w["reason"], names) for w in summary.warnings],
+        ).model_dump()
+
+    return run
+
+
+WaitQuery = Annotated[
+    float | None,
+    Query(ge=0, le=60, description="Seconds to wait for the result before answering 202 (default ZHRAG_WRITE_WAIT_S)"),
+]
+
+
 @router.post(
     "/documents",
     response_model=DocumentsChanged,
+    responses=_WRITE_RESPONSES,
     openapi_extra=_UPLOAD_SCHEMA,
     summary="Add or replace documents (files or JSON) and publish a new index version",
 )
-async def add_documents(request: Request, services: ServicesDep) -> DocumentsChanged:
+async def add_documents(request: Request, services: ServicesDep, wait: WaitQuery = None):
     """Upload files (multipart ``files``) or send ``{id, text, title, metadata}`` / ``{"documents": [...]}``.
 
-    415 for an unsupported file type, 422 naming every file or record that cannot be used (then nothing is
-    published), 409 while another writer holds the index.
+    The write is a job: done within ``wait`` seconds, the answer is what it did (200); else 202 with the job
+    to follow at ``GET /jobs/{id}``. 415 for an unsupported file type, 422 naming every file or record that
+    cannot be used (then nothing is published), 409 while another writer holds the index.
     """
     services = _services(services)
     settings = request.app.state.settings
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # inside the index: a server killed mid-upload leaves it where the next start-up removes it
-    with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX, dir=settings.index) as tmp:
-        folder = Path(tmp)
+    folder = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX, dir=settings.index))
+    try:
         if media == "multipart/form-data":
             names = await _save_uploads(request, folder)
         else:
             names = await _text_documents(request, folder)
-        options = IngestOptions(
-            workers=1,  # never fork a serving process
-            limits=ingest_limits(settings),
-            all_or_nothing=True,
-            source_names=names,
-        )
-        manifest = services.index.manifest
-        run = partial(
-            ingest,
-            [folder],
-            settings.index,
-            services.embedder,
-            services.analyzer,
-            ChunkSettings(**manifest.get("chunker", {})),
-            progress=False,
-            options=options,
-        )
-        try:
-            summary = await anyio.to_thread.run_sync(run)
-        except IndexLockedError as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
-        except (IngestRejected, NothingToIngest) as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=_shown(str(exc), names)) from exc
-    await serve_latest(request.app)
-    return DocumentsChanged(
-        version=summary.version,
-        documents_indexed=summary.documents_indexed,
-        documents_unchanged=summary.documents_unchanged,
-        chunks=summary.chunks,
-        total_documents=summary.total_documents,
-        total_chunks=summary.total_chunks,
-        warnings=[_shown(w["reason"], names) for w in summary.warnings],
-    )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    job = _jobs(request).submit(Job("add", size, _ingest_job(request, services, folder, names), folder))
+    return await _answer(job, settings.write_wait_s if wait is None else wait)
 
 
 @router.get("/documents", response_model=DocumentPage, summary="List the served index's documents")
@@ -265,22 +321,60 @@ def list_documents(
 
 
 @router.delete(
-    "/documents/{doc_id:path}", response_model=DocumentsChanged, summary="Delete a document and publish the change"
+    "/documents/{doc_id:path}",
+    response_model=DocumentsChanged,
+    responses=_WRITE_RESPONSES,
+    summary="Delete a document and publish the change",
 )
-async def delete_document(doc_id: str, request: Request, services: ServicesDep) -> DocumentsChanged:
-    """Remove one document (404 when the index does not hold it)."""
+async def delete_document(doc_id: str, request: Request, wait: WaitQuery = None):
+    """Remove one document (404 when the index does not hold it); a job like an upload."""
     settings = request.app.state.settings
-    try:
-        removal = await anyio.to_thread.run_sync(remove_documents, settings.index, [doc_id])
-    except IndexLockedError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
-    if not removal.removed:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no document {doc_id!r} in the index")
-    await serve_latest(request.app)
-    index = request.app.state.services.index
-    return DocumentsChanged(
-        version=removal.version,
-        documents_removed=removal.removed,
-        total_documents=index.docs.count_documents(),
-        total_chunks=index.docs.count(),
-    )
+
+    def run(_cancel: threading.Event) -> dict[str, Any]:
+        try:
+            removal = remove_documents(settings.index, [doc_id])
+        except IndexLockedError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+        if not removal.removed:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no document {doc_id!r} in the index")
+        live = LiveDocs(settings.index)
+        try:
+            totals = live.docs.count_documents(), live.docs.count()
+        finally:
+            live.close()
+        return DocumentsChanged(
+            version=removal.version,
+            documents_removed=removal.removed,
+            total_documents=totals[0],
+            total_chunks=totals[1],
+        ).model_dump()
+
+    job = _jobs(request).submit(Job("delete", 0, run))
+    return await _answer(job, settings.write_wait_s if wait is None else wait)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="Follow a write job")
+def get_job(job_id: str, request: Request) -> JobOut:
+    """Where a write stands: queued, running, published (with what it did), failed or cancelled (with why)."""
+    job = _jobs(request).get(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r} (unknown or long finished)")
+    return JobOut(**job.to_dict())
+
+
+@router.delete("/jobs/{job_id}", response_model=JobOut, summary="Cancel a write job before it publishes")
+async def cancel_job(job_id: str, request: Request) -> JobOut:
+    """Cancel a queued or running job: it publishes nothing and releases the writer. The answer is its final
+    state, and the job is forgotten (``GET`` then 404). A published job stays published (409)."""
+    jobs = _jobs(request)
+    job = jobs.get(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r} (unknown or long finished)")
+    if job.state == "published":
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} already published {job.result}")
+    jobs.cancel(job_id)
+    await anyio.to_thread.run_sync(job.done.wait, 30)
+    if job.state == "published":  # it published before the cancel reached it
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} published before it could be cancelled")
+    jobs.forget(job_id)
+    return JobOut(**job.to_dict())

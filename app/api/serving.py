@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import anyio
 from fastapi import FastAPI
 
 from app.services import Services
 
-__all__ = ["announce", "serve_latest"]
+__all__ = ["announce", "serve_latest", "swap_to_latest"]
 
 log = logging.getLogger("app.api.main")
+_SWAP = threading.Lock()  # the live reload and a write job may both find a new version
 
 
 def announce(app: FastAPI, services: Services, verb: str) -> None:
@@ -35,19 +37,28 @@ def announce(app: FastAPI, services: Services, verb: str) -> None:
     app.state.metrics.serving(services.index.version, model, chunks)
 
 
-async def serve_latest(app: FastAPI) -> bool:
-    """Swap to the index's newest version if it is not the one served: open it fully off the event loop,
-    then replace the reference (requests in flight finish on the old one). Returns whether it swapped.
+def swap_to_latest(app: FastAPI) -> bool:
+    """Swap to the index's newest version if it is not the one served: open it fully, then replace the
+    reference (requests in flight finish on the old one). Returns whether it swapped. Blocking: call it
+    off the event loop (:func:`serve_latest`) or from a worker thread (a write job).
 
     Raises:
         Exception: whatever opening the new version raised; the current one keeps serving.
     """
-    services = app.state.services
-    fresh = await anyio.to_thread.run_sync(services.reopen)
-    if fresh is None:
-        return False
-    await anyio.to_thread.run_sync(fresh.warm_up)
-    replaced, app.state.services = app.state.services, fresh
-    replaced.retire()  # its index is closed when the requests still using it are done
+    with _SWAP:
+        services = app.state.services
+        if services is None:
+            return False
+        fresh = services.reopen()
+        if fresh is None:
+            return False
+        fresh.warm_up()
+        replaced, app.state.services = app.state.services, fresh
+        replaced.retire()  # its index is closed when the requests still using it are done
     announce(app, fresh, "now serving")
     return True
+
+
+async def serve_latest(app: FastAPI) -> bool:
+    """:func:`swap_to_latest` off the event loop."""
+    return await anyio.to_thread.run_sync(swap_to_latest, app)

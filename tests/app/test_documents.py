@@ -255,3 +255,64 @@ def test_start_up_removes_what_dead_writers_left_but_not_a_live_writers(index_co
     with TestClient(create_app(settings)) as c:
         assert c.get("/ready").status_code == 200
     assert not list(index_copy.glob(".staging-*")) and not list(index_copy.glob("_upload-*"))
+
+
+def _follow(client: TestClient, job_id: str, timeout: float = 120) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_a_large_write_is_a_job_the_client_follows_to_its_version(client: TestClient, index_copy: Path) -> None:
+    before = current_version(index_copy)
+    text = (
+        "第一条 罕见病用药保障应当遵循公平可及的原则。\n\n" + "国家鼓励罕见病药品研发和生产。" * 12_000
+    )  # ~180k characters
+    accepted = client.post("/documents?wait=0", json={"id": "big-guide", "text": text, "title": "罕见病用药指南"})
+    assert accepted.status_code == 202 and accepted.headers["location"] == f"/jobs/{accepted.json()['id']}"
+    assert accepted.json()["state"] in ("queued", "running")
+    job = _follow(client, accepted.json()["id"])
+    assert job["state"] == "published" and job["result"]["documents_indexed"] == 1
+    assert job["result"]["version"] == current_version(index_copy) != before
+    assert any(r["doc_id"] == "big-guide" for r in _bm25(client, "罕见病用药保障"))
+
+
+def test_a_cancelled_job_publishes_nothing_and_releases_the_writer(client: TestClient, index_copy: Path) -> None:
+    before = current_version(index_copy)
+    text = "第一条 药品追溯制度。\n\n" + "药品上市许可持有人应当建立并实施药品追溯制度。" * 80_000  # ~2M characters
+    accepted = client.post("/documents?wait=0", json={"id": "huge", "text": text})
+    assert accepted.status_code == 202
+    job_id = accepted.json()["id"]
+    cancelled = client.delete(f"/jobs/{job_id}")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert client.get(f"/jobs/{job_id}").status_code == 404  # forgotten once cancelled
+    assert current_version(index_copy) == before and not list(index_copy.glob(".staging-*"))
+    assert not list(index_copy.glob("_upload-*"))
+    small = client.post("/documents", json={"id": "after", "text": "医师应当如实记录病历。"})
+    assert small.status_code == 200  # the writer lock was released
+
+
+def test_a_failed_job_says_why_and_publishes_nothing(client: TestClient, index_copy: Path) -> None:
+    before = current_version(index_copy)
+    files = {"files": ("broken.pdf", b"%PDF-1.7 this is not a PDF at all", "application/pdf")}
+    accepted = client.post("/documents?wait=0", files=files)
+    assert accepted.status_code == 202
+    job = _follow(client, accepted.json()["id"])
+    assert job["state"] == "failed" and "broken.pdf" in job["error"] and job["result"] is None
+    assert current_version(index_copy) == before
+    # waited for, the same failure is the answer's own status
+    assert client.post("/documents", files=files).status_code == 422
+
+
+def test_the_per_file_time_limit_applies_to_uploads(index_copy: Path) -> None:
+    settings = Settings(index=index_copy, ingest_file_timeout_s=0.001, reload_interval=0)
+    with TestClient(create_app(settings)) as c:
+        text = "第一条 医师应当遵守法律。\n\n" + "医师应当如实记录病历。" * 20_000
+        refused = c.post("/documents", json={"id": "slow", "text": text}, params={"wait": 60})
+        assert refused.status_code == 422 and "ZHRAG_INGEST_FILE_TIMEOUT_S" in refused.json()["error"]["message"]

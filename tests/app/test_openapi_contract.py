@@ -184,7 +184,7 @@ def test_schemathesis_every_check_passes_on_a_live_server(sample_index: Path, tm
                 time.sleep(0.3)
         assert server.poll() is None, server.stderr.read() if server.stderr else ""
         run = subprocess.run(
-            [str(st), "run", f"{base}/openapi.json", "--checks", "all", "--max-examples", "40"]
+            [str(st), "run", f"{base}/openapi.json", "--checks", "all", "--max-examples", "30"]
             + ["--seed", "20261207", "-H", f"Authorization: Bearer {key}", "--no-color"],
             cwd=REPO,
             capture_output=True,
@@ -192,7 +192,7 @@ def test_schemathesis_every_check_passes_on_a_live_server(sample_index: Path, tm
             timeout=400,
         )
         assert run.returncode == 0, run.stdout[-6000:]
-        assert "Tested: 12" in run.stdout or "12/12" in run.stdout
+        assert "Tested: 14" in run.stdout
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
