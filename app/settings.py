@@ -92,7 +92,9 @@ class Settings(BaseSettings):
     )
     max_bulk_per_key: int = Field(2, ge=1, description="Bulk embedding requests one key may have running (429 above)")
     query_cache_size: int = Field(4096, description="Query vectors kept in an LRU cache (0: off)")
-    torch_threads: int | None = Field(None, description="CPU threads for the model (default: the cores)")
+    torch_threads: int | None = Field(
+        None, description="CPU threads for the model (default: the cores; serving on the CPU: half of them)"
+    )
     faiss_threads: int = Field(1, description="FAISS threads when searching (one query at a time: 1 avoids spinning)")
     # Lexical leg
     user_dicts: list[Path] = Field(default_factory=list, description="Extra jieba user dictionaries")

@@ -53,3 +53,23 @@ def test_the_domain_of_an_index() -> None:
     assert index_domain(serving, _manifest("Given a contract clause, retrieve similar clauses")) is None
     assert index_domain(Settings(domain="medical")) == "medical"  # a new index: the settings
     assert query_synonyms(serving, {"domain": "medical", "analyzer": {}}) == "none"
+
+
+def test_a_cpu_model_serves_with_half_the_cores_unless_told(tiny_embedder, sample_index) -> None:
+    """The other half stays free for the searches' own work while bulk embedding runs (docs/performance.md)."""
+    import os
+
+    import torch
+
+    from app.services import serving_embedder
+
+    before = torch.get_num_threads()
+    try:
+        served = serving_embedder(tiny_embedder, Settings(index=sample_index, microbatch=False, query_cache_size=0))
+        assert served is tiny_embedder and torch.get_num_threads() == max(1, (os.cpu_count() or 2) // 2)
+        serving_embedder(
+            tiny_embedder, Settings(index=sample_index, microbatch=False, query_cache_size=0, torch_threads=3)
+        )
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
