@@ -339,7 +339,9 @@ def ingest(
         with (
             _ocr_progress(pages, progress),
             contextlib.closing(
-                prepared_in_order(tasks, context, summary.workers, pages, isolated=options.isolated)
+                prepared_in_order(
+                    tasks, context, summary.workers, pages, isolated=options.isolated, cancel=options.cancel
+                )
             ) as results,
         ):
             for result in results:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +267,7 @@ class PageCounter:
 
 
 _PR_SET_PDEATHSIG = 1
+_CANCEL_POLL_S = 0.2
 _WATCHDOG_S = 1.0
 
 
@@ -325,6 +326,7 @@ def prepared_in_order(
     workers: int = 1,
     pages: PageCounter | None = None,
     isolated: bool = False,
+    cancel: threading.Event | None = None,
 ) -> Iterator[PreparedFile]:
     """:func:`prepare` over ``tasks``, yielded in input order.
 
@@ -332,10 +334,12 @@ def prepared_in_order(
     (``LOOKAHEAD_PER_WORKER`` tasks each), so a slow consumer (the model) holds back the producers
     instead of letting results pile up in memory. ``pages`` counts the OCR pages of every process.
     ``isolated`` runs even one worker as a process, started fresh (``spawn``): what a server does, so a
-    file's time limit applies (it needs a main thread) and a runaway file's memory is not the server's.
+    file's time limit applies (it needs a main thread) and a runaway file's memory is not the server's; a set
+    ``cancel`` then ends the workers at once (KeyboardInterrupt here) instead of after the file in hand.
     """
     if isolated:
-        yield from _in_processes(tasks, context, max(1, workers), None, multiprocessing.get_context("spawn"))
+        spawn = multiprocessing.get_context("spawn")
+        yield from _in_processes(tasks, context, max(1, workers), None, spawn, cancel)
         return
     if workers <= 1:
         set_page_progress(pages.add if pages is not None else None)
@@ -350,8 +354,28 @@ def prepared_in_order(
     yield from _in_processes(tasks, context, workers, pages, multiprocessing.get_context(_start_method()))
 
 
+def _result_unless_cancelled(
+    pool: ProcessPoolExecutor, future: Future[PreparedFile], cancel: threading.Event | None
+) -> PreparedFile:
+    """The file's result; on ``cancel``, the pool's workers are killed (they write nothing) and the wait ends."""
+    if cancel is None:
+        return future.result()
+    while not future.done():
+        if cancel.is_set():
+            for process in list(pool._processes.values()):  # CPython's pool keeps its workers there
+                process.kill()
+            raise KeyboardInterrupt
+        wait([future], timeout=_CANCEL_POLL_S)
+    return future.result()
+
+
 def _in_processes(
-    tasks: Iterable[FileTask], context: StageContext, workers: int, pages: PageCounter | None, mp: Any
+    tasks: Iterable[FileTask],
+    context: StageContext,
+    workers: int,
+    pages: PageCounter | None,
+    mp: Any,
+    cancel: threading.Event | None = None,
 ) -> Iterator[PreparedFile]:
     pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker, initargs=(context, pages, os.getpid()))
     pending: deque[Future[PreparedFile]] = deque()
@@ -367,7 +391,7 @@ def _in_processes(
             if len(pending) >= workers * LOOKAHEAD_PER_WORKER:
                 break
         while pending:
-            result = pending.popleft().result()
+            result = _result_unless_cancelled(pool, pending.popleft(), cancel)
             task = next(todo, None)
             if task is not None:
                 submit(task)
