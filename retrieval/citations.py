@@ -248,13 +248,15 @@ def _last_clause(run: str) -> str:
     return run[cut:]
 
 
+def _stands_alone(before: str) -> bool:
+    """Whether what precedes a word leaves it a word of its own: nothing, or a lead word (依据, 违反, 和)."""
+    return not before or before.endswith(_LEAD_WORDS)
+
+
 def _refers_back(run: str) -> bool:
     """Whether a run ends with 本法 / 该条例 / 上述规定 standing alone (违反该法), not inside a title (劳动合同法)."""
-    for word in _REFERS_BACK:
-        if run.endswith(word):
-            rest = run[: -len(word)]
-            return not rest or rest.endswith(_LEAD_WORDS)
-    return False
+    word = next((w for w in _REFERS_BACK if run.endswith(w)), None)
+    return word is not None and _stands_alone(run[: -len(word)])
 
 
 class CitationIndex:
@@ -344,7 +346,7 @@ class CitationIndex:
             name = run[-size:]
             if self._is_known(name):
                 rest = run[:-size]
-                if not rest or _strip_lead(rest)[0] in _LEAD_WORDS or rest.endswith(_LEAD_WORDS):
+                if _stands_alone(rest):
                     return name
                 break
         if not run.endswith(_TITLE_SUFFIXES):

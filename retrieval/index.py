@@ -526,11 +526,7 @@ class IndexWriter:
         """Keep the version just published and the one that was live before it (``CURRENT`` said so when
         this writer took the lock); remove every other, an orphan a crashed writer renamed but never
         published included — whatever their names sort as."""
-        keep = {live, self._base}
-        kept = [v for v in self._versions() if v.name in keep]
-        for version in self._versions():
-            if version.name not in keep:
-                self._remove_version(version, kept)
+        self._keep_only({live, self._base})
 
     def _remove_unpublished(self, live: Path) -> None:
         """Versions neither live nor the live one's predecessor: a writer killed between renaming its
@@ -541,11 +537,16 @@ class IndexWriter:
             return
         if before is None:  # written before versions named their predecessor: nothing can be told apart
             return
-        keep = {live.name, before}
-        kept = [v for v in self._versions() if v.name in keep]
-        for version in self._versions():
+        self._keep_only({live.name, before}, why="it was never published (its writer died before CURRENT)")
+
+    def _keep_only(self, keep: set[str], why: str | None = None) -> None:
+        """Remove every version not named in ``keep`` (releasing what it holds in an external store)."""
+        versions = self._versions()
+        kept = [v for v in versions if v.name in keep]
+        for version in versions:
             if version.name not in keep:
-                log.warning("removing %s: it was never published (its writer died before CURRENT)", version.name)
+                if why:
+                    log.warning("removing %s: %s", version.name, why)
                 self._remove_version(version, kept)
 
     @staticmethod
