@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,16 +25,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.bench.http import free_port, wait_ready  # noqa: E402
 from app.bench.machine import machine_info  # noqa: E402
 
-QUESTIONS = ["医师在执业活动中应当履行哪些义务", "销售假药要承担什么责任", "传染病疫情报告的时限", "医疗机构泄露患者隐私"]
+QUESTIONS = [
+    "医师在执业活动中应当履行哪些义务",
+    "销售假药要承担什么责任",
+    "传染病疫情报告的时限",
+    "医疗机构泄露患者隐私",
+]
 BULK_TEXT = ("医疗机构及其医务人员应当严格遵守医疗卫生管理法律、行政法规、部门规章和诊疗护理规范。" * 60)[:2000]
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _searches(base: str, n: int, key: str, phase: str) -> tuple[list[float], int]:
@@ -69,22 +68,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--server-repo", type=Path, default=ROOT, help="Run the server from this checkout (a baseline)")
     args = parser.parse_args()
-    port, keys = _port(), [f"bench-key-{i}" for i in range(args.clients + 1)]
+    port, keys = free_port(), [f"bench-key-{i}" for i in range(args.clients + 1)]
     env = {**os.environ, "ZHRAG_API_KEYS": ",".join(keys), "ZHRAG_RELOAD_INTERVAL": "0", "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--index", str(args.index), "--port", str(port), "--log-level", "error"],
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--index",
+            str(args.index),
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+        ],
         cwd=args.server_repo,
         env=env,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_ready(base, server)
         _searches(base, 20, keys[-1], "预热")  # warm-up
         idle = _summary(*_searches(base, args.searches, keys[-1], "空闲"))
         stop, bulk_done, bulk_status = threading.Event(), [0], {}

@@ -23,7 +23,7 @@ import httpx
 
 from app.bench.machine import machine_info, percentile
 
-__all__ = ["run_http_bench", "load_test", "DEFAULT_CONCURRENCY", "READY_TIMEOUT_S"]
+__all__ = ["run_http_bench", "load_test", "free_port", "wait_ready", "DEFAULT_CONCURRENCY", "READY_TIMEOUT_S"]
 
 DEFAULT_CONCURRENCY = (1, 8, 32, 64)
 READY_TIMEOUT_S = 600.0
@@ -31,7 +31,8 @@ REQUEST_TIMEOUT_S = 120.0
 WARMUP_REQUESTS = 8
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on (for a ``zhrag serve`` a benchmark or test starts)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -81,18 +82,24 @@ def load_test(
     return asyncio.run(_load(url, queries, concurrency, requests, body))
 
 
-def _wait_ready(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def wait_ready(base: str, process: subprocess.Popen, log: Path | None = None, timeout: float = READY_TIMEOUT_S) -> None:
+    """Return once the server at ``base`` answers ``/ready`` with 200.
+
+    Raises:
+        RuntimeError: the process exited, or was not ready in ``timeout`` s (with the end of ``log``).
+    """
+    tail = (lambda: log.read_text()[-2000:]) if log is not None else (lambda: "")
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"zhrag serve exited with {process.returncode}: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"zhrag serve exited with {process.returncode}: {tail()}")
         try:
             if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"zhrag serve was not ready after {READY_TIMEOUT_S:.0f} s: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"zhrag serve was not ready after {timeout:.0f} s: {tail()}")
 
 
 def _serve(index: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -125,14 +132,14 @@ def run_http_bench(
     body = {"mode": mode, "top_k": top_k}
     results: dict[str, Any] = {}
     for microbatch in variants:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "ZHRAG_MICROBATCH": "1" if microbatch else "0", "ZHRAG_QUERY_CACHE_SIZE": "0"}
         with tempfile.NamedTemporaryFile(prefix="zhrag-serve-", suffix=".log", delete=False) as fh:
             log = Path(fh.name)
         process = _serve(index, port, env, log)
         base = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(base, process, log)
+            wait_ready(base, process, log)
             load_test(f"{base}/search", queries, 1, WARMUP_REQUESTS, body)
             levels = {}
             for c in concurrency:

@@ -6,19 +6,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from app.api import create_app
+from app.bench.http import free_port, wait_ready
 from app.settings import Settings
 from tests.conftest import REPO
 
@@ -147,12 +145,6 @@ def test_the_schema_says_what_this_server_can_do(sample_index: Path, services) -
     assert dimensions["maximum"] == services.index.manifest["embedder"]["dim"]
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_schemathesis_every_check_passes_on_a_live_server(sample_index: Path, tmp_path: Path) -> None:
     """``st run --checks all`` (schemathesis.toml at the repository root) against ``zhrag serve``: 0 failures.
 
@@ -163,26 +155,20 @@ def test_schemathesis_every_check_passes_on_a_live_server(sample_index: Path, tm
         pytest.skip("schemathesis CLI not installed")
     index = tmp_path / "index"
     shutil.copytree(sample_index, index)
-    port, key = _port(), "contract-key"
+    port, key, log = free_port(), "contract-key", tmp_path / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ZHRAG_API_KEYS": key, "ZHRAG_RELOAD_INTERVAL": "0"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--index", str(index), "--port", str(port), "--log-level", "error"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--index", str(index), "--port", str(port)]
+            + ["--log-level", "error"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        wait_ready(base, server, log, timeout=120)
         run = subprocess.run(
             [str(st), "run", f"{base}/openapi.json", "--checks", "all", "--max-examples", "30"]
             + ["--seed", "20261207", "-H", f"Authorization: Bearer {key}", "--no-color"],
