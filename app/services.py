@@ -253,9 +253,9 @@ def serving_embedder(embedder: Embedder, settings: Settings, on_batch: Callable[
     """The embedder as a server uses it: concurrent queries micro-batched on one model worker
     (``ZHRAG_MICROBATCH``), recent query vectors cached (``ZHRAG_QUERY_CACHE_SIZE``).
 
-    A model on the CPU serves with half the cores (``ZHRAG_TORCH_THREADS`` overrides): the others stay free for
-    the searches' own work — tokenising, BM25, FAISS, HTTP — which otherwise competes with every forward pass
-    of bulk work (measured: search p99 under bulk load 2.6-3.1x idle with half the cores, 6-12x with all).
+    A model on the CPU runs each forward pass on half the cores (``ZHRAG_TORCH_THREADS`` overrides): the
+    micro-batcher's two workers (searches' questions, bulk slices) run at the same time, and neither should
+    take every core from the other or from the searches' own work — tokenising, BM25, FAISS, HTTP.
     """
     threads = settings.torch_threads
     if threads is None and isinstance(embedder, SentenceTransformerEmbedder) and embedder.device == "cpu":
@@ -268,7 +268,11 @@ def serving_embedder(embedder: Embedder, settings: Settings, on_batch: Callable[
         if hasattr(embedder, "batch_size"):  # one forward pass per micro-batch
             embedder.batch_size = max(embedder.batch_size, settings.microbatch_size)  # type: ignore[attr-defined]
         embedder = MicroBatcher(
-            embedder, settings.microbatch_wait_ms, settings.microbatch_size, on_batch, bulk_slice=settings.bulk_slice
+            embedder,
+            settings.microbatch_wait_ms,
+            settings.microbatch_size,
+            on_batch,
+            bulk_slice=settings.bulk_slice,
         )
     if settings.query_cache_size > 0:
         embedder = QueryCache(embedder, settings.query_cache_size)

@@ -88,7 +88,8 @@ class Settings(BaseSettings):
         DEFAULT_BULK_SLICE,
         ge=1,
         description="Most texts of one bulk forward pass (documents, ingest batches, large embedding requests); "
-        "searches go between slices, so it bounds their wait (raise it on a GPU, where batches pay)",
+        "bulk requests take turns slice by slice and are cancelled between slices; searches have their own worker "
+        "(raise it on a GPU, where batches pay)",
     )
     max_bulk_per_key: int = Field(2, ge=1, description="Bulk embedding requests one key may have running (429 above)")
     query_cache_size: int = Field(4096, description="Query vectors kept in an LRU cache (0: off)")

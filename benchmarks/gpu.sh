@@ -10,7 +10,8 @@
 #                 statute books (+ the CPU floor with a zero-cost embedder, workers N vs 1)
 #   search.json   per-mode search latency on that index (BM25 as the same-run baseline)
 #   http.json     /search at concurrency 1/8/32/64, micro-batching on and off
-# Estimated 6-8 minutes on an H100/H200 (not yet run on a card; give the call timeout_s=600). Dry run on a CPU:
+#   fair.json     /search latency alone and while four clients send bulk /v1/embeddings (issue 23's bar)
+# Estimated 7-9 minutes on an H100/H200 (not yet run on a card; give the call timeout_s=600). Dry run on a CPU:
 #   LAYERS=2 CORPUS=.gpu/lawref/宪法 REQUESTS=16 benchmarks/gpu.sh /tmp/out
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,4 +53,7 @@ step "/search over HTTP at 1/8/32/64, micro-batching on and off"
 zhrag bench --http --index "$WORK/index" --queries "$GPU_DIR/queries.jsonl" --limit 1151 \
   --concurrency 1,8,32,64 --requests "$REQUESTS" --http-mode hybrid > "$OUT_DIR/http.json"
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({v: {c: (s["qps"], s["p50_ms"], s["p99_ms"], s["errors"]) for c, s in r[v].items()} for v in ("on","off")}))' "$OUT_DIR/http.json" >&2
+step "/search under bulk /v1/embeddings load (four clients, 64 x 2,000 characters)"
+python3 benchmarks/fair_scheduling.py --index "$WORK/index" --searches "${FAIR_SEARCHES:-500}" --out "$OUT_DIR/fair.json" \
+  | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["idle"], r["under_bulk_load"], r["p99_ratio"])' >&2
 step "done: $OUT_DIR"

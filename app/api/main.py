@@ -22,7 +22,7 @@ from app.api.auth import RequireKey
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit, BulkSlots, Deadline
 from app.api.observability import Metrics, RequestContext, metrics_endpoint
-from app.api.serving import announce, serve_latest, swap_to_latest
+from app.api.serving import announce, freeze_loaded, serve_latest, swap_to_latest
 from app.jobs import JobQueue
 from app.services import build_services, index_domain
 from app.sessions import SessionStore
@@ -52,6 +52,20 @@ async def _follow_index(app: FastAPI, interval: float) -> None:
         failed = None
 
 
+def _load(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Load the index and its models into ``app.state`` (a failure is reported by ``/ready``). A function of its
+    own: a local in the lifespan would keep the first version alive after every swap."""
+    try:
+        services = build_services(settings, serving=True, on_embed_batch=metrics.batch_size.observe)
+        services.warm_up()
+        app.state.services = services
+        freeze_loaded()
+        announce(app, services, "serving")
+    except Exception as exc:  # noqa: BLE001 - reported by /ready instead of crashing the server
+        app.state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("could not load the index %s: %s", settings.index, exc)
+
+
 def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     """Build the app; models and the index are loaded in the lifespan (skipped with ``load=False``).
 
@@ -69,14 +83,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
             removed = remove_dead_staging(settings.index)
             if removed:
                 log.warning("removed what dead writers left in %s: %s", settings.index, ", ".join(removed))
-            try:
-                services = build_services(settings, serving=True, on_embed_batch=metrics.batch_size.observe)
-                services.warm_up()
-                app.state.services = services
-                announce(app, services, "serving")
-            except Exception as exc:  # noqa: BLE001 - reported by /ready instead of crashing the server
-                app.state.load_error = f"{type(exc).__name__}: {exc}"
-                log.error("could not load the index %s: %s", settings.index, exc)
+            _load(app, settings, metrics)
             if settings.reload_interval > 0 and app.state.services is not None:
                 watcher = asyncio.create_task(_follow_index(app, settings.reload_interval))
         yield

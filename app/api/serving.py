@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -10,7 +11,7 @@ from fastapi import FastAPI
 
 from app.services import Services
 
-__all__ = ["announce", "serve_latest", "swap_to_latest"]
+__all__ = ["announce", "freeze_loaded", "serve_latest", "swap_to_latest"]
 
 log = logging.getLogger("app.api.main")
 _SWAP = threading.Lock()  # the live reload and a write job may both find a new version
@@ -37,6 +38,17 @@ def announce(app: FastAPI, services: Services, verb: str) -> None:
     app.state.metrics.serving(services.index.version, model, chunks)
 
 
+def freeze_loaded() -> None:
+    """Exempt what is loaded now (index, analyzer dictionaries, model) from the cyclic garbage collector.
+
+    Its full passes otherwise scan all of it — ~530k objects on the sample index, 270 ms holding the GIL,
+    every few seconds under bulk load — and every search in flight stalls meanwhile. Nothing leaks: a
+    retired index version holds no reference cycles, so reference counting frees it, frozen or not.
+    """
+    gc.collect(1)  # young garbage is not frozen with the rest
+    gc.freeze()
+
+
 def swap_to_latest(app: FastAPI) -> bool:
     """Swap to the index's newest version if it is not the one served: open it fully, then replace the
     reference (requests in flight finish on the old one). Returns whether it swapped. Blocking: call it
@@ -55,6 +67,7 @@ def swap_to_latest(app: FastAPI) -> bool:
         fresh.warm_up()
         replaced, app.state.services = app.state.services, fresh
         replaced.retire()  # its index is closed when the requests still using it are done
+    freeze_loaded()
     announce(app, fresh, "now serving")
     return True
 

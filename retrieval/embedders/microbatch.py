@@ -2,12 +2,13 @@
 
 Concurrent requests each want one or two short query vectors. Run one by one (or all at once on a
 thread pool) they leave the accelerator idle or fight over the CPU; :class:`MicroBatcher` queues them,
-waits at most a few milliseconds for company, and embeds them in one forward pass on its single worker
-thread. Callers that have other work (the BM25 leg) take a future with :meth:`MicroBatcher.submit_queries`.
+waits at most a few milliseconds for company, and embeds them in one forward pass on its interactive
+worker. Callers that have other work (the BM25 leg) take a future with :meth:`MicroBatcher.submit_queries`.
 
-Two lanes share the model fairly: ``interactive`` (the questions of searches) always goes first, ``bulk``
-(documents, ingest batches, embedding requests with many inputs) runs in slices of at most ``bulk_slice``
-texts, one slice at a time, so a search waits for at most one slice, never for a queue of bulk work.
+Two lanes share the model fairly. ``interactive`` (the questions of searches) has a worker of its own, so a
+search never queues behind bulk work; ``bulk`` (documents, ingest batches, embedding requests with many
+inputs) runs on the other worker in slices of at most ``bulk_slice`` texts, one at a time, first come first
+served (a slice is the unit in which bulk work is cancelled).
 """
 
 from __future__ import annotations
@@ -47,8 +48,6 @@ Lane = Literal["interactive", "bulk"]
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_BATCH = 64
 DEFAULT_BULK_SLICE = 1
-SEARCHES_ACTIVE_S = 1.0
-"""Bulk work yields half the model's time while an interactive request came this recently."""
 
 
 @dataclass
@@ -71,43 +70,41 @@ class _Lanes:
     def put(self, request: _Request) -> None:
         with self.changed:
             (self.interactive if request.lane == "interactive" else self.bulk).append(request)
-            self.changed.notify()
+            self.changed.notify_all()
 
     def stop(self) -> None:
         with self.changed:
             self.stopping = True
-            self.changed.notify()
+            self.changed.notify_all()
 
-    def next_batch(self, max_batch: int, wait_s: float) -> list[_Request] | None:
-        """Interactive requests first (up to ``max_batch`` texts, waiting up to ``wait_s`` for company),
-        else one bulk slice; ``None`` once stopped and empty."""
+    def next_interactive(self, max_batch: int, wait_s: float) -> list[_Request] | None:
+        """Waiting interactive requests (up to ``max_batch`` texts, waiting up to ``wait_s`` for company);
+        ``None`` once stopped and empty."""
         with self.changed:
-            while not (self.interactive or self.bulk or self.stopping):
+            while not (self.interactive or self.stopping):
                 self.changed.wait()
-            if self.interactive:
-                batch = [self.interactive.popleft()]
-                size = len(batch[0].texts)
-                deadline = time.monotonic() + wait_s
-                while size < max_batch:
-                    if not self.interactive:
-                        left = deadline - time.monotonic()
-                        if left <= 0 or self.stopping or self.bulk:
-                            break
-                        self.changed.wait(left)
-                        continue
-                    batch.append(self.interactive.popleft())
-                    size += len(batch[-1].texts)
-                return batch
-            if self.bulk:
-                return [self.bulk.popleft()]
-            return None
+            if not self.interactive:
+                return None
+            batch = [self.interactive.popleft()]
+            size = len(batch[0].texts)
+            deadline = time.monotonic() + wait_s
+            while size < max_batch:
+                if not self.interactive:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self.stopping:
+                        break
+                    self.changed.wait(left)
+                    continue
+                batch.append(self.interactive.popleft())
+                size += len(batch[-1].texts)
+            return batch
 
-    def rest(self, seconds: float) -> None:
-        """Idle up to ``seconds``, unless an interactive request (or the stop) arrives first."""
-        deadline = time.monotonic() + seconds
+    def next_bulk(self) -> _Request | None:
+        """The next bulk slice; ``None`` once stopped and empty."""
         with self.changed:
-            while not (self.interactive or self.stopping) and (left := deadline - time.monotonic()) > 0:
-                self.changed.wait(left)
+            while not (self.bulk or self.stopping):
+                self.changed.wait()
+            return self.bulk.popleft() if self.bulk else None
 
     def drain(self) -> list[_Request]:
         with self.changed:
@@ -142,18 +139,19 @@ class _Wrapper:
 
 
 class MicroBatcher(_Wrapper):
-    """Embed texts from many threads in shared forward passes on one worker thread.
+    """Embed texts from many threads in shared forward passes, on two worker threads: one for each lane.
 
-    Requests that queue while a forward pass runs form the next batch. Under concurrent load (the last
-    batch served several requests) the worker also waits up to ``max_wait_ms`` for more; a lone
-    caller never waits.
+    Interactive requests that queue while a forward pass runs form the next batch. Under concurrent load
+    (the last batch served several requests) the worker also waits up to ``max_wait_ms`` for more; a lone
+    caller never waits. Bulk work runs one slice at a time on its own worker, so a search never waits for
+    it: both forward passes run at once (inference holds no state in the model).
 
     Args:
         inner: The embedder (the worker thread is its only caller).
         max_wait_ms: Longest the first request of a batch waits for others to join.
         max_batch: Most texts in one forward pass (a larger request still runs whole, alone).
         on_batch: Called with the number of texts of each forward pass (e.g. a metrics histogram).
-        bulk_slice: Most texts of one bulk forward pass (the longest a search can wait behind bulk work).
+        bulk_slice: Most texts of one bulk forward pass (the unit in which bulk work is cancelled).
     """
 
     def __init__(
@@ -175,8 +173,12 @@ class MicroBatcher(_Wrapper):
         self._lanes = _Lanes()
         self._closed = threading.Event()
         self._under_load = False
-        self._thread = threading.Thread(target=self._loop, name="zhrag-microbatch", daemon=True)
-        self._thread.start()
+        self._workers = [
+            threading.Thread(target=self._serve_interactive, name="zhrag-microbatch", daemon=True),
+            threading.Thread(target=self._serve_bulk, name="zhrag-microbatch-bulk", daemon=True),
+        ]
+        for worker in self._workers:
+            worker.start()
 
     # -- submitting ------------------------------------------------------------------------------
     def submit(self, texts: Sequence[str], side: Side, lane: Lane | None = None) -> Future[np.ndarray]:
@@ -247,30 +249,30 @@ class MicroBatcher(_Wrapper):
         return self.submit(batch, "tokens").result()  # type: ignore[arg-type]
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Finish what is queued, then stop the worker; later submissions raise."""
+        """Finish what is queued, then stop the workers; later submissions raise."""
         if self._closed.is_set():
             return
         self._closed.set()
         self._lanes.stop()
-        self._thread.join(timeout)
-
-    # -- the worker ------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        last_interactive = -1e9
-        while True:
-            batch = self._lanes.next_batch(self.max_batch, self.max_wait_s if self._under_load else 0.0)
-            if batch is None:
-                break
-            self._under_load = len(batch) > 1
-            started = time.monotonic()
-            self._run(batch)
-            if batch[0].lane == "interactive":
-                last_interactive = time.monotonic()
-            elif started - last_interactive < SEARCHES_ACTIVE_S:
-                # Searches are coming in: bulk gets at most half the model's time, so their tokenising,
-                # BM25 and HTTP work find a free core instead of competing with the next slice.
-                self._lanes.rest(time.monotonic() - started)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self._fail_leftovers()
+
+    @property
+    def running(self) -> bool:
+        """Whether a worker is still serving (false once :meth:`close` has finished)."""
+        return any(worker.is_alive() for worker in self._workers)
+
+    # -- the workers -----------------------------------------------------------------------------
+    def _serve_interactive(self) -> None:
+        while batch := self._lanes.next_interactive(self.max_batch, self.max_wait_s if self._under_load else 0):
+            self._under_load = len(batch) > 1
+            self._run(batch)
+
+    def _serve_bulk(self) -> None:
+        while (request := self._lanes.next_bulk()) is not None:
+            self._run([request])
 
     def _run(self, batch: list[_Request]) -> None:
         for request in batch:

@@ -174,7 +174,7 @@ def test_served_app_microbatches_concurrent_searches(sample_index: Path) -> None
         batches = services.embedder.inner.batch_sizes
     assert got == [expected[q] for q in queries]
     assert max(batches) > 1  # concurrent queries shared forward passes
-    assert not services.embedder.inner._thread.is_alive()  # the lifespan stopped the worker
+    assert not services.embedder.inner.running  # the lifespan stopped the workers
 
 
 @pytest.mark.parametrize("path", ["/search", "/embed", "/v1/embeddings", "/retrieval"])

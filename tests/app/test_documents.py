@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +178,27 @@ def test_a_swapped_out_version_is_released_after_its_last_request(client: TestCl
     with pytest.raises(sqlite3.ProgrammingError):
         fresh.index.docs.count()
     assert len(_bm25(client, "医师的义务")) == 3  # the newest version serves
+
+
+def test_a_swapped_out_version_is_freed_by_reference_counting(client: TestClient) -> None:
+    """The server hides what it loaded from the cyclic garbage collector (its full passes stalled searches
+    for 270 ms), so a retired version must hold no reference cycle: else every write would leak an index."""
+    import gc
+    import weakref
+
+    assert gc.get_freeze_count() > 100_000  # the analyzer's dictionaries, the index, the model
+    version = client.app.state.services.index.version
+    old, old_index = weakref.ref(client.app.state.services), weakref.ref(client.app.state.services.index)
+    gc.disable()
+    try:
+        assert client.post("/documents", json={"id": "d-1", "text": "罕见病患者的用药保障。"}).status_code == 200
+        assert client.app.state.services.index.version != version
+        deadline = time.monotonic() + 10  # the request's thread lets go of the old version just after replying
+        while (old() is not None or old_index() is not None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert old() is None and old_index() is None
+    finally:
+        gc.enable()
 
 
 def test_documents_api_on_a_milvus_index_updates_both_legs(sample_index: Path, tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def test_shutdown_finishes_queued_work_then_refuses(gate: Gate) -> None:
     closer.start()
     gate.release.set()
     closer.join(10)
-    assert not closer.is_alive() and not batcher._thread.is_alive()
+    assert not closer.is_alive() and not batcher.running
     assert first.result(1).shape == (1, gate.dim) and all(f.result(1).shape == (1, gate.dim) for f in queued)
     with pytest.raises(EmbedderError, match="stopped"):
         batcher.submit_queries(["还有吗"])
@@ -163,34 +163,60 @@ def test_query_cache_answers_repeats_without_the_model(gate: Gate) -> None:
 
 
 class Recorder(Gate):
-    """Every forward pass in order, as (side, texts); a document pass can be held like a query one."""
+    """Every forward pass in order, as (side, texts); document passes wait on their own gate."""
+
+    def __init__(self, inner: SentenceTransformerEmbedder) -> None:
+        super().__init__(inner)
+        self.documents_entered = threading.Event()
+        self.documents_release = threading.Event()
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         self.calls.append(["doc", *texts])
-        self.entered.set()
-        self.release.wait(10)
+        self.documents_entered.set()
+        self.documents_release.wait(10)
         return self.inner.embed_documents(texts)
 
 
-def test_a_search_waits_for_one_bulk_slice_never_for_the_bulk_queue(tiny_embedder) -> None:
-    """Four clients' bulk work (documents) is queued; a question arrives while the first slice runs: it goes
-    next, before the other 39 slices (the model used to serve them first in, first out)."""
+def test_a_search_never_waits_for_bulk_work(tiny_embedder) -> None:
+    """Four clients' bulk work (documents) is queued and its first slice is stuck on the model: a question
+    is still answered at once (it used to wait for the slice, and before that for all 40 slices)."""
     recorder = Recorder(tiny_embedder)
     batcher = MicroBatcher(recorder, max_wait_ms=1, bulk_slice=16)
     try:
-        recorder.release.clear()
         bulk = [
             batcher.submit([f"{c}号文件第{i}条 医师应当遵守执业规范。" for i in range(160)], "document")
             for c in range(4)
         ]
-        assert recorder.entered.wait(5)  # the first bulk slice is on the model
+        assert recorder.documents_entered.wait(5)  # the first bulk slice is on the model, held there
         question = batcher.submit_queries(["医师有哪些义务？"])
-        recorder.release.set()
-        question.result(10)
-        for future in bulk:
-            assert future.result(30).shape == (160, tiny_embedder.dim)
-        sides = ["doc" if call[0] == "doc" else "query" for call in recorder.calls]
-        assert sides.index("query") == 1 and len(sides) == 1 + 4 * 10  # one slice, the question, the rest
-        assert all(len(call) - 1 <= 16 for call in recorder.calls if call[0] == "doc")
+        vector = question.result(5)
+        assert np.allclose(vector, tiny_embedder.embed_queries(["医师有哪些义务？"]), atol=1e-5)
+        assert not bulk[0].done() and sum(call[0] == "doc" for call in recorder.calls) == 1
+        recorder.documents_release.set()
+        for c, future in enumerate(bulk):
+            expected = tiny_embedder.embed_documents([f"{c}号文件第{i}条 医师应当遵守执业规范。" for i in range(160)])
+            assert np.allclose(future.result(30), expected, atol=1e-5)
+        docs = [call for call in recorder.calls if call[0] == "doc"]
+        assert len(docs) == 4 * 10 and all(len(call) - 1 <= 16 for call in docs)
+    finally:
+        recorder.documents_release.set()
+        batcher.close()
+
+
+def test_bulk_and_searches_at_once_get_the_right_vectors(tiny_embedder: SentenceTransformerEmbedder) -> None:
+    """Both workers run the same model at the same time (prefix cache, tokenizer and all): every vector is the
+    one a lone call computes."""
+    documents = [f"第{i}条 医疗机构应当对患者的隐私保密，{'并遵守诊疗规范。' * (i % 7)}" for i in range(96)]
+    batcher = MicroBatcher(tiny_embedder, max_wait_ms=1, bulk_slice=4)
+    try:
+        bulk = [batcher.submit(documents, "document") for _ in range(3)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda q: batcher.embed_queries([q])[0], QUESTIONS * 5))
+        results = [future.result(60) for future in bulk]
     finally:
         batcher.close()
+    expected_queries = tiny_embedder.embed_queries(QUESTIONS)
+    for i, vector in enumerate(answers):
+        assert np.allclose(vector, expected_queries[i % len(QUESTIONS)], atol=1e-5)
+    expected_documents = tiny_embedder.embed_documents(documents)
+    assert all(np.allclose(result, expected_documents, atol=1e-5) for result in results)
