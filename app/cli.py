@@ -48,7 +48,10 @@ def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
     overrides = {k: v for k, v in fields.items() if v is not None}
     if getattr(args, "index", None):
         overrides["index"] = Path(args.index)
-    return Settings().model_copy(update=overrides)
+    settings = Settings().model_copy(update=overrides)
+    if getattr(args, "index", None) and "root" not in overrides:
+        settings = settings.model_copy(update={"root": None})  # --index names the one base, whatever ZHRAG_ROOT says
+    return settings
 
 
 def _store_flags(p: argparse.ArgumentParser) -> None:
@@ -159,8 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="Print exactly the JSON body POST /search returns")
 
     p = sub.add_parser("serve", help="Serve the HTTP API")
-    p.add_argument("--index", type=Path, help=INDEX_HELP)
-    p.add_argument("--host", default=None)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--index", type=Path, help=INDEX_HELP + " (one knowledge base)")
+    where.add_argument("--root", type=Path, help="Serve every index under DIR, each a knowledge base (ZHRAG_ROOT)")
+    p.add_argument("--default-kb", help="The base the top-level routes use (ZHRAG_DEFAULT_KB; default: the only one)")
+    p.add_argument("--keys-file", type=Path, help="Keys with roles per knowledge base (ZHRAG_KEYS_FILE, TOML or JSON)")
+    p.add_argument(
+        "--host",
+        default=None,
+        help="Bind address (default 127.0.0.1; any other serves reads only until keys are configured)",
+    )
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--reranker", help="Reranker model id or directory")
     p.add_argument("--api-key", help="A Bearer key every route but /health and /ready requires (see ZHRAG_API_KEYS)")
@@ -237,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ann-queries", type=int, default=500)
     g.add_argument("--ef-search", type=int, help="HNSW search beam (default 128)")
     g.add_argument("--nprobe", type=int, help="IVF lists per query (default 32)")
+
+    p = sub.add_parser("kb", help="List, create or delete the knowledge bases under a root")
+    p.add_argument("action", choices=["list", "create", "delete"])
+    p.add_argument("name", nargs="?", help="The base to create or delete")
+    p.add_argument("--root", type=Path, help="The directory of knowledge bases (ZHRAG_ROOT)")
+    p.add_argument("--model", help="Embedding model of a new base (default ZHRAG_MODEL)")
+    p.add_argument("--domain", choices=DOMAINS, help="Domain of a new base (default ZHRAG_DOMAIN)")
+    p.add_argument("--yes", action="store_true", help="Confirm deleting a base and every document in it")
 
     p = sub.add_parser("info", help="Show an index's manifest")
     p.add_argument("--index", type=Path, help=INDEX_HELP)
@@ -483,8 +502,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reranker=args.reranker,
         api_key=args.api_key,
         load_model=False if args.no_model else None,
+        root=args.root,
+        default_kb=args.default_kb,
+        keys_file=args.keys_file,
     )
-    read_manifest(settings.index)  # fail fast with a clear message
+    if settings.root is None:
+        read_manifest(settings.index)  # fail fast with a clear message
+    elif not settings.root.is_dir():
+        raise CliError(f"{settings.root}: no such directory (--root holds one index per knowledge base)")
     configure_logging(args.log_level, args.log_format or settings.log_format)
     uvicorn.run(
         create_app(settings),
@@ -494,6 +519,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,  # keep ours: request ids on every line
         access_log=args.log_level in ("debug", "info"),
     )
+    return EXIT_OK
+
+
+def cmd_kb(args: argparse.Namespace) -> int:
+    """``zhrag kb list|create|delete``."""
+    from app.bases import index_dirs
+
+    settings = _settings(args, root=args.root, model=args.model, domain=args.domain)
+    if settings.root is None:
+        raise CliError("name the directory of knowledge bases with --root (or ZHRAG_ROOT)")
+    if args.action == "list":
+        return _list_bases(index_dirs(settings.root))
+    if not args.name:
+        raise CliError(f"zhrag kb {args.action} needs the base's name")
+    if args.action == "create":
+        return _create_base(settings, args.name)
+    return _delete_base(index_dirs(settings.root), args.name, args.yes)
+
+
+def _list_bases(bases: dict[str, Path]) -> int:
+    from retrieval.index import read_manifest
+
+    for name, path in bases.items():
+        manifest = read_manifest(path)
+        counts = manifest.get("counts", {})
+        model, domain = manifest["embedder"]["model"], manifest.get("domain") or "-"
+        print(f"{name}\t{counts.get('documents', 0)} documents\t{counts.get('chunks', 0)} chunks\t{model}\t{domain}")
+    print(f"{_count(len(bases), 'knowledge base')}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _create_base(settings: Settings, name: str) -> int:
+    from app.access import valid_base_name
+    from app.services import build_analyzer, build_embedder
+    from ingest.pipeline import create_index
+    from retrieval.index import reserve_writer
+
+    if not valid_base_name(name):
+        raise CliError(f"{name!r} is not a knowledge base name (letters, digits, CJK, _ . -; no '/' or '..')")
+    path = settings.root / name  # type: ignore[operator]
+    if path.exists():
+        raise CliError(f"{path} already exists")
+    with reserve_writer(path):
+        version = create_index(path, build_embedder(settings), build_analyzer(settings), domain=settings.domain)
+    print(f"created knowledge base {name} ({settings.model}, {settings.domain}) at {path} [{version}]", file=sys.stderr)
+    return EXIT_OK
+
+
+def _delete_base(bases: dict[str, Path], name: str, confirmed: bool) -> int:
+    import shutil
+
+    from retrieval.index import reserve_writer
+
+    if name not in bases:
+        raise CliError(f"no knowledge base {name!r} (zhrag kb list)")
+    if not confirmed:
+        raise CliError(f"deleting {name} removes {bases[name]} and every document in it: add --yes")
+    with reserve_writer(bases[name]):  # no write is half-way
+        shutil.rmtree(bases[name])
+    print(f"deleted knowledge base {name} ({bases[name]})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -814,6 +899,7 @@ COMMANDS = {
     "ingest": cmd_ingest,
     "search": cmd_search,
     "serve": cmd_serve,
+    "kb": cmd_kb,
     "eval": cmd_eval,
     "info": cmd_info,
     "migrate": cmd_migrate,

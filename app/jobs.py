@@ -42,6 +42,8 @@ class Job:
     """Does the work, honouring the event (cancel); returns the result body."""
     folder: Path | None = None
     """Uploaded files, removed when the job ends."""
+    kb: str = ""
+    """The knowledge base it writes to."""
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     state: JobState = "queued"
     created: float = field(default_factory=time.time)
@@ -58,6 +60,7 @@ class Job:
         return {
             "id": self.id,
             "kind": self.kind,
+            "kb": self.kb,
             "state": self.state,
             "created": self.created,
             "started": self.started,
@@ -74,7 +77,7 @@ class JobQueue:
         on_published: Called (in the worker) after a job published, e.g. to serve the new version.
     """
 
-    def __init__(self, on_published: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_published: Callable[[Job], None] | None = None) -> None:
         self.on_published = on_published
         self._jobs: dict[str, Job] = {}
         self._waiting: list[Job] = []
@@ -156,7 +159,7 @@ class JobQueue:
             else:
                 if self.on_published is not None:  # served before the job says so: a client reads its write
                     try:
-                        self.on_published()
+                        self.on_published(job)
                     except Exception:  # noqa: BLE001 - the live reload picks the version up too
                         log.exception("could not serve the version job %s published", job.id)
                 self._finish(job, "published", result=result)

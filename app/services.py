@@ -36,6 +36,8 @@ __all__ = [
     "index_domain",
     "build_dialogue",
     "serving_embedder",
+    "model_worker",
+    "query_cache",
     "build_searcher",
     "ingest_limits",
 ]
@@ -250,8 +252,13 @@ def embedder_for_index(manifest: dict[str, Any], settings: Settings, model: str 
 
 
 def serving_embedder(embedder: Embedder, settings: Settings, on_batch: Callable[[int], None] | None = None) -> Embedder:
-    """The embedder as a server uses it: concurrent queries micro-batched on one model worker
-    (``ZHRAG_MICROBATCH``), recent query vectors cached (``ZHRAG_QUERY_CACHE_SIZE``).
+    """The embedder as a server uses it: :func:`model_worker`, recent query vectors cached in front
+    (``ZHRAG_QUERY_CACHE_SIZE``)."""
+    return query_cache(model_worker(embedder, settings, on_batch), settings)
+
+
+def model_worker(embedder: Embedder, settings: Settings, on_batch: Callable[[int], None] | None = None) -> Embedder:
+    """Concurrent queries micro-batched on the model's workers (``ZHRAG_MICROBATCH``).
 
     A model on the CPU runs each forward pass on half the cores (``ZHRAG_TORCH_THREADS`` overrides): the
     micro-batcher's two workers (searches' questions, bulk slices) run at the same time, and neither should
@@ -264,19 +271,18 @@ def serving_embedder(embedder: Embedder, settings: Settings, on_batch: Callable[
         import torch
 
         torch.set_num_threads(threads)
-    if settings.microbatch:
-        if hasattr(embedder, "batch_size"):  # one forward pass per micro-batch
-            embedder.batch_size = max(embedder.batch_size, settings.microbatch_size)  # type: ignore[attr-defined]
-        embedder = MicroBatcher(
-            embedder,
-            settings.microbatch_wait_ms,
-            settings.microbatch_size,
-            on_batch,
-            bulk_slice=settings.bulk_slice,
-        )
-    if settings.query_cache_size > 0:
-        embedder = QueryCache(embedder, settings.query_cache_size)
-    return embedder
+    if not settings.microbatch:
+        return embedder
+    if hasattr(embedder, "batch_size"):  # one forward pass per micro-batch
+        embedder.batch_size = max(embedder.batch_size, settings.microbatch_size)  # type: ignore[attr-defined]
+    return MicroBatcher(
+        embedder, settings.microbatch_wait_ms, settings.microbatch_size, on_batch, bulk_slice=settings.bulk_slice
+    )
+
+
+def query_cache(embedder: Embedder, settings: Settings) -> Embedder:
+    """An LRU cache of query vectors in front of ``embedder`` (``ZHRAG_QUERY_CACHE_SIZE``; 0: none)."""
+    return QueryCache(embedder, settings.query_cache_size) if settings.query_cache_size > 0 else embedder
 
 
 def build_services(
@@ -285,6 +291,7 @@ def build_services(
     model: str | None = None,
     serving: bool = False,
     on_embed_batch: Callable[[int], None] | None = None,
+    embedder: Embedder | None = None,
 ) -> Services:
     """Open the index and load what searching it needs.
 
@@ -294,6 +301,8 @@ def build_services(
         model: Explicit model asked for by the user (checked against the manifest).
         serving: Concurrent use (the API): micro-batch and cache query embeddings.
         on_embed_batch: Told the size of each micro-batch (metrics).
+        embedder: A loaded embedder to use as it is (a model shared by knowledge bases); checked against the
+            manifest instead of loading one.
     """
     manifest = read_manifest(settings.index)
     index = Index(settings.index)
@@ -302,9 +311,12 @@ def build_services(
 
         set_search_threads(settings.faiss_threads)
     load = settings.load_model if load_model is None else load_model
-    embedder = embedder_for_index(manifest, settings, model) if load else None
-    if embedder is not None and serving:
-        embedder = serving_embedder(embedder, settings, on_embed_batch)
+    if embedder is not None:
+        check_embedder(manifest, model, embedder.dim)
+    elif load:
+        embedder = embedder_for_index(manifest, settings, model)
+        if serving:
+            embedder = serving_embedder(embedder, settings, on_embed_batch)
     reranker = create_reranker(settings.reranker, settings.reranker_type) if settings.reranker else None
     analyzer = build_analyzer(settings, manifest)
     searcher = build_searcher(settings, index, embedder, analyzer, reranker)

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ZHRAG_", env_file=".env", extra="ignore")
 
     index: Path = Field(DEFAULT_INDEX_DIR, description="Index directory")
+    root: Path | None = Field(
+        None, description="Serve every index under this directory, each a knowledge base named by its directory"
+    )
+    default_kb: str | None = Field(
+        None, description="The knowledge base the top-level routes use (default: the only one); /kbs/{kb}/… name one"
+    )
     # Embedding
     embedder: EmbedderBackend = "sentence-transformers"
     model: str = Field(DEFAULT_MODEL, description="Hub id, modelscope:ORG/NAME, or a local directory (ingest)")
@@ -132,7 +138,21 @@ class Settings(BaseSettings):
         default_factory=list, description="Accepted Bearer keys (JSON list or comma-separated); every route but probes"
     )
     admin_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Keys allowed to add or delete documents (then the only ones)"
+        default_factory=list, description="Admin keys: everything on every base, creating and deleting bases"
+    )
+    keys_file: Path | None = Field(
+        None, description="TOML or JSON file of keys (SHA-256 hashes) with a role per knowledge base (app/access.py)"
+    )
+    anonymous_role: Literal["none", "read", "write", "admin"] | None = Field(
+        None,
+        description="What a request without a key may do; default: none when keys are set, else admin on a "
+        "loopback host and read on any other",
+    )
+    rate_limit: float = Field(
+        0.0,
+        ge=0,
+        description="Requests per second per key (burst twice that; 429 above; 0: no limit); a key file "
+        "may give a key its own",
     )
     max_body_bytes: int = Field(8 << 20, description="Largest request body (413 above)")
     max_upload_bytes: int = Field(128 << 20, description="Largest POST /documents body (files; 413 above)")
@@ -160,6 +180,12 @@ class Settings(BaseSettings):
     def accepted_keys(self) -> list[str]:
         """Every key some route accepts: the query keys and the admin keys (accepted everywhere)."""
         return [*self.keys, *(k for k in self.admin_keys if k)]
+
+    @field_validator("root", "default_kb", "keys_file", "anonymous_role", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``ZHRAG_KEYS_FILE=`` (as docker compose passes an unset variable) means none, not the directory ``.``."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("devices", "api_keys", "admin_keys", "cors_origins", mode="before")
     @classmethod

@@ -28,7 +28,7 @@ from ingest.embedding import EmbedStage
 from ingest.limits import FileLimits
 from ingest.loaders import SUPPORTED_SUFFIXES, discover, file_parts
 from ingest.stages import FileTask, PageCounter, PreparedDoc, StageContext, prepared_in_order
-from retrieval.index import IndexWriter, read_manifest
+from retrieval.index import IndexWriter, current_version, read_manifest
 from retrieval.protocols import Embedder
 from retrieval.text import Analyzer
 
@@ -39,6 +39,7 @@ __all__ = [
     "IngestRejected",
     "RemovalSummary",
     "ingest",
+    "create_index",
     "remove_documents",
     "SHARD_CHUNKS",
 ]
@@ -212,6 +213,38 @@ def _embed_progress(enabled: bool):
     return tqdm(total=0, unit="chunk", desc="embed", disable=not enabled, dynamic_ncols=True, position=1)
 
 
+def _manifest_extra(
+    settings: ChunkSettings, analyzer: Analyzer, embedder: Embedder, domain: str | None
+) -> dict[str, Any]:
+    """What a version's manifest records beside the embedder and the store."""
+    return {
+        "chunker": settings.to_dict(),
+        "analyzer": analyzer.config(),
+        "instruction": getattr(embedder, "instruction", None),
+        **({"domain": domain} if domain else {}),  # an update without one keeps the recorded domain
+    }
+
+
+def create_index(
+    index_dir: Path | str,
+    embedder: Embedder,
+    analyzer: Analyzer,
+    settings: ChunkSettings | None = None,
+    store: dict[str, Any] | None = None,
+    domain: str | None = None,
+) -> str:
+    """Publish an empty first version at ``index_dir`` (a knowledge base to fill later); returns its version.
+
+    Raises:
+        FileExistsError: an index is already there.
+    """
+    if current_version(index_dir) is not None:
+        raise FileExistsError(f"{index_dir} already holds an index")
+    extra = _manifest_extra(settings or ChunkSettings(), analyzer, embedder, domain)
+    with IndexWriter(index_dir, embedder.describe(), store=store, settings=extra) as writer:
+        return writer.commit()
+
+
 def ingest(
     paths: Iterable[Path | str],
     index_dir: Path | str,
@@ -278,12 +311,7 @@ def ingest(
     # Chunk sizes are measured in the model's tokens wherever a tokenizer exists (also behind an embedding
     # cache); whether the ids are fed to the model is the embedding stage's call.
     spec = getattr(embedder, "token_spec", None)
-    manifest_extra = {
-        "chunker": settings.to_dict(),
-        "analyzer": analyzer.config(),
-        "instruction": getattr(embedder, "instruction", None),
-        **({"domain": domain} if domain else {}),  # an update without one keeps the recorded domain
-    }
+    manifest_extra = _manifest_extra(settings, analyzer, embedder, domain)
     replicas = _replicas(embedder, options.devices)
     summary.devices = [str(getattr(r, "device", "remote")) for r in replicas]
     embedded_lock = threading.Lock()

@@ -1,71 +1,72 @@
-"""API keys: with ``ZHRAG_API_KEYS`` set, every route but ``/health`` and ``/ready`` wants ``Authorization: Bearer KEY``.
+"""Route policy: each router (or route) declares the role its work needs with :class:`Need`.
 
-With ``ZHRAG_ADMIN_KEYS`` set, changing documents (``POST``/``DELETE /documents``, ``DELETE /jobs``) wants one of those; an
-admin key is accepted everywhere else too. Keys are compared in constant time. ``/retrieval`` checks the
-same keys itself, answering in Dify's shape.
+``Need(role)`` identifies the caller by its ``Authorization: Bearer KEY`` (``app.access.Access``: 401 without
+a key where one is needed, 403 for an unknown key), applies the key's rate limit (429 with ``Retry-After``)
+and records the role; the knowledge base is checked where it is known (:mod:`app.api.deps`): 404 for a base
+the key may not see, 403 for a role it lacks there. Routes that declare nothing — the probes ``/health`` and
+``/ready``, the API reference ``/docs``, ``/redoc``, ``/openapi.json`` — answer without a key.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterable
+from typing import Annotated
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.api.errors import error_response
+from app.access import ANONYMOUS, Access, Grant, RateLimiter, Role
 
-__all__ = ["RequireKey", "key_matches", "bearer", "OPEN_PATHS", "ADMIN_PREFIX"]
+__all__ = ["Need", "NeedOwnHeader", "bearer_scheme", "GrantDep"]
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
-"""Probes answer without a key (a load balancer has none); they reveal no paths or data."""
-SELF_CHECKED = frozenset({"/retrieval"})
-ADMIN_PREFIX = ("/documents", "/jobs")
-ADMIN_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-def bearer(header: str | None) -> str | None:
-    """The key of an ``Authorization: Bearer KEY`` header, or ``None``."""
-    if not header or not header.startswith("Bearer "):
-        return None
-    return header.removeprefix("Bearer ").strip() or None
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="A key of this server (ZHRAG_KEYS_FILE, ZHRAG_API_KEYS or ZHRAG_ADMIN_KEYS); none needed when it "
+    "has no keys",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
-def key_matches(key: str, keys: Iterable[str]) -> bool:
-    """Whether ``key`` is one of ``keys``, compared in constant time (every key is compared)."""
-    given = key.encode()
-    found = False
-    for candidate in keys:
-        found |= secrets.compare_digest(given, candidate.encode())
-    return found
+class Need:
+    """A dependency: the caller's grant, when it may call a route that needs ``role`` (on the base the route
+    then names); ``None`` for routes that need only a known caller (metrics, the list of bases)."""
 
+    def __init__(self, role: Role | None) -> None:
+        self.role = role
 
-class RequireKey:
-    """ASGI middleware: 401 without a Bearer key, 403 with a wrong one (or a non-admin key on a document change)."""
+    def __call__(self, request: Request, credentials: Credentials) -> Grant:
+        return self.admit(request, credentials.credentials if credentials else None)
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str], admin_keys: Iterable[str] = ()) -> None:
-        self.app = app
-        self.admin_keys = tuple(k for k in admin_keys if k)
-        self.keys = tuple(k for k in keys if k) + self.admin_keys
-
-    def _needs_admin(self, scope: Scope) -> bool:
-        return bool(self.admin_keys) and scope["path"].startswith(ADMIN_PREFIX) and scope["method"] in ADMIN_METHODS
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS | SELF_CHECKED:
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-        key = bearer(header)
-        admin = self._needs_admin(scope)
-        if key is None:
-            response = error_response(401, "this server wants 'Authorization: Bearer <key>'", "unauthorized")
-            response.headers["WWW-Authenticate"] = "Bearer"
-        elif not key_matches(key, self.admin_keys if admin else self.keys):
-            message = (
-                "changing documents needs an admin key (ZHRAG_ADMIN_KEYS)" if admin else "that key is not accepted"
+    def admit(self, request: Request, key: str | None) -> Grant:
+        """The grant of ``key`` once it passed the rate limit, recorded on the request."""
+        access: Access = request.app.state.access
+        grant = access.grant_for(key)
+        who = grant.name if grant.name != ANONYMOUS else f"{ANONYMOUS}@{request.client.host if request.client else '?'}"
+        limiter: RateLimiter = request.app.state.rate_limiter
+        wait = limiter.wait_s(grant, who)
+        if wait > 0:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail=f"over this key's {grant.rate or limiter.default_rate:g} requests per second (ZHRAG_RATE_LIMIT)",
+                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
             )
-            response = error_response(403, message, "forbidden")
-        else:
-            await self.app(scope, receive, send)
-            return
-        await response(scope, receive, send)
+        request.state.grant, request.state.caller = grant, who
+        request.state.role = self.role or "read"
+        return grant
+
+
+class NeedOwnHeader(Need):
+    """:class:`Need` for a route that documents its own ``Authorization`` handling (Dify's ``/retrieval``
+    answers 403 in Dify's shape, not 401), so the schema declares no bearer scheme for it."""
+
+    def __call__(self, request: Request) -> Grant:  # type: ignore[override]
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        return self.admit(request, key.strip() if scheme.lower() == "bearer" and key.strip() else None)
+
+
+def current_grant(request: Request) -> Grant:
+    """The grant :class:`Need` recorded for this request."""
+    return request.state.grant
+
+
+GrantDep = Annotated[Grant, Depends(current_grant)]

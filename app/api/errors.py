@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from app.access import AccessDenied
 from retrieval.metadata_filter import FIELD_PATTERN
 
 __all__ = [
@@ -38,10 +39,10 @@ log = logging.getLogger(__name__)
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"})
 _VALUE_ERROR = "Value error, "
-BLANK = r"[^\s\x1c-\x1f]"
+BLANK = r"[^\s\x1c-\x1f\x85]"
 """The pattern of a text that must hold more than spaces: the schema says it, so clients agree. The same set
 as Python's ``str.strip()`` in every regex dialect (Python's ``\\s`` also takes ``\x1c-\x1f``, Rust's and
-JavaScript's do not)."""
+JavaScript's do not; JavaScript's does not take ``\x85``)."""
 
 
 class ErrorBody(BaseModel):
@@ -129,6 +130,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, readable(exc), "validation_error", _validation_detail(exc))
+
+    @app.exception_handler(AccessDenied)
+    async def _denied(_: Request, exc: AccessDenied) -> JSONResponse:
+        response = error_response(exc.status, exc.message)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,11 @@ __all__ = ["BodyLimit", "Deadline", "BulkSlots", "caller"]
 log = logging.getLogger(__name__)
 
 UPLOAD_PATH = "/documents"
+"""Uploads go to ``/documents`` or ``/kbs/{kb}/documents``."""
+
+
+def _is_upload(path: str) -> bool:
+    return path == UPLOAD_PATH or (path.startswith("/kbs/") and path.endswith(UPLOAD_PATH))
 
 
 class _TooLarge(Exception):
@@ -37,7 +41,7 @@ class BodyLimit:
         self.uploads = max_bytes if uploads is None else uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.uploads if scope.get("path") == UPLOAD_PATH else self.max_bytes
+        limit = self.uploads if _is_upload(scope.get("path", "")) else self.max_bytes
         if scope["type"] != "http" or limit <= 0:
             await self.app(scope, receive, send)
             return
@@ -69,7 +73,7 @@ class BodyLimit:
                 await self._refuse(scope, receive, send, limit)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        setting = "ZHRAG_MAX_UPLOAD_BYTES" if scope.get("path") == UPLOAD_PATH else "ZHRAG_MAX_BODY_BYTES"
+        setting = "ZHRAG_MAX_UPLOAD_BYTES" if _is_upload(scope.get("path", "")) else "ZHRAG_MAX_BODY_BYTES"
         message = f"request body over {limit} bytes ({setting})"
         await error_response(413, message, "request_too_large")(scope, receive, send)
 
@@ -139,11 +143,8 @@ class Deadline:
 
 
 def caller(request: Request) -> str:
-    """Who is asking: the Bearer key (hashed, never kept in clear), else the client's address."""
-    header = request.headers.get("authorization", "")
-    if header.startswith("Bearer "):
-        return "key:" + hashlib.sha256(header.removeprefix("Bearer ").strip().encode()).hexdigest()[:16]
-    return f"addr:{request.client.host if request.client else '?'}"
+    """Who is asking: the key's name, or an anonymous caller's address (recorded by ``auth.Need``)."""
+    return request.state.caller
 
 
 class BulkSlots:

@@ -10,21 +10,24 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
-from app.api import routes_citations, routes_dify, routes_documents, routes_embed, routes_search
-from app.api.auth import RequireKey
-from app.api.errors import install_error_handlers
+from app.access import Access, RateLimiter
+from app.api import routes_citations, routes_dify, routes_documents, routes_embed, routes_kbs, routes_search
+from app.api.auth import Need
+from app.api.deps import base_in_path
+from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.limits import BodyLimit, BulkSlots, Deadline
 from app.api.observability import Metrics, RequestContext, metrics_endpoint
 from app.api.serving import announce, freeze_loaded, serve_latest, swap_to_latest
-from app.jobs import JobQueue
-from app.services import build_services, index_domain
+from app.bases import KnowledgeBases
+from app.jobs import Job, JobQueue
+from app.services import index_domain
 from app.sessions import SessionStore
 from app.settings import Settings
 from retrieval.index import current_version, remove_dead_staging
@@ -35,43 +38,58 @@ log = logging.getLogger(__name__)
 
 
 async def _follow_index(app: FastAPI, interval: float) -> None:
-    """Serve each newly published index version (:func:`serve_latest`); a version that cannot be opened
-    is logged once and the current one keeps serving."""
-    failed: str | None = None
+    """Serve each newly published version of every base (:func:`serve_latest`); a version that cannot be
+    opened is logged once and the current one keeps serving."""
+    failed: dict[str, str] = {}
     while True:
         await asyncio.sleep(interval)
-        services = app.state.services
-        try:
-            await serve_latest(app)
-        except Exception as exc:  # noqa: BLE001 - keep serving what works
-            version = current_version(services.settings.index)
-            if version != failed:
-                log.error("could not open index version %s, still serving %s: %s", version, services.index.version, exc)
-                failed = version
-            continue
-        failed = None
+        bases: KnowledgeBases = app.state.bases
+        for name, services in bases.loaded().items():
+            try:
+                await serve_latest(app, name)
+            except Exception as exc:  # noqa: BLE001 - keep serving what works
+                version = current_version(services.settings.index) or ""
+                if failed.get(name) != version:
+                    log.error(
+                        "could not open %s version %s, still serving %s: %s", name, version, services.index.version, exc
+                    )
+                    failed[name] = version
+                continue
+            failed.pop(name, None)
 
 
 def _load(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """Load the index and its models into ``app.state`` (a failure is reported by ``/ready``). A function of its
-    own: a local in the lifespan would keep the first version alive after every swap."""
-    try:
-        services = build_services(settings, serving=True, on_embed_batch=metrics.batch_size.observe)
-        services.warm_up()
-        app.state.services = services
-        freeze_loaded()
-        announce(app, services, "serving")
-    except Exception as exc:  # noqa: BLE001 - reported by /ready instead of crashing the server
-        app.state.load_error = f"{type(exc).__name__}: {exc}"
-        log.error("could not load the index %s: %s", settings.index, exc)
+    """Open every knowledge base into ``app.state.bases`` (one that fails is reported by ``/ready`` and
+    ``/kbs``), removing what dead writers left in each first. A function of its own: a local in the lifespan
+    would keep the first versions alive after every swap."""
+    bases = KnowledgeBases.from_settings(settings, on_embed_batch=metrics.batch_size.observe)
+    for name in bases.names():
+        removed = remove_dead_staging(bases.path(name))
+        if removed:
+            log.warning("removed what dead writers left in %s: %s", name, ", ".join(removed))
+    bases.load_all()
+    app.state.bases = bases
+    freeze_loaded()
+    for name, services in bases.loaded().items():
+        announce(app, name, services, "serving")
+    if not bases.names():
+        log.warning("no knowledge base under %s yet: create one (POST /kbs, zhrag kb create)", settings.root)
+
+
+def _published(app: FastAPI, job: Job) -> None:
+    swap_to_latest(app, job.kb)
 
 
 def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
-    """Build the app; models and the index are loaded in the lifespan (skipped with ``load=False``).
+    """Build the app; the knowledge bases and their models are loaded in the lifespan.
 
     Args:
         settings: Settings (default: from the environment).
-        load: Load services at start-up; tests pass ``False`` and use ``dependency_overrides``.
+        load: Load the bases at start-up; tests pass ``False`` and set ``app.state.bases`` themselves
+            (``KnowledgeBases.serving``).
+
+    Raises:
+        KeyFileError: ``ZHRAG_KEYS_FILE`` cannot be used (naming the line).
     """
     settings = settings or Settings()
     metrics = Metrics()
@@ -80,11 +98,8 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = None
         if load:
-            removed = remove_dead_staging(settings.index)
-            if removed:
-                log.warning("removed what dead writers left in %s: %s", settings.index, ", ".join(removed))
             _load(app, settings, metrics)
-            if settings.reload_interval > 0 and app.state.services is not None:
+            if settings.reload_interval > 0:
                 watcher = asyncio.create_task(_follow_index(app, settings.reload_interval))
         yield
         await asyncio.to_thread(app.state.jobs.close)  # a running write sees its cancel; nothing half-published
@@ -92,8 +107,8 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        if app.state.services is not None:
-            app.state.services.close()
+        if load:
+            app.state.bases.close()
 
     # FastAPIOffline serves Swagger UI and ReDoc from the package instead of a CDN: /docs works air-gapped.
     app = FastAPIOffline(
@@ -106,13 +121,15 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.state.metrics = metrics
     app.state.sessions = SessionStore()
     app.state.bulk_slots = BulkSlots(settings.max_bulk_per_key)
-    app.state.jobs = JobQueue(on_published=partial(swap_to_latest, app))
-    app.state.services = None
-    app.state.load_error = None
+    app.state.jobs = JobQueue(on_published=partial(_published, app))
+    app.state.access = Access.configure(
+        settings.keys, settings.admin_keys, settings.keys_file, settings.host, settings.anonymous_role
+    )
+    app.state.rate_limiter = RateLimiter(settings.rate_limit)
+    app.state.bases = KnowledgeBases(settings, {})  # none until the lifespan loads them
 
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, uploads=settings.max_upload_bytes)
-    app.add_middleware(RequireKey, keys=settings.keys, admin_keys=settings.admin_keys)
     app.add_middleware(Deadline, timeout_s=settings.request_timeout_s)
     app.add_middleware(RequestContext, metrics=metrics)  # every answer gets an id and is counted
     if settings.cors_origins:  # outermost: a browser's preflight carries no key
@@ -130,7 +147,17 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         tags=["ops"],
         summary="Prometheus metrics",
         response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Text format"}},
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Text format"},
+            **{
+                code: {
+                    "description": ERROR_RESPONSES[code]["description"],
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                }
+                for code in (401, 403, 429)
+            },
+        },
+        dependencies=[Depends(Need(None))],
     )
 
     @app.get("/health", tags=["ops"])
@@ -138,47 +165,53 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["ops"], responses={503: {"description": "The index or the model is not loaded (yet)"}})
+    @app.get("/ready", tags=["ops"], responses={503: {"description": "A knowledge base is not loaded (yet)"}})
     def ready(request: Request) -> JSONResponse:
-        """Readiness: the index (and the model, unless disabled) are loaded."""
-        services = request.app.state.services
-        if services is None:
-            reason = request.app.state.load_error or "index not loaded"
-            return JSONResponse(status_code=503, content={"status": "not ready", "reason": reason})
-        manifest = services.index.manifest
-        return JSONResponse(
-            content={
-                "status": "ready",
-                "index": services.index.root.name,
-                "version": services.index.version,
-                "model": manifest["embedder"]["model"],
-                "model_loaded": services.embedder is not None,
-                "reranker": services.reranker.name if services.reranker else None,
-                "chunks": manifest.get("counts", {}).get("chunks", 0),
-                "store": manifest["store"]["backend"],
-                "bm25": getattr(services.index.bm25, "location", None),
-                "domain": index_domain(services.settings, manifest),
-            }
-        )
+        """Readiness: every knowledge base (and its model, unless disabled) is loaded; the default base's
+        version, model and store."""
+        return _readiness(request.app.state.bases)
 
-    app.include_router(routes_search.router)
+    app.include_router(routes_kbs.router)
+    for router in (routes_search.router, routes_documents.router, routes_citations.router):
+        app.include_router(router)  # the default base
+        app.include_router(router, prefix="/kbs/{kb}", dependencies=[Depends(base_in_path)])
     app.include_router(routes_embed.router)
     app.include_router(routes_dify.router)
-    app.include_router(routes_documents.router)
-    app.include_router(routes_citations.router)
     app.openapi = partial(_openapi, app)
     return app
 
 
+def _readiness(bases: KnowledgeBases) -> JSONResponse:
+    failed = bases.errors()
+    if failed or not bases.loaded():
+        reason = "; ".join(f"{name}: {why}" for name, why in failed.items()) or "no knowledge base loaded"
+        return JSONResponse(status_code=503, content={"status": "not ready", "reason": reason})
+    body: dict[str, Any] = {"status": "ready", "kbs": len(bases.loaded())}
+    services = bases.any_services()
+    if services is not None:
+        manifest = services.index.manifest
+        body |= {
+            "index": services.index.root.name,
+            "version": services.index.version,
+            "model": manifest["embedder"]["model"],
+            "model_loaded": services.embedder is not None,
+            "reranker": services.reranker.name if services.reranker else None,
+            "chunks": manifest.get("counts", {}).get("chunks", 0),
+            "store": manifest["store"]["backend"],
+            "bm25": getattr(services.index.bm25, "location", None),
+            "domain": index_domain(services.settings, manifest),
+        }
+    return JSONResponse(content=body)
+
+
 def _describe_this_server(app: FastAPI, components: dict[str, Any]) -> None:
-    """What this server's configuration decides, said in its schema: no reranker, the model's dimension."""
+    """What this server's configuration decides, said in its schema: no reranker, the model's dimension. (Not
+    the bases' names: the schema is public.)"""
     if not app.state.settings.reranker:
         rerank = components["SearchRequest"]["properties"]["rerank"]
         rerank.update(const=False, description="Always false here: the server has no reranker (ZHRAG_RERANKER)")
-    services = app.state.services
+    services = app.state.bases.any_services()
     if services is not None:
-        known = routes_dify.knowledge_ids(app.state.settings, services)
-        components["DifyRetrievalRequest"]["properties"]["knowledge_id"]["examples"] = sorted(known)
         dim = services.index.manifest["embedder"]["dim"]
         dimensions = components["OpenAIEmbeddingRequest"]["properties"]["dimensions"]["anyOf"][0]
         dimensions.update(maximum=dim, description=f"At most the model's {dim}")

@@ -6,6 +6,7 @@ served index version and chunk count, and how many texts each embedding forward 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -49,24 +50,25 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "zhrag_requests",
-            "HTTP requests by route, method and status",
-            ["route", "method", "status"],
+            "HTTP requests by route, knowledge base, method and status",
+            ["route", "kb", "method", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "zhrag_request_seconds",
-            "HTTP request latency by route",
-            ["route"],
+            "HTTP request latency by route and knowledge base",
+            ["route", "kb"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.chunks = Gauge("zhrag_index_chunks", "Chunks in the served index version", registry=self.registry)
+        self.chunks = Gauge("zhrag_index_chunks", "Chunks in the served index version", ["kb"], registry=self.registry)
         self.version = Gauge(
             "zhrag_index_version_info",
-            "The served index version (value 1)",
-            ["version", "model"],
+            "The served index version of each knowledge base (value 1)",
+            ["kb", "version", "model"],
             registry=self.registry,
         )
+        self._served: dict[str, tuple[str, str]] = {}
         self.batch_size = Histogram(
             "zhrag_embed_batch_texts",
             "Texts per embedding forward pass (micro-batches)",
@@ -74,11 +76,19 @@ class Metrics:
             registry=self.registry,
         )
 
-    def serving(self, version: str, model: str, chunks: int) -> None:
-        """Record the index version now served."""
-        self.version.clear()
-        self.version.labels(version=version, model=model).set(1)
-        self.chunks.set(chunks)
+    def serving(self, kb: str, version: str, model: str, chunks: int) -> None:
+        """Record the index version now served for ``kb``."""
+        self.forget(kb)
+        self.version.labels(kb=kb, version=version, model=model).set(1)
+        self._served[kb] = (version, model)
+        self.chunks.labels(kb=kb).set(chunks)
+
+    def forget(self, kb: str) -> None:
+        """``kb`` is no longer served (deleted, or a newer version replaces this one)."""
+        if kb in self._served:
+            self.version.remove(kb, *self._served.pop(kb))
+        with contextlib.suppress(KeyError):
+            self.chunks.remove(kb)
 
     def response(self) -> Response:
         """The ``/metrics`` body."""
@@ -114,8 +124,9 @@ class RequestContext:
             await self.app(scope, receive, tagged)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status[0])).inc()
-            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)
+            kb = (scope.get("state") or {}).get("kb") or ""  # set once the route knows its base (app.api.deps)
+            self.metrics.requests.labels(route=route, kb=kb, method=scope["method"], status=str(status[0])).inc()
+            self.metrics.latency.labels(route=route, kb=kb).observe(time.perf_counter() - start)
             _REQUEST_ID.reset(token)
 
 

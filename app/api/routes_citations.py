@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.auth import Need
 from app.api.deps import ServicesDep
 from app.api.errors import ERROR_RESPONSES, JsonRoute
 from app.api.schemas import CitationOut
@@ -12,7 +13,9 @@ from app.citations import check_citations
 
 __all__ = ["router", "VerifyRequest", "VerifiedCitation", "VerifyResponse"]
 
-router = APIRouter(tags=["citations"], responses=ERROR_RESPONSES, route_class=JsonRoute)
+router = APIRouter(
+    tags=["citations"], responses=ERROR_RESPONSES, route_class=JsonRoute, dependencies=[Depends(Need("read"))]
+)
 MAX_TEXT_CHARS = 20_000
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from app.api.auth import bearer, key_matches
-from app.api.deps import ServicesDep
+from app.access import AccessDenied, unknown_base
+from app.api.auth import NeedOwnHeader
+from app.api.deps import leased
 from app.api.errors import BLANK, JsonRoute, readable
 from app.api.schemas import MetadataCondition, Whole
+from app.bases import KnowledgeBases
 from app.services import Services
 from app.settings import MAX_TOP_K, Settings
 from retrieval.metadata_filter import FilterError
@@ -88,10 +90,16 @@ def _error(status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error_code": code, "error_msg": message})
 
 
-def knowledge_ids(settings: Settings, services: Services) -> set[str]:
-    """The ``knowledge_id`` values this server answers: the index directory's name, ``zhrag`` and any
-    configured (``ZHRAG_KNOWLEDGE_IDS``)."""
-    return {services.index.root.name, "zhrag", *(settings.knowledge_ids or [])}
+def knowledge_ids(settings: Settings, bases: KnowledgeBases) -> dict[str, str]:
+    """The ``knowledge_id`` values this server answers, with the base each names: every base by its name, and
+    ``zhrag`` and any of ``ZHRAG_KNOWLEDGE_IDS`` for the default base."""
+    ids = {name: name for name in bases.names()}
+    if bases.default is not None:
+        ids.update({alias: bases.default for alias in ("zhrag", *(settings.knowledge_ids or [])) if alias not in ids})
+    return ids
+
+
+_DIFY_DENIED = {"no_key": (INVALID_AUTH_FORMAT, "Invalid Authorization header format. Expected 'Bearer <api-key>'.")}
 
 
 class DifyRoute(JsonRoute):
@@ -106,13 +114,18 @@ class DifyRoute(JsonRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 return _error(422, 422, readable(exc))
+            except AccessDenied as exc:
+                if exc.status == 404:
+                    return _error(404, KNOWLEDGE_NOT_FOUND, f"The knowledge does not exist: {exc.message}")
+                code, message = _DIFY_DENIED.get(exc.reason, (AUTH_FAILED, "Authorization failed"))
+                return _error(403, code, message)
             except HTTPException as exc:
                 return _error(exc.status_code, exc.status_code, str(exc.detail))
 
         return dify_errors
 
 
-router = APIRouter(tags=["dify"], route_class=DifyRoute)
+router = APIRouter(tags=["dify"], route_class=DifyRoute, dependencies=[Depends(NeedOwnHeader("read"))])
 
 
 def relevance_scores(outcome: SearchOutcome, rrf_max: float) -> list[float]:
@@ -129,22 +142,16 @@ def relevance_scores(outcome: SearchOutcome, rrf_max: float) -> list[float]:
 
 
 @router.post("/retrieval", response_model=None, responses=_DIFY_RESPONSES)
-def retrieval(
-    body: DifyRetrievalRequest,
-    services: ServicesDep,
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
-    """Top-k records for a Dify knowledge query (hybrid search; Bearer key checked when configured)."""
-    settings = request.app.state.settings
-    if settings.accepted_keys:
-        key = bearer(authorization)
-        if key is None:
-            return _error(403, INVALID_AUTH_FORMAT, "Invalid Authorization header format. Expected 'Bearer <api-key>'.")
-        if not key_matches(key, settings.accepted_keys):
-            return _error(403, AUTH_FAILED, "Authorization failed")
-    if body.knowledge_id not in knowledge_ids(settings, services):
-        return _error(404, KNOWLEDGE_NOT_FOUND, f"The knowledge does not exist: {body.knowledge_id!r}")
+def retrieval(body: DifyRetrievalRequest, request: Request) -> JSONResponse:
+    """Top-k records for a Dify knowledge query (hybrid search) from the knowledge base ``knowledge_id`` names."""
+    base = knowledge_ids(request.app.state.settings, request.app.state.bases).get(body.knowledge_id)
+    if base is None:  # the same answer as for a base this key may not see
+        raise AccessDenied(404, unknown_base(body.knowledge_id), "unknown_base")
+    with leased(request, base) as services:
+        return _records(services, body)
+
+
+def _records(services: Services, body: DifyRetrievalRequest) -> JSONResponse:
     condition = body.metadata_condition
     spec = condition.to_filter() if condition else None
     top_k = body.retrieval_setting.top_k

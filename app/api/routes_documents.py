@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.datastructures import UploadFile
 
-from app.api.deps import ServicesDep
+from app.access import AccessDenied
+from app.api.auth import Need
+from app.api.deps import ServicesDep, resolve_base
 from app.api.errors import BLANK, ERROR_RESPONSES, JsonRoute
 from app.jobs import Job, JobQueue
 from app.services import Services, ingest_limits
@@ -35,6 +37,7 @@ from retrieval.index import UPLOAD_PREFIX, IndexLockedError, LiveDocs
 __all__ = ["router", "DocumentIn", "DocumentsIn", "DocumentPage", "DocumentsChanged", "safe_file_name", "COMPONENTS"]
 
 router = APIRouter(tags=["documents"], responses=ERROR_RESPONSES, route_class=JsonRoute)
+READ, WRITE = [Depends(Need("read"))], [Depends(Need("write"))]
 
 MAX_FILES = 100
 MAX_DOCUMENTS = 1000
@@ -199,6 +202,7 @@ class JobOut(BaseModel):
 
     id: str
     kind: Literal["add", "delete"]
+    kb: str = Field(description="The knowledge base it writes to")
     state: Literal["queued", "running", "published", "failed", "cancelled"]
     created: float
     started: float | None = None
@@ -228,10 +232,23 @@ async def _answer(job: Job, wait_s: float) -> DocumentsChanged | JSONResponse:
     return JSONResponse(status_code=status.HTTP_202_ACCEPTED, content=body, headers={"Location": f"/jobs/{job.id}"})
 
 
+def _job_of(request: Request, job_id: str) -> Job:
+    """A job of a base the caller may write to (404 for any other, as for an unknown one)."""
+    job = _jobs(request).get(job_id)
+    missing = f"no job {job_id!r} (unknown or long finished)"
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=missing)
+    try:
+        request.app.state.access.check(request.state.grant, "write", job.kb)
+    except AccessDenied as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=missing) from exc
+    return job
+
+
 def _ingest_job(request: Request, services: Services, folder: Path, names: dict[str, str]):
     """The work of an add job: the pipeline over the saved files, in a fresh worker process (the per-file
     time limit holds there), cancellable between files and shards, all or nothing."""
-    settings = request.app.state.settings
+    settings = services.settings  # the base's
     embedder, analyzer, chunker = services.embedder, services.analyzer, services.index.manifest.get("chunker", {})
 
     def run(cancel: threading.Event) -> dict[str, Any]:
@@ -273,6 +290,7 @@ WaitQuery = Annotated[
 
 @router.post(
     "/documents",
+    dependencies=WRITE,
     response_model=DocumentsChanged,
     responses=_WRITE_RESPONSES,
     openapi_extra=_UPLOAD_SCHEMA,
@@ -286,7 +304,7 @@ async def add_documents(request: Request, services: ServicesDep, wait: WaitQuery
     cannot be used (then nothing is published), 409 while another writer holds the index.
     """
     services = _services(services)
-    settings = request.app.state.settings
+    settings = services.settings  # the base's
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # inside the index: a server killed mid-upload leaves it where the next start-up removes it
     folder = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX, dir=settings.index))
@@ -299,11 +317,12 @@ async def add_documents(request: Request, services: ServicesDep, wait: WaitQuery
         shutil.rmtree(folder, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in folder.iterdir())
-    job = _jobs(request).submit(Job("add", size, _ingest_job(request, services, folder, names), folder))
+    job = Job("add", size, _ingest_job(request, services, folder, names), folder, kb=request.state.kb)
+    job = _jobs(request).submit(job)
     return await _answer(job, settings.write_wait_s if wait is None else wait)
 
 
-@router.get("/documents", response_model=DocumentPage, summary="List the served index's documents")
+@router.get("/documents", dependencies=READ, response_model=DocumentPage, summary="List a knowledge base's documents")
 def list_documents(
     services: ServicesDep,
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
@@ -322,6 +341,7 @@ def list_documents(
 
 @router.delete(
     "/documents/{doc_id:path}",
+    dependencies=WRITE,
     response_model=DocumentsChanged,
     responses=_WRITE_RESPONSES,
     summary="Delete a document and publish the change",
@@ -329,15 +349,17 @@ def list_documents(
 async def delete_document(doc_id: str, request: Request, wait: WaitQuery = None):
     """Remove one document (404 when the index does not hold it); a job like an upload."""
     settings = request.app.state.settings
+    kb = resolve_base(request)
+    index_dir = request.app.state.bases.path(kb)
 
     def run(_cancel: threading.Event) -> dict[str, Any]:
         try:
-            removal = remove_documents(settings.index, [doc_id])
+            removal = remove_documents(index_dir, [doc_id])
         except IndexLockedError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
         if not removal.removed:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no document {doc_id!r} in the index")
-        live = LiveDocs(settings.index)
+        live = LiveDocs(index_dir)
         try:
             totals = live.docs.count_documents(), live.docs.count()
         finally:
@@ -349,27 +371,24 @@ async def delete_document(doc_id: str, request: Request, wait: WaitQuery = None)
             total_chunks=totals[1],
         ).model_dump()
 
-    job = _jobs(request).submit(Job("delete", 0, run))
+    job = _jobs(request).submit(Job("delete", 0, run, kb=kb))
     return await _answer(job, settings.write_wait_s if wait is None else wait)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, summary="Follow a write job")
+@router.get("/jobs/{job_id}", dependencies=WRITE, response_model=JobOut, summary="Follow a write job")
 def get_job(job_id: str, request: Request) -> JobOut:
     """Where a write stands: queued, running, published (with what it did), failed or cancelled (with why)."""
-    job = _jobs(request).get(job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r} (unknown or long finished)")
-    return JobOut(**job.to_dict())
+    return JobOut(**_job_of(request, job_id).to_dict())
 
 
-@router.delete("/jobs/{job_id}", response_model=JobOut, summary="Cancel a write job before it publishes")
+@router.delete(
+    "/jobs/{job_id}", dependencies=WRITE, response_model=JobOut, summary="Cancel a write job before it publishes"
+)
 async def cancel_job(job_id: str, request: Request) -> JobOut:
     """Cancel a queued or running job: it publishes nothing and releases the writer. The answer is its final
     state, and the job is forgotten (``GET`` then 404). A published job stays published (409)."""
     jobs = _jobs(request)
-    job = jobs.get(job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r} (unknown or long finished)")
+    job = _job_of(request, job_id)
     if job.state == "published":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} already published {job.result}")
     jobs.cancel(job_id)

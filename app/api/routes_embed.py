@@ -8,8 +8,9 @@ import contextlib
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 
+from app.api.auth import Need
 from app.api.deps import ServicesDep
 from app.api.errors import ERROR_RESPONSES, JsonRoute
 from app.api.limits import BulkSlots, caller
@@ -21,7 +22,10 @@ from retrieval.protocols import Embedder
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["embeddings"], responses=ERROR_RESPONSES, route_class=JsonRoute)
+router = APIRouter(
+    tags=["embeddings"], responses=ERROR_RESPONSES, route_class=JsonRoute, dependencies=[Depends(Need("read"))]
+)
+"""The model of the default knowledge base (``ZHRAG_DEFAULT_KB``)."""
 QUERY_TYPES = ("query",)
 EMBED_PIECE = 64
 """Texts queued at a time by one embedding request (the unit in which it can be cancelled)."""

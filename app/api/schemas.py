@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.access import BASE_NAME_PATTERN
 from app.api.errors import BLANK
 from app.settings import MAX_TOP_K
 from retrieval.dialogue import DialogueMode
@@ -153,6 +154,11 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_SEARCH_INPUT)
 
     query: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="The question")
+    kb: str | None = Field(
+        None,
+        pattern=BASE_NAME_PATTERN,
+        description="The knowledge base to search (default: the path's, else the server's default base)",
+    )
     messages: list[ChatMessage] | None = Field(
         None,
         max_length=MAX_MESSAGES,

@@ -1,33 +1,32 @@
-"""Which index version the app serves: announce it (log line and metrics), and swap to a newer one."""
+"""Which index versions the app serves: announce each base's (log line and metrics), swap to newer ones."""
 
 from __future__ import annotations
 
 import gc
 import logging
-import threading
 
 import anyio
 from fastapi import FastAPI
 
+from app.bases import KnowledgeBases
 from app.services import Services
 
 __all__ = ["announce", "freeze_loaded", "serve_latest", "swap_to_latest"]
 
 log = logging.getLogger("app.api.main")
-_SWAP = threading.Lock()  # the live reload and a write job may both find a new version
 
 
-def announce(app: FastAPI, services: Services, verb: str) -> None:
-    """Log and export what is served."""
+def announce(app: FastAPI, name: str, services: Services, verb: str) -> None:
+    """Log and export what is served for the base ``name``."""
     manifest = services.index.manifest
     chunks = manifest.get("counts", {}).get("chunks", 0)
     model = manifest["embedder"]["model"]
     mode = "hybrid" if services.embedder is not None else "bm25 only (no model loaded)"
     settings = services.settings
     log.info(
-        "%s index %s version %s: %d chunks, model %s, %s, micro-batching %s, reranker %s",
+        "%s knowledge base %s version %s: %d chunks, model %s, %s, micro-batching %s, reranker %s",
         verb,
-        services.index.root.name,
+        name,
         services.index.version,
         chunks,
         model,
@@ -35,11 +34,11 @@ def announce(app: FastAPI, services: Services, verb: str) -> None:
         "on" if settings.microbatch else "off",
         services.reranker.name if services.reranker else "none",
     )
-    app.state.metrics.serving(services.index.version, model, chunks)
+    app.state.metrics.serving(name, services.index.version, model, chunks)
 
 
 def freeze_loaded() -> None:
-    """Exempt what is loaded now (index, analyzer dictionaries, model) from the cyclic garbage collector.
+    """Exempt what is loaded now (indexes, analyzer dictionaries, models) from the cyclic garbage collector.
 
     Its full passes otherwise scan all of it — ~530k objects on the sample index, 270 ms holding the GIL,
     every few seconds under bulk load — and every search in flight stalls meanwhile. Nothing leaks: a
@@ -49,29 +48,23 @@ def freeze_loaded() -> None:
     gc.freeze()
 
 
-def swap_to_latest(app: FastAPI) -> bool:
-    """Swap to the index's newest version if it is not the one served: open it fully, then replace the
-    reference (requests in flight finish on the old one). Returns whether it swapped. Blocking: call it
-    off the event loop (:func:`serve_latest`) or from a worker thread (a write job).
+def swap_to_latest(app: FastAPI, name: str) -> bool:
+    """Serve the base ``name``'s newest version if it is not the one served (opened fully first; requests in
+    flight finish on the old one). Returns whether it swapped. Blocking: call it off the event loop
+    (:func:`serve_latest`) or from a worker thread (a write job).
 
     Raises:
         Exception: whatever opening the new version raised; the current one keeps serving.
     """
-    with _SWAP:
-        services = app.state.services
-        if services is None:
-            return False
-        fresh = services.reopen()
-        if fresh is None:
-            return False
-        fresh.warm_up()
-        replaced, app.state.services = app.state.services, fresh
-        replaced.retire()  # its index is closed when the requests still using it are done
+    bases: KnowledgeBases = app.state.bases
+    fresh = bases.swap_to_latest(name)
+    if fresh is None:
+        return False
     freeze_loaded()
-    announce(app, fresh, "now serving")
+    announce(app, name, fresh, "now serving")
     return True
 
 
-async def serve_latest(app: FastAPI) -> bool:
+async def serve_latest(app: FastAPI, name: str) -> bool:
     """:func:`swap_to_latest` off the event loop."""
-    return await anyio.to_thread.run_sync(swap_to_latest, app)
+    return await anyio.to_thread.run_sync(swap_to_latest, app, name)

@@ -30,6 +30,7 @@ from retrieval.protocols import Embedder
 __all__ = [
     "MicroBatcher",
     "QueryCache",
+    "SharedModel",
     "Side",
     "Lane",
     "DEFAULT_MAX_WAIT_MS",
@@ -55,6 +56,7 @@ class _Request:
     texts: list[str]
     side: Side
     lane: Lane = "interactive"
+    instruction: str | None = None
     future: Future[np.ndarray] = field(default_factory=Future)
 
 
@@ -181,11 +183,15 @@ class MicroBatcher(_Wrapper):
             worker.start()
 
     # -- submitting ------------------------------------------------------------------------------
-    def submit(self, texts: Sequence[str], side: Side, lane: Lane | None = None) -> Future[np.ndarray]:
+    def submit(
+        self, texts: Sequence[str], side: Side, lane: Lane | None = None, instruction: str | None = None
+    ) -> Future[np.ndarray]:
         """Queue texts; the future holds their vectors (or the error embedding them raised).
 
         ``lane`` defaults to ``interactive`` for queries and ``bulk`` for documents; bulk work is cut into
-        slices of ``bulk_slice`` texts queued one after another, so searches run between them.
+        slices of ``bulk_slice`` texts queued one after another. ``instruction`` replaces the model's query
+        task for these queries (a knowledge base of another domain sharing the model; a sentence-transformers
+        model only).
         """
         lane = lane or ("interactive" if side == "query" else "bulk")
         texts = list(texts)
@@ -197,7 +203,7 @@ class MicroBatcher(_Wrapper):
             raise EmbedderError("the embedding worker has stopped")
         if lane == "bulk" and len(texts) > self.bulk_slice:
             return self._sliced(texts, side)
-        request = _Request(texts, side, lane)
+        request = _Request(texts, side, lane, instruction if side == "query" else None)
         self._lanes.put(request)
         return request.future
 
@@ -278,13 +284,14 @@ class MicroBatcher(_Wrapper):
         for request in batch:
             if request.side == "tokens" and request.future.set_running_or_notify_cancel():
                 self._run_alone(request)  # an ingest batch is already sized by its token budget
-        for side in ("query", "document"):
-            requests = [r for r in batch if r.side == side and r.future.set_running_or_notify_cancel()]
-            if not requests:
-                continue
+        groups: dict[tuple[str, str | None], list[_Request]] = {}
+        for r in batch:
+            if r.side != "tokens" and r.future.set_running_or_notify_cancel():
+                groups.setdefault((r.side, r.instruction), []).append(r)
+        for (side, instruction), requests in groups.items():
             texts = list(dict.fromkeys(t for r in requests for t in r.texts))  # a repeated text runs once
             try:
-                vectors = self._embed(texts, side)  # type: ignore[arg-type]
+                vectors = self._embed(texts, side, instruction)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - retried alone so one bad request fails only itself
                 for r in requests:
                     self._run_alone(r)
@@ -296,17 +303,21 @@ class MicroBatcher(_Wrapper):
 
     def _run_alone(self, request: _Request) -> None:
         try:
-            vectors = self._embed(request.texts, request.side)
+            vectors = self._embed(request.texts, request.side, request.instruction)
         except Exception as exc:  # noqa: BLE001 - handed to the caller
             request.future.set_exception(exc)
         else:
             self._record(len(request.texts))
             request.future.set_result(vectors)
 
-    def _embed(self, texts: list[str], side: Side) -> np.ndarray:
+    def _embed(self, texts: list[str], side: Side, instruction: str | None = None) -> np.ndarray:
         if side == "tokens":
             return self.inner.embed_token_ids(texts)  # type: ignore[attr-defined]
-        return self.inner.embed_queries(texts) if side == "query" else self.inner.embed_documents(texts)
+        if side == "document":
+            return self.inner.embed_documents(texts)
+        if instruction is None:
+            return self.inner.embed_queries(texts)
+        return self.inner.embed_queries(texts, instruction=instruction)  # type: ignore[call-arg]
 
     def _record(self, size: int) -> None:
         if self.on_batch is not None:
@@ -319,6 +330,44 @@ class MicroBatcher(_Wrapper):
         for item in self._lanes.drain():
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(EmbedderError("the embedding worker has stopped"))
+
+
+class SharedModel(_Wrapper):
+    """One knowledge base's view of a micro-batcher that several bases share: the same model and workers, this
+    base's query instruction (its domain). Closing the view leaves the shared batcher running.
+
+    Args:
+        batcher: The shared micro-batcher (over a sentence-transformers model when instructions differ).
+        instruction: This base's query task.
+    """
+
+    def __init__(self, batcher: MicroBatcher, instruction: str | None) -> None:
+        self.inner = batcher
+        self.name = batcher.name
+        self.instruction = instruction
+
+    def describe(self) -> dict[str, Any]:
+        """The model's manifest entry with this base's instruction."""
+        return {**self.inner.describe(), "instruction": self.instruction}
+
+    def submit_queries(self, texts: Sequence[str]) -> Future[np.ndarray]:
+        """Queue queries with this base's instruction."""
+        return self.inner.submit(texts, "query", instruction=self.instruction)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors with this base's instruction."""
+        return self.submit_queries(texts).result()
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Document vectors (no instruction), in bulk slices."""
+        return self.inner.embed_documents(texts)
+
+    def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Pre-tokenised documents, in bulk slices on the shared workers."""
+        return self.inner.embed_token_ids(batch)
+
+    def close(self) -> None:
+        """Nothing: the batcher belongs to whoever shares it out."""
 
 
 class QueryCache(_Wrapper):

@@ -389,9 +389,10 @@ class SentenceTransformerEmbedder:
         """Embed passages with no instruction."""
         return self._encode(texts, "")
 
-    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed queries as ``Instruct: {task}\\nQuery:{query}``."""
-        return self._encode(texts, query_prompt(self.instruction))
+    def embed_queries(self, texts: Sequence[str], instruction: str | None = None) -> np.ndarray:
+        """Embed queries as ``Instruct: {task}\\nQuery:{query}``; ``instruction`` replaces this embedder's task
+        (knowledge bases of other domains sharing the loaded model)."""
+        return self._encode(texts, query_prompt(instruction or self.instruction))
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens the model reads for each text as a document (special tokens included, cut at ``max_seq_length``)."""

@@ -6,10 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.api import create_app
-from app.api.deps import get_services
+from app.bases import KnowledgeBases
 from app.services import Services, build_services
 from app.settings import Settings
 
@@ -22,10 +23,15 @@ def services(sample_index: Path) -> Services:
     return build_services(Settings(index=sample_index))
 
 
+def serve(app: FastAPI, services: Services) -> FastAPI:
+    """``app`` (created with ``load=False``) serving ``services`` as its one knowledge base, as the lifespan would."""
+    app.state.bases = KnowledgeBases.serving(app.state.settings, {services.index.root.name: services})
+    return app
+
+
 @pytest.fixture()
 def client(services: Services) -> Iterator[TestClient]:
-    """A test client whose services come from ``dependency_overrides``; it sends the server's API key."""
-    app = create_app(Settings(index=services.index.root, api_key=API_KEY), load=False)
-    app.dependency_overrides[get_services] = lambda: services
+    """A test client serving the module's services; it sends the server's API key."""
+    app = serve(create_app(Settings(index=services.index.root, api_key=API_KEY), load=False), services)
     with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
         yield c

@@ -12,6 +12,7 @@ from app.api import create_app
 from app.services import Services
 from app.settings import Settings
 from retrieval.searcher import SearchOptions
+from tests.app.conftest import serve
 
 LAW = "中华人民共和国医师法"
 
@@ -155,14 +156,15 @@ def test_served_app_microbatches_concurrent_searches(sample_index: Path) -> None
     from concurrent.futures import ThreadPoolExecutor
 
     from app.services import build_services
-    from retrieval.embedders.microbatch import MicroBatcher, QueryCache
+    from retrieval.embedders.microbatch import MicroBatcher, QueryCache, batcher_of
 
     queries = ["医师的义务", "假药", "患者隐私", "传染病疫情报告", "医疗损害责任", "药品广告", "执业注册"] * 6
     plain = build_services(Settings(index=sample_index))
     expected = {q: [h.chunk.id for h in plain.searcher.search(q, SearchOptions(top_k=5)).hits] for q in set(queries)}
     with TestClient(create_app(Settings(index=sample_index, microbatch_wait_ms=5))) as served:
-        services = served.app.state.services
-        assert isinstance(services.embedder, QueryCache) and isinstance(services.embedder.inner, MicroBatcher)
+        services = served.app.state.bases.any_services()
+        batcher = batcher_of(services.embedder)
+        assert isinstance(services.embedder, QueryCache) and isinstance(batcher, MicroBatcher)
 
         def ids(q: str) -> list[str]:
             response = served.post("/search", json={"query": q, "top_k": 5, "mode": "hybrid"})
@@ -171,10 +173,10 @@ def test_served_app_microbatches_concurrent_searches(sample_index: Path) -> None
 
         with ThreadPoolExecutor(max_workers=12) as pool:
             got = list(pool.map(ids, queries))
-        batches = services.embedder.inner.batch_sizes
+        batches = batcher.batch_sizes
     assert got == [expected[q] for q in queries]
     assert max(batches) > 1  # concurrent queries shared forward passes
-    assert not services.embedder.inner.running  # the lifespan stopped the workers
+    assert not batcher.running  # the lifespan stopped the workers
 
 
 @pytest.mark.parametrize("path", ["/search", "/embed", "/v1/embeddings", "/retrieval"])
@@ -189,15 +191,13 @@ def test_wrong_content_type_is_415_and_bad_json_422_never_500(client: TestClient
     assert broken.status_code == 422 and len(broken.content) < 2000  # no echo of a large body
 
 
-def test_unknown_route_and_unexpected_errors_have_the_error_shape(sample_index: Path) -> None:
-    from app.api.deps import get_services
+def test_unknown_route_and_unexpected_errors_have_the_error_shape(sample_index: Path, services) -> None:
+    app = serve(create_app(Settings(index=sample_index), load=False), services)
 
-    app = create_app(Settings(index=sample_index), load=False)
-
-    def broken() -> None:
+    def broken(_name: str) -> None:
         raise RuntimeError("disk on fire")
 
-    app.dependency_overrides[get_services] = broken
+    app.state.bases.lease = broken
     with TestClient(app, raise_server_exceptions=False) as c:
         missing = c.get("/nowhere")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
@@ -216,10 +216,8 @@ def test_openapi_documents_errors_and_the_dify_response(client: TestClient) -> N
 
 
 def test_api_keys_guard_every_route_but_the_probes(services: Services, sample_index: Path) -> None:
-    from app.api.deps import get_services
-
     app = create_app(Settings(index=sample_index, api_keys="k1, k2"), load=False)  # comma-separated works
-    app.dependency_overrides[get_services] = lambda: services
+    serve(app, services)
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
         missing = c.post("/search", json={"query": "医师"})
@@ -227,7 +225,10 @@ def test_api_keys_guard_every_route_but_the_probes(services: Services, sample_in
         assert missing.json()["error"]["code"] == "unauthorized"
         assert c.post("/search", json={"query": "医师"}, headers={"Authorization": "Bearer k3"}).status_code == 403
         assert c.post("/search", json={"query": "医师"}, headers={"Authorization": "Bearer k2"}).status_code == 200
-        assert c.get("/openapi.json").status_code == 401 and c.get("/docs").status_code == 401
+        spec = c.get("/openapi.json")  # the API reference is open: it shows routes, not data
+        assert spec.status_code == 200 and c.get("/docs").status_code == 200
+        assert spec.json()["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"  # Authorize button
+        assert c.get("/metrics").status_code == 401
         embed = c.post("/v1/embeddings", json={"input": "医师"}, headers={"Authorization": "Bearer k1"})
         assert embed.status_code == 200
         dify = c.post("/retrieval", json={"knowledge_id": "x", "query": "q", "retrieval_setting": {"top_k": 1}})
@@ -235,10 +236,8 @@ def test_api_keys_guard_every_route_but_the_probes(services: Services, sample_in
 
 
 def test_size_limits_answer_4xx(services: Services, sample_index: Path) -> None:
-    from app.api.deps import get_services
-
     app = create_app(Settings(index=sample_index, max_body_bytes=50_000), load=False)
-    app.dependency_overrides[get_services] = lambda: services
+    serve(app, services)
     with TestClient(app) as c:
         big = c.post("/v1/embeddings", json={"input": ["医" * 10_000] * 4})
         assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
@@ -286,10 +285,11 @@ def test_request_ids_metrics_and_json_logs(sample_index: Path, caplog) -> None:
         assert mine.headers["x-request-id"] == "chat-42"
         assert served.post("/search", json={}).status_code == 422
         text = served.get("/metrics").text
-    assert 'zhrag_requests_total{method="POST",route="/search",status="200"} 2.0' in text
-    assert 'zhrag_requests_total{method="POST",route="/search",status="422"} 1.0' in text
-    assert 'zhrag_request_seconds_count{route="/search"} 3.0' in text
-    assert "zhrag_index_chunks " in text and 'zhrag_index_version_info{model="' in text
+    kb = sample_index.name  # requests are counted per knowledge base once their base is known
+    assert f'zhrag_requests_total{{kb="{kb}",method="POST",route="/search",status="200"}} 2.0' in text
+    assert 'zhrag_requests_total{kb="",method="POST",route="/search",status="422"} 1.0' in text
+    assert f'zhrag_request_seconds_count{{kb="{kb}",route="/search"}} 2.0' in text
+    assert f'zhrag_index_chunks{{kb="{kb}"}} ' in text and f'zhrag_index_version_info{{kb="{kb}",model="' in text
     assert "zhrag_embed_batch_texts_count" in text and "zhrag_embed_batch_texts_count 0.0" not in text
     record = logging.LogRecord("zhrag", logging.INFO, __file__, 1, "hello %s", ("世界",), None)
     RequestIdFilter().filter(record)

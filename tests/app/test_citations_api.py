@@ -7,9 +7,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from app.api import create_app
-from app.api.deps import get_services
 from app.services import build_services
 from app.settings import Settings
+from tests.app.conftest import serve
 
 
 def test_a_cited_article_comes_first_in_every_mode(client: TestClient) -> None:
@@ -58,14 +58,14 @@ def test_no_citation_behaves_exactly_as_before(sample_index: Path, services) -> 
     plain = build_services(Settings(index=sample_index, citations=False))
     try:
         app = create_app(Settings(index=sample_index), load=False)
-        app.dependency_overrides[get_services] = lambda: services
+        serve(app, services)
         with TestClient(app) as c:
             for mode in ("hybrid", "bm25"):
                 query = {"query": "医疗机构泄露患者隐私要承担什么责任", "mode": mode, "top_k": 8}
                 with_citations = c.post("/search", json=query).json()
-                app.dependency_overrides[get_services] = lambda: plain
+                serve(app, plain)
                 without = c.post("/search", json=query).json()
-                app.dependency_overrides[get_services] = lambda: services
+                serve(app, services)
                 assert [r["id"] for r in with_citations["results"]] == [r["id"] for r in without["results"]]
                 assert with_citations["citations"] == []
     finally:

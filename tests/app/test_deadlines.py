@@ -9,17 +9,17 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from app.api import create_app
-from app.api.deps import get_services
 from app.api.limits import Deadline
 from app.api.routes_embed import EMBED_PIECE, _embed
 from app.services import Services
 from app.settings import Settings
 from retrieval.embedders.microbatch import MicroBatcher
+from tests.app.conftest import serve
 
 
 def _client(services: Services, sample_index: Path, **settings) -> TestClient:
     app = create_app(Settings(index=sample_index, **settings), load=False)
-    app.dependency_overrides[get_services] = lambda: services
+    serve(app, services)
     return TestClient(app)
 
 
@@ -112,7 +112,8 @@ def test_bulk_embedding_requests_are_limited_per_key_and_queries_are_not(service
         slots = c.app.state.bulk_slots
         k1 = {"Authorization": "Bearer k1"}
         bulk = {"input": [f"第{i}条 医师应当遵守执业规范。" for i in range(20)]}
-        with slots.hold(caller_of("k1")), slots.hold(caller_of("k1")):  # k1 has two bulk requests running
+        k1_name = c.app.state.access.grant_for("k1").name
+        with slots.hold(k1_name), slots.hold(k1_name):  # k1 has two bulk requests running
             refused = c.post("/v1/embeddings", json=bulk, headers=k1)
             assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
             assert "ZHRAG_MAX_BULK_PER_KEY" in refused.json()["error"]["message"]
@@ -120,11 +121,3 @@ def test_bulk_embedding_requests_are_limited_per_key_and_queries_are_not(service
             assert c.post("/v1/embeddings", json=query, headers=k1).status_code == 200  # a question is no bulk
             assert c.post("/v1/embeddings", json=bulk, headers={"Authorization": "Bearer k2"}).status_code == 200
         assert c.post("/v1/embeddings", json=bulk, headers=k1).status_code == 200
-
-
-def caller_of(key: str) -> str:
-    from starlette.requests import Request
-
-    from app.api.limits import caller
-
-    return caller(Request({"type": "http", "headers": [(b"authorization", f"Bearer {key}".encode())]}))

@@ -164,16 +164,16 @@ def test_a_swapped_out_version_is_released_after_its_last_request(client: TestCl
     """A live swap closes the old version's index once no request holds it (not at garbage collection)."""
     import sqlite3
 
-    old = client.app.state.services
+    old = client.app.state.bases.any_services()
     old.acquire()  # a request still running on the old version
     response = client.post("/documents", json={"id": "d-1", "text": "罕见病患者的用药保障。"})
     assert response.status_code == 200, response.text
-    assert client.app.state.services is not old
+    assert client.app.state.bases.any_services() is not old
     assert old.index.docs.count() > 0  # still usable by the request that holds it
     old.release()
     with pytest.raises(sqlite3.ProgrammingError):
         old.index.docs.count()
-    fresh = client.app.state.services
+    fresh = client.app.state.bases.any_services()
     assert client.delete("/documents/d-1").status_code == 200  # swapped again: no lease, closed at once
     with pytest.raises(sqlite3.ProgrammingError):
         fresh.index.docs.count()
@@ -187,12 +187,15 @@ def test_a_swapped_out_version_is_freed_by_reference_counting(client: TestClient
     import weakref
 
     assert gc.get_freeze_count() > 100_000  # the analyzer's dictionaries, the index, the model
-    version = client.app.state.services.index.version
-    old, old_index = weakref.ref(client.app.state.services), weakref.ref(client.app.state.services.index)
+    version = client.app.state.bases.any_services().index.version
+    old, old_index = (
+        weakref.ref(client.app.state.bases.any_services()),
+        weakref.ref(client.app.state.bases.any_services().index),
+    )
     gc.disable()
     try:
         assert client.post("/documents", json={"id": "d-1", "text": "罕见病患者的用药保障。"}).status_code == 200
-        assert client.app.state.services.index.version != version
+        assert client.app.state.bases.any_services().index.version != version
         deadline = time.monotonic() + 10  # the request's thread lets go of the old version just after replying
         while (old() is not None or old_index() is not None) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -221,14 +224,14 @@ def test_documents_api_on_a_milvus_index_updates_both_legs(sample_index: Path, t
         assert bm25["results"][0]["doc_id"] == "rare-1"  # the new chunk is in Milvus' BM25 collection
         dense = client.post("/search", json={"query": "罕见病药品目录", "mode": "dense", "top_k": 3}).json()
         assert len(dense["results"]) == 3  # the tiny model ranks nothing meaningfully; the leg answers
-        served = client.app.state.services.index
+        served = client.app.state.bases.any_services().index
         assert served.bm25.count() == served.docs.count() == served.store.count()
         ready = client.get("/ready").json()
         assert ready["store"] == "milvus" and ready["bm25"] == "milvus"
         assert client.delete("/documents/rare-1").status_code == 200
         hits = client.post("/search", json={"query": "罕见病药品目录", "mode": "bm25", "top_k": 3}).json()["results"]
         assert all(h["doc_id"] != "rare-1" for h in hits)
-        live = client.app.state.services.index.store
+        live = client.app.state.bases.any_services().index.store
         kept = {live.collection, live.bm25_collection}
     milvus = pymilvus.MilvusClient(str(uri))
     try:  # the live version's two collections and the previous version's (kept for running readers)

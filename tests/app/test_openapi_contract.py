@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.access import key_hash
 from app.api import create_app
 from app.bench.http import free_port, wait_ready
 from app.settings import Settings
+from tests.app.conftest import serve
 from tests.conftest import REPO
 
 jsonschema_rs = pytest.importorskip("jsonschema_rs")  # schemathesis' own validator
@@ -138,7 +140,7 @@ def test_a_wrong_method_names_every_method_the_path_serves(client: TestClient) -
 
 def test_the_schema_says_what_this_server_can_do(sample_index: Path, services) -> None:
     app = create_app(Settings(index=sample_index), load=False)
-    app.state.services = services
+    serve(app, services)
     schema = app.openapi()["components"]["schemas"]
     assert schema["SearchRequest"]["properties"]["rerank"]["const"] is False  # no reranker configured
     dimensions = schema["OpenAIEmbeddingRequest"]["properties"]["dimensions"]["anyOf"][0]
@@ -156,7 +158,9 @@ def test_schemathesis_every_check_passes_on_a_live_server(sample_index: Path, tm
     index = tmp_path / "index"
     shutil.copytree(sample_index, index)
     port, key, log = free_port(), "contract-key", tmp_path / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ZHRAG_API_KEYS": key, "ZHRAG_RELOAD_INTERVAL": "0"}
+    keys = tmp_path / "keys.toml"  # writes everywhere, but not admin: the fuzzer must not delete the base
+    keys.write_text(f'[[keys]]\nname = "contract"\nsha256 = "{key_hash(key)}"\nroles = {{ "*" = "write" }}\n')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ZHRAG_KEYS_FILE": str(keys), "ZHRAG_RELOAD_INTERVAL": "0"}
     with open(log, "wb") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--index", str(index), "--port", str(port)]
@@ -178,7 +182,7 @@ def test_schemathesis_every_check_passes_on_a_live_server(sample_index: Path, tm
             timeout=400,
         )
         assert run.returncode == 0, run.stdout[-6000:]
-        assert "Tested: 14" in run.stdout
+        assert "Tested: 24" in run.stdout  # the top-level routes, their /kbs/{kb} twins, /kbs
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
