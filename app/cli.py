@@ -530,7 +530,7 @@ def cmd_kb(args: argparse.Namespace) -> int:
     if settings.root is None:
         raise CliError("name the directory of knowledge bases with --root (or ZHRAG_ROOT)")
     if args.action == "list":
-        return _list_bases(index_dirs(settings.root))
+        return _list_bases(settings, index_dirs(settings.root))
     if not args.name:
         raise CliError(f"zhrag kb {args.action} needs the base's name")
     if args.action == "create":
@@ -538,13 +538,14 @@ def cmd_kb(args: argparse.Namespace) -> int:
     return _delete_base(index_dirs(settings.root), args.name, args.yes)
 
 
-def _list_bases(bases: dict[str, Path]) -> int:
+def _list_bases(settings: Settings, bases: dict[str, Path]) -> int:
+    from app.services import index_domain
     from retrieval.index import read_manifest
 
     for name, path in bases.items():
         manifest = read_manifest(path)
         counts = manifest.get("counts", {})
-        model, domain = manifest["embedder"]["model"], manifest.get("domain") or "-"
+        model, domain = manifest["embedder"]["model"], index_domain(settings, manifest) or "-"
         print(f"{name}\t{counts.get('documents', 0)} documents\t{counts.get('chunks', 0)} chunks\t{model}\t{domain}")
     print(f"{_count(len(bases), 'knowledge base')}", file=sys.stderr)
     return EXIT_OK

@@ -260,3 +260,28 @@ def test_a_key_over_its_rate_gets_429_and_other_keys_do_not(sample_index: Path, 
     assert passed <= 10 + 5 * elapsed + 1 and limited  # a burst of 2 x 5, then 5 a second
     assert all(int(a.headers["retry-after"]) >= 1 and "requests per second" in a.text for a in limited)
     assert calm == [200] * 20
+
+
+def test_kb_commands_create_list_and_delete_bases(
+    tiny_model_dir: Path, sample_index: Path, tmp_path: Path, capsys
+) -> None:
+    root = tmp_path / "kbs"
+    shutil.copytree(sample_index, root / "statutes")
+    assert (
+        main(["kb", "create", "guidelines", "--root", str(root), "--model", str(tiny_model_dir), "--domain", "medical"])
+        == 0
+    )
+    assert main(["kb", "create", "guidelines", "--root", str(root), "--model", str(tiny_model_dir)]) == 2
+    assert main(["kb", "create", "../escape", "--root", str(root), "--model", str(tiny_model_dir)]) == 2
+    assert not (tmp_path / "escape").exists()
+    capsys.readouterr()
+    assert main(["kb", "list", "--root", str(root)]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(r[0], r[1], r[4]) for r in rows] == [
+        ("guidelines", "0 documents", "medical"),
+        ("statutes", "6 documents", "legal"),
+    ]
+    assert main(["kb", "delete", "guidelines", "--root", str(root)]) == 2  # not without --yes
+    assert (root / "guidelines").is_dir()
+    assert main(["kb", "delete", "guidelines", "--root", str(root), "--yes"]) == 0
+    assert not (root / "guidelines").exists() and (root / "statutes").is_dir()
