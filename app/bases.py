@@ -236,6 +236,33 @@ class KnowledgeBases:
         current.retire()
         return fresh
 
+    def discover(self) -> tuple[list[str], list[str]]:
+        """Serve the bases created under the root since (``zhrag kb create``, an ingest into a new directory)
+        and stop serving those whose directory is gone; returns (added, removed). One that fails to load is
+        recorded (``errors``) and tried again on the next call."""
+        if self.root is None:
+            return [], []
+        found = index_dirs(self.root)
+        with self._lock:
+            gone = [n for n, b in self._bases.items() if n not in found and not (b.path / CURRENT_FILE).exists()]
+            for name in gone:
+                base = self._bases.pop(name)
+                if base.services is not None:
+                    base.services.retire()
+            new = [n for n in found if n not in self._bases or self._bases[n].services is None]
+            for name in new:
+                self._bases.setdefault(name, _Base(found[name]))
+        added = []
+        for name in new:
+            try:
+                self.load(name)
+                added.append(name)
+            except Exception as exc:  # noqa: BLE001 - reported per base; the others serve
+                with self._lock:
+                    if name in self._bases:
+                        self._bases[name].error = f"{type(exc).__name__}: {exc}"
+        return added, gone
+
     # -- creating and deleting --------------------------------------------------------------------
     def create(self, name: str, model: str | None = None, domain: str | None = None) -> Services:
         """Create an empty base ``name`` under the root and serve it: with ``model``, else the default base's (the

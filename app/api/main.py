@@ -38,12 +38,19 @@ log = logging.getLogger(__name__)
 
 
 async def _follow_index(app: FastAPI, interval: float) -> None:
-    """Serve each newly published version of every base (:func:`serve_latest`); a version that cannot be
-    opened is logged once and the current one keeps serving."""
+    """Serve each newly published version of every base (:func:`serve_latest`), and the bases that appeared
+    under the root or left it; a version that cannot be opened is logged once and the current one keeps
+    serving."""
     failed: dict[str, str] = {}
     while True:
         await asyncio.sleep(interval)
         bases: KnowledgeBases = app.state.bases
+        added, removed = await asyncio.to_thread(bases.discover)
+        for name in removed:
+            app.state.metrics.forget(name)
+            log.info("knowledge base %s is gone from %s: no longer served", name, bases.root)
+        for name in added:
+            announce(app, name, bases.services(name), "now serving new")
         for name, services in bases.loaded().items():
             try:
                 await serve_latest(app, name)

@@ -285,3 +285,23 @@ def test_kb_commands_create_list_and_delete_bases(
     assert (root / "guidelines").is_dir()
     assert main(["kb", "delete", "guidelines", "--root", str(root), "--yes"]) == 0
     assert not (root / "guidelines").exists() and (root / "statutes").is_dir()
+
+
+def test_a_running_server_follows_bases_created_and_deleted_beside_it(
+    served: TestClient, root: Path, tiny_model_dir: Path
+) -> None:
+    def names() -> list[str]:
+        return [b["name"] for b in served.get("/kbs", headers=_as(ADMIN)).json()["kbs"]]
+
+    def wait_for(expected: list[str]) -> None:
+        deadline = time.monotonic() + 30
+        while names() != expected:
+            assert time.monotonic() < deadline, names()
+            time.sleep(0.1)
+
+    assert main(["kb", "create", "pharmacy", "--root", str(root), "--model", str(tiny_model_dir)]) == 0
+    wait_for(["cases", "hospital", "pharmacy", "statutes"])
+    assert served.app.state.bases.models_loaded() == 2  # the new base took the loaded model
+    assert main(["kb", "delete", "pharmacy", "--root", str(root), "--yes"]) == 0
+    wait_for(["cases", "hospital", "statutes"])
+    assert served.post("/kbs/pharmacy/search", json={"query": "处方"}, headers=_as(ADMIN)).status_code == 404
