@@ -76,6 +76,8 @@ def _load(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             log.warning("removed what dead writers left in %s: %s", name, ", ".join(removed))
     bases.load_all()
     app.state.bases = bases
+    if app.state.access.anonymous_why:
+        log.warning("%s", app.state.access.anonymous_why)
     freeze_loaded()
     for name, services in bases.loaded().items():
         announce(app, name, services, "serving")
