@@ -220,7 +220,7 @@ def _manifest_extra(
     return {
         "chunker": settings.to_dict(),
         "analyzer": analyzer.config(),
-        "instruction": getattr(embedder, "instruction", None),
+        "instruction": embedder.instruction,
         **({"domain": domain} if domain else {}),  # an update without one keeps the recorded domain
     }
 

@@ -23,6 +23,12 @@ class Embedder(Protocol):
     """The model identifier recorded in the index manifest."""
 
     @property
+    def instruction(self) -> str | None:
+        """The task queries are embedded for (``Instruct: {task}``), recorded in the manifest; ``None`` for a
+        model that takes none."""
+        ...
+
+    @property
     def dim(self) -> int:
         """Output dimension."""
         ...

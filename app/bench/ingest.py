@@ -45,6 +45,11 @@ class ZeroCostEmbedder:
         return self.inner.dim
 
     @property
+    def instruction(self) -> str | None:
+        """The real embedder's query task."""
+        return self.inner.instruction
+
+    @property
     def token_spec(self) -> TokenSpec:
         """The real embedder's tokenizer."""
         if not isinstance(self.inner, TokenEmbedder):

@@ -37,6 +37,11 @@ class CachedEmbedder:
         """The inner embedder's dimension."""
         return self.inner.dim
 
+    @property
+    def instruction(self) -> str | None:
+        """The inner embedder's query task (the cache key includes it)."""
+        return self.inner.instruction
+
     def _key(self, side: str, text: str) -> str:
         return hashlib.sha256(f"{self._salt}\x1f{side}\x1f{text}".encode()).hexdigest()
 

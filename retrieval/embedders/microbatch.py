@@ -131,6 +131,11 @@ class _Wrapper:
         """The inner embedder's dimension."""
         return self.inner.dim
 
+    @property
+    def instruction(self) -> str | None:
+        """The inner embedder's query task."""
+        return self.inner.instruction
+
     def describe(self) -> dict[str, Any]:
         """The inner embedder's manifest entry."""
         return self.inner.describe()
@@ -344,7 +349,12 @@ class SharedModel(_Wrapper):
     def __init__(self, batcher: MicroBatcher, instruction: str | None) -> None:
         self.inner = batcher
         self.name = batcher.name
-        self.instruction = instruction
+        self._instruction = instruction
+
+    @property
+    def instruction(self) -> str | None:
+        """This base's query task."""
+        return self._instruction
 
     def describe(self) -> dict[str, Any]:
         """The model's manifest entry with this base's instruction."""

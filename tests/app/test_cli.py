@@ -397,3 +397,16 @@ def test_an_ingest_that_fails_before_writing_leaves_no_new_index_directory(tmp_p
     index = tmp_path / "new-index"
     assert main(["ingest", str(tmp_path / "nope.md"), "--index", str(index), "--model", str(tiny_model_dir)]) != 0
     assert not index.exists()
+
+
+def test_an_embedding_cache_keeps_the_index_domain(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Through ``--embed-cache`` the manifest still records the query instruction (and so the domain that
+    query synonyms and turn weights follow); it used to record ``null``."""
+    from retrieval.prompts import INSTRUCTIONS
+
+    index = tmp_path / "index"
+    argv = ["ingest", str(SAMPLE_STATUTES / "医师法.md"), "--index", str(index), "--model", str(tiny_model_dir)]
+    assert main([*argv, "--embed-cache", str(tmp_path / "cache.sqlite"), "--domain", "medical", "--quiet"]) == 0
+    version = (index / "CURRENT").read_text().strip()
+    manifest = json.loads((index / version / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["instruction"] == INSTRUCTIONS["medical"] == manifest["embedder"]["instruction"]
