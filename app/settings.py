@@ -111,7 +111,6 @@ class Settings(BaseSettings):
         "or a file of colloquial<TAB>terms lines",
     )
     # Search
-    top_k: int = 5
     candidates: int = DEFAULT_CANDIDATES
     rrf_k: int = RRF_K
     weight_dense: float = 1.0
