@@ -303,8 +303,7 @@ class Index(LiveDocs):
         if bm25_dir.is_dir():
             self.bm25 = BM25Index.load(bm25_dir)
         else:  # the store may keep the BM25 leg itself (Milvus)
-            in_store = getattr(self.store, "bm25_index", None)
-            self.bm25 = in_store() if in_store is not None else None
+            self.bm25 = self.store.bm25_index()
 
     @property
     def dim(self) -> int:
@@ -314,9 +313,7 @@ class Index(LiveDocs):
     def close(self) -> None:
         """Release the docstore connection (and the vector store's, where it holds one)."""
         super().close()
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            close()
+        self.store.close()
 
 
 class IndexWriter:
@@ -358,9 +355,7 @@ class IndexWriter:
                 finally:
                     source.close()
                 self.store = _load_store(previous, self.manifest)
-                begin = getattr(self.store, "begin_write", None)
-                if begin is not None:  # a store outside the directory (Milvus) writes a new generation
-                    begin(self._versions())
+                self.store.begin_write(self._versions())  # a store outside the directory: a new generation
             else:
                 self.manifest = {
                     "format": FORMAT_VERSION,
@@ -455,9 +450,7 @@ class IndexWriter:
 
     def replace_store(self, store: VectorStore, conf: dict[str, Any]) -> None:
         """Publish ``store`` (holding the same ids) instead of the current one; ``conf`` is its manifest entry."""
-        drop = getattr(self.store, "drop", None)
-        if drop is not None:  # the new generation this writer opened in an external store
-            drop()
+        self.store.drop()  # the new generation this writer opened in an external store
         self.store = store
         self.manifest["store"] = dict(conf)
         self._changed = True
@@ -473,14 +466,14 @@ class IndexWriter:
             self._bm25.add(rids, ChunkTerms.count(tokens))
         if len(self._bm25):
             built = self._bm25.build()
-            if getattr(self.store, "keeps_bm25", False):
-                self.store.put_bm25(built)  # type: ignore[attr-defined]
+            if self.store.keeps_bm25:
+                self.store.put_bm25(built)
             else:
                 built.save(self.staging / BM25_DIR)
         self.store.save(self.staging)
-        describe = getattr(self.store, "describe", None)
-        if describe is not None:  # e.g. the FAISS layout ``auto`` resolved to
-            self.manifest["store"] = describe()
+        built_as = self.store.describe()
+        if built_as is not None:  # e.g. the FAISS layout ``auto`` resolved to
+            self.manifest["store"] = built_as
         self.manifest.update(extra or {})
         self.manifest["updated_at"] = _now()
         self.manifest["previous_version"] = self._base or None  # kept by the next prune, whatever the names
@@ -510,10 +503,9 @@ class IndexWriter:
             self.docs.close()
         except Exception:  # noqa: BLE001 - closing twice is harmless
             pass
-        drop = getattr(self.store, "drop", None)
-        if drop is not None and self.staging.exists():  # the unpublished generation of an external store
+        if self.staging.exists():  # the unpublished generation of an external store
             try:
-                drop()
+                self.store.drop()
             except Exception as exc:  # noqa: BLE001 - the next writer drops orphans too
                 log.warning("could not drop the unpublished store generation: %s", exc)
         shutil.rmtree(self.staging, ignore_errors=True)

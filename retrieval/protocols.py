@@ -6,7 +6,7 @@ implements one of these and imports this module, never the searcher or the build
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,9 +52,15 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class VectorStore(Protocol):
-    """Inner-product search over L2-normalised vectors keyed by int64 ids."""
+    """Inner-product search over L2-normalised vectors keyed by int64 ids.
+
+    Every capability a store may have is listed here; ``retrieval.stores.base.StoreBase`` gives the optional
+    ones (from ``describe`` on) explicit defaults, so callers never probe for them.
+    """
 
     dim: int
+    keeps_bm25: bool
+    """Whether the store keeps the BM25 leg itself (:meth:`put_bm25`, :meth:`bm25_index`) instead of a file."""
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under the given ids (ids must be new)."""
@@ -78,6 +84,31 @@ class VectorStore(Protocol):
 
     def items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every stored (ids, vectors), in batches (to move an index to another store without re-embedding)."""
+        ...
+
+    def describe(self) -> dict[str, Any] | None:
+        """The manifest's store entry as built (e.g. the layout ``auto`` resolved to); ``None``: as configured."""
+        ...
+
+    def close(self) -> None:
+        """Release connections (a server's store); nothing for files."""
+        ...
+
+    def begin_write(self, versions: Iterable[Path]) -> None:
+        """A writer starts from this loaded store: open a new generation outside the index directory (Milvus),
+        given the versions on disk; nothing for a store that lives in the version directory."""
+        ...
+
+    def drop(self) -> None:
+        """Forget the generation :meth:`begin_write` opened (the write was not published)."""
+        ...
+
+    def put_bm25(self, index: Any) -> None:
+        """Keep a built BM25 index (``retrieval.bm25.BM25Index``) in the store (when :attr:`keeps_bm25`)."""
+        ...
+
+    def bm25_index(self) -> LexicalIndex | None:
+        """The BM25 leg this store keeps, if any."""
         ...
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from retrieval.protocols import VectorStore
-from retrieval.stores.base import MISSING_ID, StoreError
+from retrieval.stores.base import MISSING_ID, StoreBase, StoreError
 
 __all__ = [
+    "StoreBase",
     "StoreError",
     "MISSING_ID",
     "create_store",
@@ -29,7 +30,7 @@ _INSTALL_HINTS = {
 }
 
 
-def _import_backend(name: str) -> Any:
+def _import_backend(name: str) -> type[StoreBase]:
     try:
         if name == "faiss":
             import faiss  # noqa: F401
@@ -62,6 +63,4 @@ def load_store(name: str, path: Path, dim: int, **options: Any) -> VectorStore:
 
 def discard_store(name: str, path: Path, kept: list[Path]) -> None:
     """Release what a pruned version at ``path`` holds outside its directory (a Milvus generation)."""
-    discard = getattr(_import_backend(name), "discard", None)
-    if discard is not None:
-        discard(path, kept)
+    _import_backend(name).discard(path, kept)

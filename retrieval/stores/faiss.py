@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.stores.base import MISSING_ID, StoreError, check_vectors
+from retrieval.stores.base import MISSING_ID, StoreBase, StoreError, check_vectors
 
 __all__ = [
     "FaissStore",
@@ -70,7 +70,7 @@ class AnnParams:
     refine: int = 16
 
 
-class FaissStore:
+class FaissStore(StoreBase):
     """Vectors in FAISS with an id map, so chunks can be removed and ids stay the docstore's row ids.
 
     Args:

@@ -29,7 +29,7 @@ import numpy as np
 from pymilvus import MilvusClient
 
 from retrieval.stores import MILVUS_INDEX_TYPES
-from retrieval.stores.base import StoreError, check_vectors
+from retrieval.stores.base import StoreBase, StoreError, check_vectors
 from retrieval.stores.milvus_bm25 import BM25_SUFFIX, MilvusBM25, write_bm25_collection
 from retrieval.stores.milvus_search import ID_FIELD as _ID
 from retrieval.stores.milvus_search import search_in_parts
@@ -125,7 +125,7 @@ def referenced_generations(version_dirs: Iterable[Path]) -> set[str]:
     return names
 
 
-class MilvusStore:
+class MilvusStore(StoreBase):
     """Inner-product search in one generation of a Milvus collection, keyed by the docstore's row ids.
 
     Args:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.stores.base import MISSING_ID, StoreError, check_vectors
+from retrieval.stores.base import MISSING_ID, StoreBase, StoreError, check_vectors
 
 __all__ = ["NumpyStore", "NUMPY_FILE"]
 
 NUMPY_FILE = "vectors.npz"
 
 
-class NumpyStore:
+class NumpyStore(StoreBase):
     """Vectors in one float32 matrix; search is a matrix product."""
 
     def __init__(self, dim: int) -> None:
@@ -74,7 +74,7 @@ class NumpyStore:
             np.savez(fh, ids=self._ids, vectors=self._vectors)
 
     @classmethod
-    def load(cls, path: Path, dim: int) -> NumpyStore:
+    def load(cls, path: Path, dim: int, **options: object) -> NumpyStore:
         """Read a store written by :meth:`save`."""
         file = path / NUMPY_FILE
         if not file.is_file():

@@ -63,6 +63,24 @@ def test_store_contract(backend: str, vectors: np.ndarray, tmp_path: Path) -> No
     loaded = load_store(backend, tmp_path, DIM)
     assert isinstance(loaded, VectorStore) and loaded.count() == 49
     np.testing.assert_array_equal(loaded.search(vectors[5:6], k=4)[1], store.search(vectors[5:6], k=4)[1])
+    _optional_capabilities_are_declared(loaded)
+
+
+def _optional_capabilities_are_declared(store) -> None:
+    """Every capability the index calls exists on every store (a base class with defaults, no probing) and
+    answers consistently: a store that keeps no BM25 refuses one and offers none."""
+    from retrieval.stores import StoreBase
+
+    assert isinstance(store, StoreBase)
+    described = store.describe()
+    assert described is None or described["backend"] in ("faiss", "numpy", "milvus")
+    if store.keeps_bm25:
+        assert store.bm25_index() is None  # none put yet
+    else:
+        assert store.bm25_index() is None
+        with pytest.raises(StoreError, match="keeps no BM25"):
+            store.put_bm25(object())
+    store.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
