@@ -237,22 +237,16 @@ class DialogueQueryBuilder:
         weights: TurnWeights | None = None,
         rewrite_weight: float = REWRITE_WEIGHT,
     ) -> None:
-        from jieba.analyse.tfidf import TFIDF
-
         self.analyzer = analyzer
         self.similarity = similarity
         self.min_similarity = min_similarity
         self.rewriter = rewriter
         self.weights = weights or TurnWeights()
         self.rewrite_weight = rewrite_weight
-        self._tfidf = TFIDF()
-        self._tfidf.tokenizer = analyzer._tokenizer
-        self._tfidf.stop_words = set(self._tfidf.stop_words) | set(analyzer.stopwords)
 
     def keywords(self, text: str, k: int) -> list[str]:
         """Top-``k`` TF-IDF keywords of ``text`` (Simplified, normalised)."""
-        with self.analyzer._lock:
-            return list(self._tfidf.extract_tags(self.analyzer.prepare(text), topK=k))
+        return self.analyzer.keywords(text, k)
 
     def _related(self, earlier: str, later: Sequence[str]) -> bool:
         if self.similarity is None or self.min_similarity is None:

@@ -102,22 +102,15 @@ class Analyzer:
         bigrams: bool = True,
         synonyms: dict[str, list[str]] | str | None = None,
     ) -> None:
-        import jieba
-
         stopwords = None if stopwords is None else frozenset(stopwords)
         self._args = (stopwords, tuple(user_dicts), bundled_dicts, search_mode, bigrams, synonyms)
-        jieba.setLogLevel(logging.WARNING)
-        self._tokenizer = jieba.Tokenizer()
-        self._lock = threading.Lock()
         dicts = [_resource(n) for n in BUNDLED_USER_DICTS] if bundled_dicts else []
         dicts += [Path(p) for p in user_dicts]
         for path in dicts:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"user dictionary not found: {path}")
-            self._tokenizer.load_userdict(str(path))
+        self._segmenter = _segmenter(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in dicts))
         self.stopwords = load_stopwords() if stopwords is None else stopwords
-        self._blocks = jieba.re_han_default  # how jieba itself splits text into independently cut blocks
-        self._cut_block = lru_cache(maxsize=BLOCK_CACHE_SIZE)(self._cut_block_uncached)
         self.search_mode = search_mode
         self.bigrams = bigrams
         if isinstance(synonyms, str) or synonyms is None:
@@ -141,27 +134,21 @@ class Analyzer:
 
     def words(self, text: str) -> list[str]:
         """Plain (non search-mode) jieba words of ``text`` without stopwords, in order."""
-        with self._lock:
-            tokens = self._tokenizer.lcut(self.prepare(text))
+        tokens = self._segmenter.words(self.prepare(text))
         return [t for t in tokens if _CONTENT.search(t) and t not in self.stopwords]
 
-    def _cut_block_uncached(self, block: str) -> tuple[str, ...]:
-        cut = self._tokenizer.lcut_for_search if self.search_mode else self._tokenizer.lcut
-        return tuple(cut(block))
+    def segment(self, prepared: str) -> list[str]:
+        """jieba's words of a :meth:`prepare` d text (search mode or plain, as configured)."""
+        return self._segmenter.segment(prepared, self.search_mode)
 
-    def _segment(self, prepared: str) -> list[str]:
-        """jieba's words of ``prepared``, block by block as jieba cuts it, each block's words cached."""
-        tokens: list[str] = []
-        for block in self._blocks.split(prepared):
-            if block:
-                tokens.extend(self._cut_block(block))
-        return tokens
+    def keywords(self, text: str, k: int) -> list[str]:
+        """Top-``k`` TF-IDF keywords of ``text`` (jieba's IDF table; this analyzer's stopwords left out)."""
+        return self._segmenter.keywords(self.prepare(text), k, self.stopwords)
 
     def __call__(self, text: str) -> list[str]:
         """Tokens of ``text`` for BM25 (documents and queries alike)."""
         prepared = self.prepare(text)
-        with self._lock:  # jieba's lazy initialisation is not thread-safe
-            tokens = self._segment(prepared)
+        tokens = self.segment(prepared)
         words = [t for t in tokens if _CONTENT.search(t) and t not in self.stopwords]
         if self.bigrams:
             words += [
@@ -188,6 +175,57 @@ class Analyzer:
             "simplified": True,
             "synonyms": self.synonyms_source,
         }
+
+
+class _Segmenter:
+    """One jieba tokenizer (its dictionary is ~70 MB) with its lock, its cache of cut clauses and its TF-IDF
+    table, shared by every analyzer of the same dictionaries (knowledge bases of other domains included)."""
+
+    def __init__(self, dicts: Sequence[str]) -> None:
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        self.tokenizer = jieba.Tokenizer()
+        for path in dicts:
+            self.tokenizer.load_userdict(path)
+        self.lock = threading.Lock()  # jieba's lazy initialisation and TF-IDF state are not thread-safe
+        self._blocks = jieba.re_han_default  # how jieba itself splits text into independently cut blocks
+        self._cut_search = lru_cache(maxsize=BLOCK_CACHE_SIZE)(lambda b: tuple(self.tokenizer.lcut_for_search(b)))
+        self._cut_plain = lru_cache(maxsize=BLOCK_CACHE_SIZE)(lambda b: tuple(self.tokenizer.lcut(b)))
+        self._tfidf: object | None = None
+
+    def segment(self, prepared: str, search_mode: bool) -> list[str]:
+        """jieba's words of ``prepared``, block by block as jieba cuts it, each block's words cached."""
+        cut = self._cut_search if search_mode else self._cut_plain
+        tokens: list[str] = []
+        with self.lock:
+            for block in self._blocks.split(prepared):
+                if block:
+                    tokens.extend(cut(block))
+        return tokens
+
+    def words(self, prepared: str) -> list[str]:
+        """jieba's plain cut of the whole text."""
+        with self.lock:
+            return self.tokenizer.lcut(prepared)
+
+    def keywords(self, prepared: str, k: int, stopwords: frozenset[str]) -> list[str]:
+        """TF-IDF keywords of ``prepared`` leaving out jieba's and the caller's stopwords."""
+        from jieba.analyse.tfidf import TFIDF
+
+        with self.lock:
+            if self._tfidf is None:
+                self._tfidf = TFIDF()
+                self._tfidf.tokenizer = self.tokenizer  # type: ignore[attr-defined]
+                self._jieba_stopwords = frozenset(self._tfidf.stop_words)  # type: ignore[attr-defined]
+            self._tfidf.stop_words = self._jieba_stopwords | stopwords  # type: ignore[attr-defined]
+            return list(self._tfidf.extract_tags(prepared, topK=k))  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=8)
+def _segmenter(dicts: tuple[tuple[str, int, int], ...]) -> _Segmenter:
+    """The segmenter of these dictionary files (path, mtime, size: an edited file is loaded again)."""
+    return _Segmenter([path for path, _, _ in dicts])
 
 
 @lru_cache(maxsize=1)

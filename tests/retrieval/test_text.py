@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from retrieval.text import Analyzer, normalize_text, to_simplified
 
 
@@ -42,13 +44,19 @@ def test_custom_user_dict(tmp_path) -> None:
 def test_block_cached_segmentation_equals_jieba_on_whole_texts() -> None:
     """The analyzer cuts clause by clause (caching each); jieba cutting the whole text gives the same words."""
     from retrieval.text import Analyzer
+    from retrieval.text.analyzer import BUNDLED_USER_DICTS
     from tests.conftest import SAMPLE_STATUTES
 
     analyzer = Analyzer()
     texts = [p.read_text(encoding="utf-8") for p in sorted(SAMPLE_STATUTES.rglob("*.md"))]
     texts += ["第１２条 GB/T 7714-2015：α-干扰素 3.5mg/kg， 㐀䶵 ＡＢＣ 僱傭契約\n\n  末尾 ", "", "。。。", "abc def"]
+    import jieba
+
+    whole = jieba.Tokenizer()
+    for name in BUNDLED_USER_DICTS:
+        whole.load_userdict(str(Path(__file__).parents[2] / "retrieval" / "text" / "resources" / name))
     for text in texts:
         prepared = analyzer.prepare(text)
-        assert analyzer._segment(prepared) == analyzer._tokenizer.lcut_for_search(prepared)
+        assert analyzer.segment(prepared) == whole.lcut_for_search(prepared)
     again = Analyzer()
     assert [again(t) for t in texts] == [analyzer(t) for t in texts]  # cold and warm caches agree
