@@ -223,8 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dialogues", type=Path, help="Time the multi-turn query builder on these dialogues (JSONL) instead"
     )
-    g = p.add_argument_group("ingest throughput (--ingest PATH...)")
+    g = p.add_argument_group("ingest throughput (--ingest PATH...) and write cost (--update N)")
     g.add_argument("--ingest", type=Path, nargs="+", metavar="PATH", help="Ingest these into throwaway indexes")
+    g.add_argument(
+        "--update",
+        type=int,
+        metavar="N",
+        help="Build an N-chunk synthetic index (zero-cost embedder, --model's tokenizer), then time adding, "
+        "replacing and deleting one document",
+    )
     g.add_argument("--model", help="Embedding model of the ingest runs (default Qwen/Qwen3-Embedding-0.6B)")
     g.add_argument("--workers", type=int, help="Workers of the floor and model runs (default: the cores)")
     g.add_argument("--devices", help="Devices of the model run, e.g. cuda:0,cuda:1")
@@ -703,6 +710,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """``zhrag bench``."""
     if args.ann:
         result = _bench_ann(args)
+    elif args.update:
+        result = _bench_update(args)
     elif args.ingest:
         result = _bench_ingest(args)
     elif args.dialogues:
@@ -758,6 +767,18 @@ def _bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         store={"backend": args.store},
         keep_index=args.keep_index,
     )
+
+
+def _bench_update(args: argparse.Namespace) -> dict[str, Any]:
+    from app.bench.update import run_update_bench
+    from app.services import build_analyzer, build_embedder
+    from ingest.stages import default_workers
+
+    settings = _settings(args, model=args.model)
+    if args.update < 1:
+        raise CliError("--update needs a positive number of chunks")
+    workers = args.workers or settings.workers or default_workers()
+    return run_update_bench(args.update, build_embedder(settings), build_analyzer(settings), workers=workers)
 
 
 def _bench_ann(args: argparse.Namespace) -> dict[str, Any]:

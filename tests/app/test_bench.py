@@ -76,3 +76,15 @@ def test_http_bench_starts_servers_and_reports_both_variants(capsys, sample_inde
             stats = result[variant][level]
             assert stats["errors"] == 0 and stats["ok"] == stats["requests"] >= 12 and stats["qps"] > 0
     assert set(result["microbatch_speedup"]) == {"1", "4"} and result["query_cache"] == 0
+
+
+def test_update_bench_times_one_document_writes_on_a_synthetic_index(tiny_embedder, analyzer) -> None:
+    from app.bench.update import ARTICLES_PER_DOCUMENT, run_update_bench, synthetic_documents
+
+    docs = synthetic_documents(3)
+    assert len({d["id"] for d in docs}) == 3 and docs[1]["text"].count("第") >= ARTICLES_PER_DOCUMENT
+    result = run_update_bench(300, tiny_embedder, analyzer)
+    assert result["chunks"] == 300 and result["documents"] == 30
+    for step in ("add", "replace", "delete"):
+        assert result[step]["seconds"] > 0 and result[step]["mb_written"] > 0  # each published a version
+    assert result["search_after"]["bm25_p50_ms"] > 0
