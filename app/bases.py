@@ -288,7 +288,9 @@ class KnowledgeBases:
             embedder = self._new_embedder(settings)
         except Exception as exc:  # noqa: BLE001 - an unknown or unreachable model is the caller's input
             raise ValueError(f"cannot load the model {settings.model!r}: {exc}") from exc
-        create_index(path, embedder, build_analyzer(settings), domain=settings.domain)
+        create_index(
+            path, embedder, build_analyzer(settings), domain=settings.domain, connection=settings.store_connection
+        )
         return self.add(name, path)
 
     def _new_embedder(self, settings: Settings) -> Embedder:

@@ -367,6 +367,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     max_batch_tokens=settings.max_batch_tokens,
                     cancel=STOP,
                     limits=ingest_limits(settings),
+                    connection=settings.store_connection,
                 ),
                 domain=domain,
             )
@@ -570,7 +571,8 @@ def _create_base(settings: Settings, name: str) -> int:
     if path.exists():
         raise CliError(f"{path} already exists")
     with reserve_writer(path):
-        version = create_index(path, build_embedder(settings), build_analyzer(settings), domain=settings.domain)
+        embedder, analyzer = build_embedder(settings), build_analyzer(settings)
+        version = create_index(path, embedder, analyzer, domain=settings.domain, connection=settings.store_connection)
     print(f"created knowledge base {name} ({settings.model}, {settings.domain}) at {path} [{version}]", file=sys.stderr)
     return EXIT_OK
 
@@ -812,7 +814,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     before, total = manifest["store"], manifest.get("counts", {}).get("chunks")
     # disable=None: a bar on a terminal, nothing in logs and pipes
     with tqdm(total=total, desc="migrate", unit="vector", disable=None, dynamic_ncols=True) as bar:
-        version = migrate_store(settings.index, store, on_moved=bar.update)
+        version = migrate_store(settings.index, store, on_moved=bar.update, connection=settings.store_connection)
     chunks = read_manifest(settings.index).get("counts", {}).get("chunks", 0)
     moved = _count(chunks, "vector")
     print(f"moved {moved} from {before['backend']} to {store['backend']}; version {version}", file=sys.stderr)
@@ -891,7 +893,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
     """``zhrag delete``: exit 0 when every id was removed, 3 when some were not in the index."""
     from ingest.pipeline import remove_documents
 
-    removal = remove_documents(_settings(args).index, args.doc_ids)
+    settings = _settings(args)
+    removal = remove_documents(settings.index, args.doc_ids, settings.store_connection)
     for doc_id in removal.missing:
         print(f"not in the index: {doc_id}", file=sys.stderr)
     if removal.removed:

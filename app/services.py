@@ -107,7 +107,7 @@ class Services:
         """
         if current_version(self.settings.index) in (None, self.index.version):
             return None
-        index = Index(self.settings.index)
+        index = Index(self.settings.index, self.settings.store_connection)
         try:
             model = self.index.manifest["embedder"]["model"]
             check_embedder(index.manifest, model, self.embedder.dim if self.embedder is not None else None)
@@ -305,7 +305,7 @@ def build_services(
             manifest instead of loading one.
     """
     manifest = read_manifest(settings.index)
-    index = Index(settings.index)
+    index = Index(settings.index, settings.store_connection)
     if manifest["store"].get("backend") == "faiss":
         from retrieval.stores.faiss import set_search_threads
 

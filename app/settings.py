@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     reload_interval: float = Field(2.0, description="Seconds between checks for a new index version (0: never)")
 
     @property
+    def store_connection(self) -> dict[str, str]:
+        """The vector store's connection secrets (``ZHRAG_MILVUS_TOKEN``), passed to it and never written."""
+        return {"token": self.milvus_token} if self.milvus_token else {}
+
+    @property
     def keys(self) -> list[str]:
         """The query keys (``api_keys`` plus ``api_key``)."""
         return [k for k in [*self.api_keys, self.api_key] if k]

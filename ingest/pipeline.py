@@ -77,7 +77,9 @@ class RemovalSummary:
     chunks_removed: int
 
 
-def remove_documents(index_dir: Path | str, doc_ids: Sequence[str]) -> RemovalSummary:
+def remove_documents(
+    index_dir: Path | str, doc_ids: Sequence[str], connection: Mapping[str, str] | None = None
+) -> RemovalSummary:
     """Delete documents from an index and publish the result as a new version (nothing to delete: no version).
 
     Raises:
@@ -87,7 +89,7 @@ def remove_documents(index_dir: Path | str, doc_ids: Sequence[str]) -> RemovalSu
     removed: list[str] = []
     missing: list[str] = []
     chunks = 0
-    with IndexWriter(index_dir, manifest["embedder"]) as writer:
+    with IndexWriter(index_dir, manifest["embedder"], connection=connection) as writer:
         known = set(writer.document_ids())
         for doc_id in dict.fromkeys(doc_ids):
             if doc_id in known:
@@ -127,6 +129,7 @@ class IngestOptions:
         limits: Per-file size, document length and time limits (a file over one is skipped and reported).
         all_or_nothing: Publish nothing when any file or record is skipped (:class:`IngestRejected`).
         source_names: How a file's path is recorded as its documents' ``source`` (path -> name).
+        connection: The store's connection secrets (a Milvus ``token``), never written to the index.
         isolated: Prepare files in a freshly started worker process even with one worker (a server: the
             per-file time limit applies and a runaway file's memory stays outside it).
     """
@@ -140,6 +143,7 @@ class IngestOptions:
     all_or_nothing: bool = False
     source_names: Mapping[str, str] = field(default_factory=dict)
     isolated: bool = False
+    connection: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -232,6 +236,7 @@ def create_index(
     settings: ChunkSettings | None = None,
     store: dict[str, Any] | None = None,
     domain: str | None = None,
+    connection: Mapping[str, str] | None = None,
 ) -> str:
     """Publish an empty first version at ``index_dir`` (a knowledge base to fill later); returns its version.
 
@@ -241,7 +246,7 @@ def create_index(
     if current_version(index_dir) is not None:
         raise FileExistsError(f"{index_dir} already holds an index")
     extra = _manifest_extra(settings or ChunkSettings(), analyzer, embedder, domain)
-    with IndexWriter(index_dir, embedder.describe(), store=store, settings=extra) as writer:
+    with IndexWriter(index_dir, embedder.describe(), store=store, settings=extra, connection=connection) as writer:
         return writer.commit()
 
 
@@ -321,7 +326,9 @@ def ingest(
             embed_bar.update(chunks)
 
     with (
-        IndexWriter(index_dir, embedder.describe(), store=store, settings=manifest_extra) as writer,
+        IndexWriter(
+            index_dir, embedder.describe(), store=store, settings=manifest_extra, connection=options.connection
+        ) as writer,
         _progress(len(tasks), progress) as bar,
         _embed_progress(progress) as embed_bar,
         EmbedStage(embedder, replicas, options.max_batch_tokens, on_progress=on_embedded) as stage,

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -265,10 +265,10 @@ def check_embedder(manifest: dict[str, Any], model: str | None, dim: int | None)
         )
 
 
-def _load_store(version: Path, manifest: dict[str, Any]) -> VectorStore:
+def _load_store(version: Path, manifest: dict[str, Any], connection: Mapping[str, str] | None = None) -> VectorStore:
     store_conf = dict(manifest["store"])
     backend = store_conf.pop("backend")
-    return load_store(backend, version, manifest["dim"], **store_conf)
+    return load_store(backend, version, manifest["dim"], **store_conf, **(connection or {}))
 
 
 class LiveDocs:
@@ -293,11 +293,16 @@ class LiveDocs:
 
 
 class Index(LiveDocs):
-    """A read-only view of the live version of an index."""
+    """A read-only view of the live version of an index.
 
-    def __init__(self, root: Path | str) -> None:
+    Args:
+        root: The index directory.
+        connection: The store's connection secrets, never written to the index (e.g. a Milvus ``token``).
+    """
+
+    def __init__(self, root: Path | str, connection: Mapping[str, str] | None = None) -> None:
         super().__init__(root)
-        self.store = _load_store(self.version_dir, self.manifest)
+        self.store = _load_store(self.version_dir, self.manifest, connection)
         bm25_dir = self.version_dir / BM25_DIR
         self.bm25: LexicalIndex | None
         if bm25_dir.is_dir():
@@ -324,6 +329,7 @@ class IndexWriter:
         embedder: Manifest entry of the embedder (``describe()``); must match an existing index.
         store: Vector store backend and options for a new index, e.g. ``{"backend": "faiss"}``.
         settings: Extra manifest fields (chunker, analyzer, ...).
+        connection: The store's connection secrets, never written to the index (e.g. a Milvus ``token``).
     """
 
     def __init__(
@@ -333,8 +339,10 @@ class IndexWriter:
         store: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
         bm25: dict[str, float] | None = None,
+        connection: Mapping[str, str] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.connection = dict(connection or {})
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = _WriterLock.take(self.root)
         for stale in self.root.glob(f"{_STAGING_PREFIX}*"):  # we hold the lock: their writers are dead
@@ -354,7 +362,7 @@ class IndexWriter:
                     source.backup_to(self.staging / DOCSTORE_FILE)
                 finally:
                     source.close()
-                self.store = _load_store(previous, self.manifest)
+                self.store = _load_store(previous, self.manifest, self.connection)
                 self.store.begin_write(self._versions())  # a store outside the directory: a new generation
             else:
                 self.manifest = {
@@ -366,7 +374,8 @@ class IndexWriter:
                     "bm25": bm25 or {"k1": DEFAULT_K1, "b": DEFAULT_B},
                 }
                 store_conf = dict(self.manifest["store"])
-                self.store = create_store(store_conf.pop("backend"), embedder["dim"], **store_conf)
+                backend = store_conf.pop("backend")
+                self.store = create_store(backend, embedder["dim"], **store_conf, **self.connection)
             self.manifest.update(settings or {})
             self.docs = DocStore(self.staging / DOCSTORE_FILE)
         except BaseException:
@@ -541,17 +550,21 @@ class IndexWriter:
                     log.warning("removing %s: %s", version.name, why)
                 self._remove_version(version, kept)
 
-    @staticmethod
-    def _remove_version(version: Path, kept: list[Path]) -> None:
+    def _remove_version(self, version: Path, kept: list[Path]) -> None:
         try:
             backend = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))["store"]["backend"]
-            discard_store(backend, version, kept)
+            discard_store(backend, version, kept, **self.connection)
         except Exception as exc:  # noqa: BLE001 - pruning is best effort; the data stays consistent
             log.warning("could not release the store of %s: %s", version.name, exc)
         shutil.rmtree(version, ignore_errors=True)
 
 
-def migrate_store(root: Path | str, store: dict[str, Any], on_moved: Callable[[int], None] | None = None) -> str:
+def migrate_store(
+    root: Path | str,
+    store: dict[str, Any],
+    on_moved: Callable[[int], None] | None = None,
+    connection: Mapping[str, str] | None = None,
+) -> str:
     """Move an index's vectors into another store (e.g. FAISS -> Milvus) without re-embedding them and
     publish the result as a new version; returns its name. The previous version serves until then.
 
@@ -559,11 +572,12 @@ def migrate_store(root: Path | str, store: dict[str, Any], on_moved: Callable[[i
         root: The index.
         store: The new store's manifest entry, e.g. ``{"backend": "milvus", "uri": ..., "collection": ...}``.
         on_moved: Called with the number of vectors of each batch moved (a progress bar).
+        connection: The stores' connection secrets (e.g. a Milvus ``token``), never written to the index.
     """
     manifest = read_manifest(root)
     conf = dict(store)
-    with IndexWriter(root, manifest["embedder"]) as writer:
-        target = create_store(conf.pop("backend"), int(manifest["dim"]), **conf)
+    with IndexWriter(root, manifest["embedder"], connection=connection) as writer:
+        target = create_store(conf.pop("backend"), int(manifest["dim"]), **conf, **(connection or {}))
         moved = 0
         for ids, vectors in writer.store.items():
             target.add(ids, vectors)

@@ -260,6 +260,7 @@ def _ingest_job(request: Request, services: Services, folder: Path, names: dict[
             source_names=names,
             cancel=cancel,
             shard_chunks=JOB_SHARD_CHUNKS,
+            connection=settings.store_connection,
         )
         try:
             summary = ingest(
@@ -354,7 +355,7 @@ async def delete_document(doc_id: str, request: Request, wait: WaitQuery = None)
 
     def run(_cancel: threading.Event) -> dict[str, Any]:
         try:
-            removal = remove_documents(index_dir, [doc_id])
+            removal = remove_documents(index_dir, [doc_id], settings.store_connection)
         except IndexLockedError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
         if not removal.removed:

@@ -61,6 +61,6 @@ def load_store(name: str, path: Path, dim: int, **options: Any) -> VectorStore:
     return _import_backend(name).load(path, dim, **options)
 
 
-def discard_store(name: str, path: Path, kept: list[Path]) -> None:
+def discard_store(name: str, path: Path, kept: list[Path], **connection: Any) -> None:
     """Release what a pruned version at ``path`` holds outside its directory (a Milvus generation)."""
-    _import_backend(name).discard(path, kept)
+    _import_backend(name).discard(path, kept, **connection)

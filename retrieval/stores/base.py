@@ -68,7 +68,7 @@ class StoreBase(ABC):
         """The store saved in ``path``."""
 
     @classmethod
-    def discard(cls, path: Path, kept: Iterable[Path]) -> None:
+    def discard(cls, path: Path, kept: Iterable[Path], **connection: Any) -> None:
         """Release what a pruned version at ``path`` holds outside its directory: nothing by default."""
         return None  # the default: nothing to do
 

@@ -237,7 +237,7 @@ class MilvusStore(StoreBase):
                 self._client.drop_collection(name)
 
     @classmethod
-    def discard(cls, path: Path, kept: Iterable[Path]) -> None:
+    def discard(cls, path: Path, kept: Iterable[Path], **connection: Any) -> None:
         """Drop the generation a pruned version at ``path`` used, unless a ``kept`` version still uses it."""
         file = path / MILVUS_FILE
         if not file.is_file():
@@ -246,7 +246,7 @@ class MilvusStore(StoreBase):
         names = referenced_generations([path]) - referenced_generations(kept)
         if not names:
             return
-        client = MilvusClient(uri=conf["uri"], token=os.environ.get(TOKEN_ENV, ""))
+        client = MilvusClient(uri=conf["uri"], token=connection.get("token") or os.environ.get(TOKEN_ENV, ""))
         try:
             for name in sorted(names):
                 if client.has_collection(name):

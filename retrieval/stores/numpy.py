@@ -17,7 +17,7 @@ NUMPY_FILE = "vectors.npz"
 class NumpyStore(StoreBase):
     """Vectors in one float32 matrix; search is a matrix product."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, **options: object) -> None:
         self.dim = dim
         self._ids = np.zeros(0, dtype=np.int64)
         self._vectors = np.zeros((0, dim), dtype=np.float32)

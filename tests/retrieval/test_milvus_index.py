@@ -234,3 +234,36 @@ def test_cli_milvus_options_are_recorded_and_checked(tmp_path: Path, tiny_model_
     assert isinstance(view.bm25, BM25Index) and view.store.bm25_collection is None
     assert _collections(uri) == [view.store.collection]  # no BM25 collection
     view.close()
+
+
+def test_the_configured_token_reaches_milvus_on_every_path_and_is_never_written(
+    tmp_path: Path, tiny_embedder, analyzer, monkeypatch
+) -> None:
+    """``ZHRAG_MILVUS_TOKEN`` from the settings (a ``.env`` file, not only the process environment) is what
+    every connection uses: serving, adding, deleting and pruning; the index never records it."""
+    import retrieval.stores.milvus as milvus
+    from app.services import build_services
+    from app.settings import Settings
+    from ingest.pipeline import IngestOptions, remove_documents
+
+    monkeypatch.delenv("ZHRAG_MILVUS_TOKEN", raising=False)
+    tokens: list[str] = []
+
+    class Recording(pymilvus.MilvusClient):  # the third-party client, recording what it is given
+        def __init__(self, *args, **kwargs) -> None:
+            tokens.append(kwargs.get("token", ""))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(milvus, "MilvusClient", Recording)
+    index, secret = tmp_path / "index", "root:s3cret"
+    options = IngestOptions(connection={"token": secret})
+    store = _store(tmp_path / "m.db", index)
+    ingest(
+        [SAMPLE_STATUTES / "医师法.md"], index, tiny_embedder, analyzer, store=store, progress=False, options=options
+    )
+    ingest([SAMPLE_STATUTES / "药品管理法.md"], index, tiny_embedder, analyzer, progress=False, options=options)
+    remove_documents(index, ["药品管理法.md"], {"token": secret})  # prunes the oldest version: a discard
+    services = build_services(Settings(index=index, milvus_token=secret), load_model=False)
+    services.close()
+    assert tokens and set(tokens) == {secret}
+    assert secret not in "".join(p.read_text(errors="ignore") for p in index.rglob("*.json"))
