@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,13 +29,16 @@ from retrieval.stores import StoreBackend
 __all__ = ["Settings", "DEFAULT_INDEX_DIR", "MAX_TOP_K"]
 
 DEFAULT_INDEX_DIR = Path("zhrag_index")
+ENV_FILE = os.environ.get("ZHRAG_ENV_FILE", ".env") or None
+"""The dotenv file settings are read from (``ZHRAG_ENV_FILE``; empty: none, as the tests run)."""
 MAX_TOP_K = 100
 
 
 class Settings(BaseSettings):
-    """zhrag settings. Every field can be set as ``ZHRAG_<FIELD>`` (e.g. ``ZHRAG_INDEX=/data/index``)."""
+    """zhrag settings. Every field can be set as ``ZHRAG_<FIELD>`` (e.g. ``ZHRAG_INDEX=/data/index``), also in
+    the file ``ZHRAG_ENV_FILE`` names (default ``.env`` in the working directory; empty: none)."""
 
-    model_config = SettingsConfigDict(env_prefix="ZHRAG_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ZHRAG_", env_file=ENV_FILE, extra="ignore")
 
     index: Path = Field(DEFAULT_INDEX_DIR, description="Index directory")
     root: Path | None = Field(

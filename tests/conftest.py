@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# Tests build their settings explicitly: nothing from the developer's environment or .env (servers the tests
+# start inherit this too).
+for _name in [n for n in os.environ if n.startswith("ZHRAG_") and n != "ZHRAG_SHARED"]:
+    del os.environ[_name]
+os.environ["ZHRAG_ENV_FILE"] = ""
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,29 @@ def test_a_cpu_model_serves_with_half_the_cores_unless_told(tiny_embedder, sampl
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_settings_come_from_the_env_file_zhrag_env_file_names(tmp_path: Path) -> None:
+    """``.env`` in the working directory by default, the file ``ZHRAG_ENV_FILE`` names, or none (how the
+    tests run: the developer's own .env never leaks into them)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / ".env").write_text("ZHRAG_DEFAULT_KB=from-dotenv\n", encoding="utf-8")
+    (tmp_path / "prod.env").write_text("ZHRAG_DEFAULT_KB=from-prod\n", encoding="utf-8")
+    probe = "from app.settings import Settings; print(Settings().default_kb)"
+
+    def read(env_file: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "ZHRAG_ENV_FILE"}
+        env["PYTHONPATH"] = str(REPO)
+        if env_file is not None:
+            env["ZHRAG_ENV_FILE"] = env_file
+        run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+        return run.stdout.strip()
+
+    assert read(None) == "from-dotenv"
+    assert read(str(tmp_path / "prod.env")) == "from-prod"
+    assert read("") == "None"
+    assert Settings().default_kb is None  # this test process reads no .env
