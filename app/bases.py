@@ -95,7 +95,8 @@ class KnowledgeBases:
         self.on_embed_batch = on_embed_batch
         self._bases = {name: _Base(path) for name, path in paths.items()}
         self._models: dict[str, Embedder] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the maps only, held for microseconds: every request takes it
+        self._loading = threading.RLock()  # loads and swaps, one at a time (they take seconds)
 
     @classmethod
     def from_settings(cls, settings: Settings, on_embed_batch: Callable[[int], None] | None = None) -> KnowledgeBases:
@@ -207,11 +208,13 @@ class KnowledgeBases:
         key = json.dumps(
             {k: v for k, v in entry.items() if k != "instruction" or not shares_instructions}, sort_keys=True
         )
-        with self._lock:
-            worker = self._models.get(key)
+        with self._loading:  # one load per model; requests go on meanwhile (they take only self._lock)
+            with self._lock:
+                worker = self._models.get(key)
             if worker is None:
                 worker = model_worker(embedder_for_index(manifest, settings), settings, self.on_embed_batch)
-                self._models[key] = worker
+                with self._lock:
+                    self._models[key] = worker
         view = SharedModel(worker, entry.get("instruction")) if isinstance(worker, MicroBatcher) else worker
         return query_cache(view, settings)
 
@@ -223,16 +226,24 @@ class KnowledgeBases:
     def swap_to_latest(self, name: str) -> Services | None:
         """Open ``name``'s newest version if it is not the one served, swap it in (requests in flight finish on
         the old one, released after them) and return it; ``None`` when nothing changed."""
-        with self._lock:
-            base = self._bases.get(name)
-            current = base.services if base is not None else None
+        with self._loading:  # the live reload and a write job may both find the new version
+            with self._lock:
+                base = self._bases.get(name)
+                current = base.services if base is not None else None
             if current is None:
                 return None
-            fresh = current.reopen()
+            fresh = current.reopen()  # seconds on a large index: requests keep being served meanwhile
             if fresh is None:
                 return None
             fresh.warm_up()
-            base.services = fresh  # type: ignore[union-attr]
+            with self._lock:
+                still = self._bases.get(name)
+                swapped = still is not None and still.services is current
+                if swapped:
+                    still.services = fresh  # type: ignore[union-attr]
+        if not swapped:  # deleted meanwhile
+            fresh.retire()
+            return None
         current.retire()
         return fresh
 
