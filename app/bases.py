@@ -350,6 +350,4 @@ class KnowledgeBases:
             if base.services is not None:
                 base.services.close()
         for worker in models:
-            close = getattr(worker, "close", None)
-            if close is not None:
-                close()
+            worker.close()

@@ -125,9 +125,8 @@ class Services:
 
     def close(self) -> None:
         """Stop the embedding worker and release the index."""
-        close = getattr(self.embedder, "close", None) if self.embedder is not None else None
-        if close is not None:
-            close()
+        if self.embedder is not None:
+            self.embedder.close()
         self.index.close()
 
 
@@ -273,8 +272,8 @@ def model_worker(embedder: Embedder, settings: Settings, on_batch: Callable[[int
         torch.set_num_threads(threads)
     if not settings.microbatch:
         return embedder
-    if hasattr(embedder, "batch_size"):  # one forward pass per micro-batch
-        embedder.batch_size = max(embedder.batch_size, settings.microbatch_size)  # type: ignore[attr-defined]
+    if isinstance(embedder, SentenceTransformerEmbedder):  # one forward pass per micro-batch
+        embedder.batch_size = max(embedder.batch_size, settings.microbatch_size)
     return MicroBatcher(
         embedder, settings.microbatch_wait_ms, settings.microbatch_size, on_batch, bulk_slice=settings.bulk_slice
     )

@@ -15,17 +15,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-from retrieval.embedders.tokens import TokenSpec, default_max_batch_tokens, plan_batches
+from retrieval.embedders.tokens import default_max_batch_tokens, plan_batches
 from retrieval.protocols import Embedder
 
 __all__ = [
     "EmbedStage",
     "EmbedStats",
-    "TokenEmbedder",
     "default_max_batch_tokens",
     "MAX_BATCH_SIZE",
     "TEXT_BATCH",
@@ -35,25 +34,6 @@ MAX_BATCH_SIZE = 1024
 """Most sequences in one batch, whatever the token budget."""
 TEXT_BATCH = 64
 """Texts per call for embedders that take text (remote servers, cached embedders)."""
-
-
-@runtime_checkable
-class TokenEmbedder(Protocol):
-    """An embedder that takes pre-tokenised documents (a local model)."""
-
-    @property
-    def token_spec(self) -> TokenSpec:
-        """How texts become the model's input ids."""
-        ...
-
-    @property
-    def device(self) -> str:
-        """Where the model runs."""
-        ...
-
-    def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed one batch of input ids."""
-        ...
 
 
 @dataclass
@@ -116,7 +96,7 @@ class EmbedStage:
     """Embed shards of chunks on one or more devices.
 
     Args:
-        embedder: The document embedder. A :class:`TokenEmbedder` gets pre-tokenised, token-budget batches;
+        embedder: The document embedder. One that ``takes_token_ids`` gets pre-tokenised, token-budget batches;
             any other embedder gets text batches of ``TEXT_BATCH``.
         replicas: One embedder per device (``[embedder]`` for a single device).
         max_batch_tokens: Padded positions per batch (default by device kind).
@@ -132,8 +112,8 @@ class EmbedStage:
     ) -> None:
         self.embedder = embedder
         self.replicas = list(replicas or [embedder])
-        self.tokenised = all(isinstance(r, TokenEmbedder) for r in self.replicas)
-        device = str(getattr(self.replicas[0], "device", "cpu"))
+        self.tokenised = all(r.takes_token_ids for r in self.replicas)
+        device = self.replicas[0].device
         self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(device)
         self.on_progress = on_progress
         self.stats = EmbedStats(busy_s={self._label(i): 0.0 for i in range(len(self.replicas))})
@@ -142,7 +122,7 @@ class EmbedStage:
         self._failed = threading.Event()
 
     def _label(self, i: int) -> str:
-        return f"{i}:{getattr(self.replicas[i], 'device', 'remote')}"
+        return f"{i}:{self.replicas[i].device}"
 
     def close(self, wait: bool = True) -> None:
         """Stop the device threads: batches not started are dropped; ``wait`` waits for the ones running."""
@@ -164,7 +144,7 @@ class EmbedStage:
         """Start embedding one shard; the future holds its vectors in input order.
 
         Args:
-            input_ids: Per chunk, the model input ids (required for a :class:`TokenEmbedder`).
+            input_ids: Per chunk, the model input ids (required where the embedder ``takes_token_ids``).
             texts: Per chunk, the text (used by text embedders).
         """
         vectors = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
@@ -202,7 +182,7 @@ class EmbedStage:
             start = time.perf_counter()
             try:
                 if self.tokenised:
-                    out[positions] = replica.embed_token_ids(batch)  # type: ignore[attr-defined]
+                    out[positions] = replica.embed_token_ids(batch)
                 else:
                     out[positions] = replica.embed_documents(batch)
             except BaseException:

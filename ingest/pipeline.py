@@ -315,10 +315,10 @@ def ingest(
         raise _nothing(names, summary.skipped)
     # Chunk sizes are measured in the model's tokens wherever a tokenizer exists (also behind an embedding
     # cache); whether the ids are fed to the model is the embedding stage's call.
-    spec = getattr(embedder, "token_spec", None)
+    spec = embedder.token_spec
     manifest_extra = _manifest_extra(settings, analyzer, embedder, domain)
     replicas = _replicas(embedder, options.devices)
-    summary.devices = [str(getattr(r, "device", "remote")) for r in replicas]
+    summary.devices = [r.device for r in replicas]
     embedded_lock = threading.Lock()
 
     def on_embedded(chunks: int) -> None:  # from the device threads
@@ -502,10 +502,7 @@ def _replicas(embedder: Embedder, devices: Sequence[str] | None) -> list[Embedde
     """One embedder per device; a remote or wrapped embedder serves as it is."""
     if not devices:
         return [embedder]
-    on_device = getattr(embedder, "on_device", None)
-    if on_device is None:
-        raise ValueError(f"--devices needs a local model; {embedder.name!r} cannot be placed on a device")
-    return [on_device(d) for d in devices]
+    return [embedder.on_device(d) for d in devices]
 
 
 def _record_throughput(summary: IngestSummary, stage: EmbedStage) -> None:

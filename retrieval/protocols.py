@@ -7,10 +7,14 @@ implements one of these and imports this module, never the searcher or the build
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from retrieval.embedders.tokens import TokenSpec
 
 __all__ = ["Embedder", "VectorStore", "LexicalIndex", "Reranker", "Rewriter"]
 
@@ -47,6 +51,36 @@ class Embedder(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records so the same embedder can be rebuilt for search."""
+        ...
+
+    # Optional capabilities: ``retrieval.embedders.base.EmbedderBase`` gives each an explicit default.
+    takes_token_ids: bool
+    """Whether :meth:`embed_token_ids` takes pre-tokenised batches (a local model; not through a cache)."""
+
+    @property
+    def device(self) -> str:
+        """Where the model runs (``cpu``, ``cuda:0``; ``remote`` for a server)."""
+        ...
+
+    @property
+    def token_spec(self) -> TokenSpec | None:
+        """The model's tokenizer when it is local (chunk sizes are measured in its tokens), else ``None``."""
+        ...
+
+    def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed one batch of model input ids (when :attr:`takes_token_ids`)."""
+        ...
+
+    def on_device(self, device: str) -> Embedder:
+        """A replica on ``device`` (several GPUs at ingest); refused by remote and wrapped embedders."""
+        ...
+
+    def submit_queries(self, texts: Sequence[str]) -> Future[np.ndarray]:
+        """Query vectors as a future: queued with others by a micro-batcher, else computed now."""
+        ...
+
+    def close(self) -> None:
+        """Release workers and connections."""
         ...
 
 

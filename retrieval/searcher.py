@@ -11,7 +11,6 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from retrieval.citations import CitationIndex, Verdict
-from retrieval.embedders.microbatch import submit_queries
 from retrieval.fusion import RRF_K, reciprocal_rank_fusion
 from retrieval.index import Index
 from retrieval.metadata_filter import MetadataFilter, as_filter
@@ -200,7 +199,7 @@ class Searcher:
         """Start embedding the queries (a batching embedder queues them; the BM25 leg runs meanwhile)."""
         if self.embedder is None:
             raise SearchError("dense retrieval needs an embedding model; use mode 'bm25' or load the model")
-        return submit_queries(self.embedder, list(queries))
+        return self.embedder.submit_queries(list(queries))
 
     def _dense(self, vectors: np.ndarray, pool: int, allowed: np.ndarray | None) -> list[list[tuple[int, float]]]:
         scores, ids = self.index.store.search(vectors, pool, allowed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ import numpy as np
 
 from app.bench.machine import machine_info, peak_rss_mb
 from ingest.chunkers import ChunkSettings
-from ingest.embedding import TokenEmbedder
 from ingest.pipeline import IngestOptions, IngestSummary, ingest
+from retrieval.embedders.base import Delegating, EmbedderBase
+from retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder
 from retrieval.embedders.tokens import TokenSpec
 from retrieval.index import Index
 from retrieval.protocols import Embedder
@@ -27,34 +29,33 @@ from retrieval.text import Analyzer
 __all__ = ["ZeroCostEmbedder", "run_ingest_bench", "encode_baseline"]
 
 
-class ZeroCostEmbedder:
+class ZeroCostEmbedder(Delegating):
     """Vectors of the right shape for free: the pipeline with the model taken out.
 
     Keeps the real embedder's tokenizer (chunk sizes and token counts stay real) and its manifest entry.
     """
 
-    def __init__(self, inner: Embedder) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.device = "cpu"
+    def __init__(self, inner: EmbedderBase) -> None:
+        super().__init__(inner)
         self._row = np.full(inner.dim, 1 / np.sqrt(inner.dim), dtype=np.float32)
 
     @property
-    def dim(self) -> int:
-        """The real embedder's dimension."""
-        return self.inner.dim
+    def device(self) -> str:
+        """The vectors cost nothing anywhere: counted as the CPU."""
+        return "cpu"
 
     @property
-    def instruction(self) -> str | None:
-        """The real embedder's query task."""
-        return self.inner.instruction
-
-    @property
-    def token_spec(self) -> TokenSpec:
+    def token_spec(self) -> TokenSpec | None:
         """The real embedder's tokenizer."""
-        if not isinstance(self.inner, TokenEmbedder):
-            raise AttributeError("token_spec")
         return self.inner.token_spec
+
+    def submit_queries(self, texts: Sequence[str]) -> Future[np.ndarray]:
+        """Computed now."""
+        return EmbedderBase.submit_queries(self, texts)
+
+    def close(self) -> None:
+        """The real embedder is its owner's to close."""
+        return None  # nothing of its own
 
     def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """A unit vector per input."""
@@ -67,14 +68,6 @@ class ZeroCostEmbedder:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """A unit vector per text."""
         return self.embed_documents(texts)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """The real tokenizer's counts."""
-        return self.inner.count_tokens(texts)
-
-    def describe(self) -> dict[str, Any]:
-        """The real embedder's manifest entry."""
-        return self.inner.describe()
 
 
 def _summary(run: IngestSummary) -> dict[str, Any]:
@@ -100,9 +93,11 @@ def encode_baseline(embedder: Embedder, texts: Sequence[str], batch_size: int) -
     Its tokens are counted as sentence-transformers itself prepares the inputs (version 6 wraps them in
     the tokenizer's chat template when there is one, so it processes a few more tokens than zhrag).
     """
-    model = getattr(embedder, "_model", None)
-    if model is None:
+    while isinstance(embedder, Delegating):  # e.g. behind an embedding cache
+        embedder = embedder.inner
+    if not isinstance(embedder, SentenceTransformerEmbedder):
         raise ValueError("the encode baseline needs a local sentence-transformers model")
+    model = embedder.model
     tokens = _st_tokens(model, texts)
     _sync()
     start = time.perf_counter()

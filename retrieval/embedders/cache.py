@@ -7,22 +7,27 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from retrieval.protocols import Embedder
+from retrieval.embedders.base import Delegating, EmbedderBase
 
 __all__ = ["CachedEmbedder"]
 
 
-class CachedEmbedder:
-    """Wrap ``inner`` so each (embedder config, side, text) is embedded once and stored at ``path``."""
+class CachedEmbedder(Delegating):
+    """Wrap ``inner`` so each (embedder config, side, text) is embedded once and stored at ``path``.
 
-    def __init__(self, inner: Embedder, path: Path | str) -> None:
-        self.inner = inner
-        self.name = inner.name
+    Chunk sizes are still measured with the inner model's tokenizer (``token_spec``), but texts, not token
+    ids, go through the cache (``takes_token_ids`` is false) and the inner model is never given ids.
+    """
+
+    takes_token_ids = False  # type: ignore[assignment]
+
+    def __init__(self, inner: EmbedderBase, path: Path | str) -> None:
+        super().__init__(inner)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False)
@@ -31,16 +36,6 @@ class CachedEmbedder:
         self._lock = threading.Lock()
         desc = {k: v for k, v in inner.describe().items() if k not in ("base_url",)}
         self._salt = json.dumps(desc, sort_keys=True, ensure_ascii=False)
-
-    @property
-    def dim(self) -> int:
-        """The inner embedder's dimension."""
-        return self.inner.dim
-
-    @property
-    def instruction(self) -> str | None:
-        """The inner embedder's query task (the cache key includes it)."""
-        return self.inner.instruction
 
     def _key(self, side: str, text: str) -> str:
         return hashlib.sha256(f"{self._salt}\x1f{side}\x1f{text}".encode()).hexdigest()
@@ -74,18 +69,16 @@ class CachedEmbedder:
         """Cached query embeddings."""
         return self._cached("query", texts, self.inner.embed_queries)
 
-    @property
-    def token_spec(self) -> Any:
-        """The inner model's tokenizer (chunk sizes are measured with it; the texts still go through the cache)."""
-        spec = getattr(self.inner, "token_spec", None)
-        if spec is None:
-            raise AttributeError("token_spec")
-        return spec
+    def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Refused: texts go through the cache."""
+        return EmbedderBase.embed_token_ids(self, batch)
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Delegated to the inner embedder."""
-        return self.inner.count_tokens(texts)
+    def submit_queries(self, texts: Sequence[str]) -> Future[np.ndarray]:
+        """Cached query vectors, computed now."""
+        return EmbedderBase.submit_queries(self, texts)
 
-    def describe(self) -> dict[str, Any]:
-        """The inner embedder's manifest entry (the cache is not part of the index)."""
-        return self.inner.describe()
+    def close(self) -> None:
+        """Close the cache file and the inner embedder."""
+        with self._lock:
+            self._db.close()
+        self.inner.close()

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.embedders.base import EmbedderError
+from retrieval.embedders.base import Delegating, EmbedderBase, EmbedderError
 from retrieval.protocols import Embedder
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "DEFAULT_MAX_WAIT_MS",
     "DEFAULT_MAX_BATCH",
     "DEFAULT_BULK_SLICE",
-    "submit_queries",
     "batcher_of",
 ]
 
@@ -116,36 +115,7 @@ class _Lanes:
             return left
 
 
-class _Wrapper:
-    """An embedder in front of another: name, dimension, manifest entry and anything else are the inner one's."""
-
-    inner: Embedder
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (e.g. while unpickling)
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    @property
-    def dim(self) -> int:
-        """The inner embedder's dimension."""
-        return self.inner.dim
-
-    @property
-    def instruction(self) -> str | None:
-        """The inner embedder's query task."""
-        return self.inner.instruction
-
-    def describe(self) -> dict[str, Any]:
-        """The inner embedder's manifest entry."""
-        return self.inner.describe()
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Delegated (tokenising needs no model)."""
-        return self.inner.count_tokens(texts)
-
-
-class MicroBatcher(_Wrapper):
+class MicroBatcher(Delegating):
     """Embed texts from many threads in shared forward passes, on two worker threads: one for each lane.
 
     Interactive requests that queue while a forward pass runs form the next batch. Under concurrent load
@@ -169,9 +139,8 @@ class MicroBatcher(_Wrapper):
         on_batch: Callable[[int], None] | None = None,
         bulk_slice: int = DEFAULT_BULK_SLICE,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.bulk_slice = max(1, bulk_slice)
-        self.name = inner.name
         self.max_wait_s = max(0.0, max_wait_ms / 1000)
         self.max_batch = max(1, max_batch)
         self.on_batch = on_batch
@@ -337,7 +306,7 @@ class MicroBatcher(_Wrapper):
                 item.future.set_exception(EmbedderError("the embedding worker has stopped"))
 
 
-class SharedModel(_Wrapper):
+class SharedModel(Delegating):
     """One knowledge base's view of a micro-batcher that several bases share: the same model and workers, this
     base's query instruction (its domain). Closing the view leaves the shared batcher running.
 
@@ -346,9 +315,10 @@ class SharedModel(_Wrapper):
         instruction: This base's query task.
     """
 
+    inner: MicroBatcher
+
     def __init__(self, batcher: MicroBatcher, instruction: str | None) -> None:
-        self.inner = batcher
-        self.name = batcher.name
+        super().__init__(batcher)
         self._instruction = instruction
 
     @property
@@ -368,19 +338,12 @@ class SharedModel(_Wrapper):
         """Query vectors with this base's instruction."""
         return self.submit_queries(texts).result()
 
-    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Document vectors (no instruction), in bulk slices."""
-        return self.inner.embed_documents(texts)
-
-    def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
-        """Pre-tokenised documents, in bulk slices on the shared workers."""
-        return self.inner.embed_token_ids(batch)
-
     def close(self) -> None:
         """Nothing: the batcher belongs to whoever shares it out."""
+        return None  # the shared batcher keeps running
 
 
-class QueryCache(_Wrapper):
+class QueryCache(Delegating):
     """An LRU cache of query vectors in front of an embedder (chatbots repeat questions).
 
     Args:
@@ -388,22 +351,17 @@ class QueryCache(_Wrapper):
         size: Most vectors kept.
     """
 
-    def __init__(self, inner: Embedder, size: int) -> None:
+    def __init__(self, inner: EmbedderBase, size: int) -> None:
         from cachetools import LRUCache
 
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(1, size))
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Not cached (documents are embedded once, at ingest)."""
-        return self.inner.embed_documents(texts)
-
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Cached query vectors."""
+        """Cached query vectors (documents are not cached: they are embedded once, at ingest)."""
         return self.submit_queries(texts).result()
 
     def submit_queries(self, texts: Sequence[str]) -> Future[np.ndarray]:
@@ -428,7 +386,7 @@ class QueryCache(_Wrapper):
         if not missing:
             finish(None)
             return done
-        pending = submit_queries(self.inner, missing)
+        pending = self.inner.submit_queries(missing)
 
         def resolved(f: Future[np.ndarray]) -> None:
             if f.exception() is not None:
@@ -441,22 +399,9 @@ class QueryCache(_Wrapper):
 
 
 def batcher_of(embedder: Embedder) -> MicroBatcher | None:
-    """The :class:`MicroBatcher` that owns the model behind ``embedder`` (through a cache), if any."""
-    while isinstance(embedder, _Wrapper):
+    """The :class:`MicroBatcher` that owns the model behind ``embedder`` (through caches and views), if any."""
+    while isinstance(embedder, Delegating):
         if isinstance(embedder, MicroBatcher):
             return embedder
         embedder = embedder.inner
     return None
-
-
-def submit_queries(embedder: Embedder, texts: Sequence[str]) -> Future[np.ndarray]:
-    """A future of query vectors: queued on a batching embedder, computed now on any other."""
-    submit = getattr(embedder, "submit_queries", None)
-    if submit is not None:
-        return submit(texts)
-    future: Future[np.ndarray] = Future()
-    try:
-        future.set_result(embedder.embed_queries(texts))
-    except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
-        future.set_exception(exc)
-    return future

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from retrieval.embedders.base import EmbedderError, truncate_dim
+from retrieval.embedders.base import EmbedderBase, EmbedderError, truncate_dim
 from retrieval.prompts import query_prompt, resolve_instruction
 
 __all__ = ["OpenAIEmbedder", "DEFAULT_TIMEOUT_S", "DEFAULT_RETRIES"]
@@ -26,7 +26,7 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CHARS_PER_TOKEN = 1.0
 
 
-class OpenAIEmbedder:
+class OpenAIEmbedder(EmbedderBase):
     """Embed through an OpenAI-compatible endpoint.
 
     TEI's and vLLM's OpenAI routes do not add Qwen3's query instruction, so by default queries get
@@ -141,6 +141,10 @@ class OpenAIEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """No tokenizer is available remotely: a character-based upper bound."""
         return [int(len(t) / CHARS_PER_TOKEN) for t in texts]
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._client.close()
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry (no API key)."""

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.embedders.base import EmbedderError, truncate_dim
+from retrieval.embedders.base import EmbedderBase, EmbedderError, truncate_dim
 from retrieval.embedders.prefix import PrefixCache
 from retrieval.embedders.tokens import TokenSpec, default_max_batch_tokens, plan_batches
 from retrieval.prompts import query_prompt, resolve_instruction
@@ -185,7 +185,7 @@ def _device(device: str | None) -> str:
     return "cpu"
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(EmbedderBase):
     """Qwen3-Embedding via sentence-transformers: last-token pooling and normalisation come from the model.
 
     Args:
@@ -270,6 +270,13 @@ class SentenceTransformerEmbedder:
     def device(self) -> str:
         """The device the model runs on."""
         return self._device
+
+    takes_token_ids = True
+
+    @property
+    def model(self) -> Any:
+        """The loaded ``SentenceTransformer`` (e.g. to time its own ``encode`` as a baseline)."""
+        return self._model
 
     def on_device(self, device: str) -> SentenceTransformerEmbedder:
         """A replica of this embedder on another device (one per GPU for multi-device ingest)."""

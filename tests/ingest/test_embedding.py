@@ -9,14 +9,28 @@ import numpy as np
 import pytest
 
 from ingest.embedding import EmbedStage
+from retrieval.embedders.base import EmbedderBase
 
 TEXTS = ["第一条 为了保障公民的合法权益，制定本法。", "第二条 本法适用于中华人民共和国境内。"]
 
 
-class StalledServer:
-    """A text embedder whose requests hang until released (or ``give_up_s`` passes)."""
+class StalledServer(EmbedderBase):
+    """A remote text embedder whose requests hang until released (or ``give_up_s`` passes)."""
 
-    dim = 4
+    name = "stalled-server"
+
+    @property
+    def dim(self) -> int:
+        return 4
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed_documents(texts)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(t) for t in texts]
+
+    def describe(self) -> dict:
+        return {"backend": "openai", "model": self.name, "dim": self.dim}
 
     def __init__(self, give_up_s: float = 10.0) -> None:
         self.started, self.release, self.finished = threading.Event(), threading.Event(), threading.Event()
@@ -31,7 +45,7 @@ class StalledServer:
 
 def _interrupted_ingest(server: StalledServer) -> bool:
     """Stop while a batch is in flight; whether the batch had finished when the stage let go."""
-    with pytest.raises(KeyboardInterrupt), EmbedStage(server) as stage:  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt), EmbedStage(server) as stage:
         stage.submit(None, TEXTS)
         assert server.started.wait(10)
         raise KeyboardInterrupt

@@ -126,12 +126,58 @@ def _remote(server: FakeServer, **kw) -> OpenAIEmbedder:
     return OpenAIEmbedder("http://fake/v1", "qwen3-emb", transport=httpx.MockTransport(server), **kw)
 
 
-def test_every_backend_is_an_embedder(tiny_embedder: SentenceTransformerEmbedder, tmp_path: Path) -> None:
+def test_every_backend_and_wrapper_keeps_the_embedder_contract(
+    tiny_embedder: SentenceTransformerEmbedder, tmp_path: Path
+) -> None:
+    """Every member of ``retrieval.protocols.Embedder`` on every backend and every wrapper, each consistent
+    with what it declares: a local model takes token ids and has a tokenizer; a remote one neither; a cache
+    measures with the model's tokenizer but sends text; wrappers keep their inner model's vectors."""
+    from app.bench.ingest import ZeroCostEmbedder
+    from retrieval.embedders.base import EmbedderBase
+    from retrieval.embedders.microbatch import MicroBatcher, QueryCache, SharedModel
+
     remote = _remote(FakeServer(), dim=8)
-    cached = CachedEmbedder(remote, tmp_path / "cache.sqlite")
-    for embedder in (tiny_embedder, remote, cached):
-        assert isinstance(embedder, Embedder), type(embedder).__name__
-        assert embedder.embed_queries(TEXTS[:1]).shape == (1, embedder.dim)
+    batcher = MicroBatcher(tiny_embedder, max_wait_ms=1)
+    medical = "Given a medical question, retrieve passages that answer it"
+    cases = {
+        "sentence-transformers": (tiny_embedder, True),
+        "openai": (remote, False),
+        "cache over a local model": (CachedEmbedder(tiny_embedder, tmp_path / "a.sqlite"), False),
+        "cache over a server": (CachedEmbedder(remote, tmp_path / "b.sqlite"), False),
+        "micro-batcher": (batcher, True),
+        "query cache": (QueryCache(batcher, 16), True),
+        "a base's view of a shared model": (SharedModel(batcher, medical), True),
+        "zero-cost (benchmarks)": (ZeroCostEmbedder(tiny_embedder), True),
+    }
+    try:
+        for label, (embedder, local) in cases.items():
+            assert isinstance(embedder, EmbedderBase) and isinstance(embedder, Embedder), label
+            queries = embedder.embed_queries(TEXTS[:2])
+            assert queries.shape == (2, embedder.dim), label
+            assert np.allclose(embedder.submit_queries(TEXTS[:2]).result(5), queries, atol=1e-5), label
+            assert embedder.embed_documents(TEXTS[:1]).shape == (1, embedder.dim), label
+            assert embedder.describe()["model"] == embedder.name and embedder.instruction, label
+            assert len(embedder.count_tokens(TEXTS)) == len(TEXTS), label
+            behind_a_server = embedder is remote or label == "cache over a server"
+            assert embedder.takes_token_ids is local and (embedder.device == "remote") is behind_a_server, label
+            spec = embedder.token_spec
+            assert (spec is not None) is not behind_a_server, label
+            if embedder.takes_token_ids:
+                ids = [spec.model_input(spec.encode(TEXTS[0]))]
+                assert embedder.embed_token_ids(ids).shape == (1, embedder.dim), label
+            else:
+                with pytest.raises(EmbedderError):
+                    embedder.embed_token_ids([[1, 2, 3]])
+            if embedder is not tiny_embedder:
+                with pytest.raises(EmbedderError, match="device"):
+                    embedder.on_device("cpu")
+        view = cases["a base's view of a shared model"][0]
+        assert view.instruction == medical and view.describe()["instruction"] == medical
+        assert not np.allclose(view.embed_queries(TEXTS[:1]), tiny_embedder.embed_queries(TEXTS[:1]))
+        view.close()
+        assert batcher.running  # a view leaves the shared batcher to its owner
+    finally:
+        batcher.close()
 
 
 def test_openai_embedder_batches_prefixes_and_orders(monkeypatch: pytest.MonkeyPatch) -> None:
