@@ -5,24 +5,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from fastapi import HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_response
+from app.api.errors import JsonRoute, error_response
 
-__all__ = ["BodyLimit", "Deadline", "BulkSlots", "caller"]
+__all__ = ["BodyLimit", "UploadRoute", "upload_paths", "Deadline", "BulkSlots", "caller"]
 
 log = logging.getLogger(__name__)
 
-UPLOAD_PATH = "/documents"
-"""Uploads go to ``/documents`` or ``/kbs/{kb}/documents``."""
+
+class UploadRoute(JsonRoute):
+    """A route that takes file uploads: its body may be up to ``ZHRAG_MAX_UPLOAD_BYTES`` (:class:`BodyLimit`)."""
 
 
-def _is_upload(path: str) -> bool:
-    return path == UPLOAD_PATH or (path.startswith("/kbs/") and path.endswith(UPLOAD_PATH))
+def upload_paths(router: APIRouter, prefixes: Sequence[str]) -> list[re.Pattern[str]]:
+    """The paths of ``router``'s :class:`UploadRoute` routes as served under each of ``prefixes``."""
+    return [
+        compile_path(prefix + r.path)[0] for prefix in prefixes for r in router.routes if isinstance(r, UploadRoute)
+    ]
 
 
 class _TooLarge(Exception):
@@ -32,17 +38,27 @@ class _TooLarge(Exception):
 class BodyLimit:
     """ASGI middleware: 413 for a declared ``Content-Length`` over the limit, or a streamed body that grows past it.
 
-    Document uploads (``UPLOAD_PATH``) have their own, larger limit.
+    Routes declared as :class:`UploadRoute` have their own, larger limit. The middleware runs before routing,
+    so it is given their paths as served (:func:`upload_paths`).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, uploads: int | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, uploads: int | None = None, upload_paths: Sequence[re.Pattern[str]] = ()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.uploads = max_bytes if uploads is None else uploads
+        self.upload_paths = tuple(upload_paths)
+
+    def _is_upload(self, scope: Scope) -> bool:
+        return scope.get("method") == "POST" and any(p.match(scope.get("path", "")) for p in self.upload_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.uploads if _is_upload(scope.get("path", "")) else self.max_bytes
-        if scope["type"] != "http" or limit <= 0:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.uploads if self._is_upload(scope) else self.max_bytes
+        if limit <= 0:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -73,7 +89,7 @@ class BodyLimit:
                 await self._refuse(scope, receive, send, limit)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        setting = "ZHRAG_MAX_UPLOAD_BYTES" if _is_upload(scope.get("path", "")) else "ZHRAG_MAX_BODY_BYTES"
+        setting = "ZHRAG_MAX_UPLOAD_BYTES" if limit == self.uploads != self.max_bytes else "ZHRAG_MAX_BODY_BYTES"
         message = f"request body over {limit} bytes ({setting})"
         await error_response(413, message, "request_too_large")(scope, receive, send)
 

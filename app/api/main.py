@@ -22,7 +22,7 @@ from app.api import routes_citations, routes_dify, routes_documents, routes_embe
 from app.api.auth import Need
 from app.api.deps import base_in_path
 from app.api.errors import ERROR_RESPONSES, install_error_handlers
-from app.api.limits import BodyLimit, BulkSlots, Deadline
+from app.api.limits import BodyLimit, BulkSlots, Deadline, upload_paths
 from app.api.observability import Metrics, RequestContext, metrics_endpoint
 from app.api.serving import announce, freeze_loaded, serve_latest, swap_to_latest
 from app.bases import KnowledgeBases
@@ -32,7 +32,10 @@ from app.sessions import SessionStore
 from app.settings import Settings
 from retrieval.index import current_version, remove_dead_staging
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "BASE_PREFIXES"]
+
+BASE_PREFIXES = ("", "/kbs/{kb}")
+"""Where the per-base routes are served: for the default base, and for the base the path names."""
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,10 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.state.bases = KnowledgeBases(settings, {})  # none until the lifespan loads them
 
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, uploads=settings.max_upload_bytes)
+    uploads = upload_paths(routes_documents.router, BASE_PREFIXES)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, uploads=settings.max_upload_bytes, upload_paths=uploads
+    )
     app.add_middleware(Deadline, timeout_s=settings.request_timeout_s)
     app.add_middleware(RequestContext, metrics=metrics)  # every answer gets an id and is counted
     if settings.cors_origins:  # outermost: a browser's preflight carries no key
@@ -183,7 +189,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.include_router(routes_kbs.router)
     for router in (routes_search.router, routes_documents.router, routes_citations.router):
         app.include_router(router)  # the default base
-        app.include_router(router, prefix="/kbs/{kb}", dependencies=[Depends(base_in_path)])
+        app.include_router(router, prefix=BASE_PREFIXES[1], dependencies=[Depends(base_in_path)])
     app.include_router(routes_embed.router)
     app.include_router(routes_dify.router)
     app.openapi = partial(_openapi, app)

@@ -27,6 +27,7 @@ from app.access import AccessDenied
 from app.api.auth import Need
 from app.api.deps import ServicesDep, resolve_base
 from app.api.errors import BLANK, ERROR_RESPONSES, JsonRoute
+from app.api.limits import UploadRoute
 from app.jobs import Job, JobQueue
 from app.services import Services, ingest_limits
 from ingest.chunkers import ChunkSettings
@@ -289,14 +290,6 @@ WaitQuery = Annotated[
 ]
 
 
-@router.post(
-    "/documents",
-    dependencies=WRITE,
-    response_model=DocumentsChanged,
-    responses=_WRITE_RESPONSES,
-    openapi_extra=_UPLOAD_SCHEMA,
-    summary="Add or replace documents (files or JSON) and publish a new index version",
-)
 async def add_documents(request: Request, services: ServicesDep, wait: WaitQuery = None):
     """Upload files (multipart ``files``) or send ``{id, text, title, metadata}`` / ``{"documents": [...]}``.
 
@@ -321,6 +314,19 @@ async def add_documents(request: Request, services: ServicesDep, wait: WaitQuery
     job = Job("add", size, _ingest_job(request, services, folder, names), folder, kb=request.state.kb)
     job = _jobs(request).submit(job)
     return await _answer(job, settings.write_wait_s if wait is None else wait)
+
+
+router.add_api_route(
+    "/documents",
+    add_documents,
+    methods=["POST"],
+    route_class_override=UploadRoute,  # its body may be up to ZHRAG_MAX_UPLOAD_BYTES
+    dependencies=WRITE,
+    response_model=DocumentsChanged,
+    responses=_WRITE_RESPONSES,
+    openapi_extra=_UPLOAD_SCHEMA,
+    summary="Add or replace documents (files or JSON) and publish a new index version",
+)
 
 
 @router.get("/documents", dependencies=READ, response_model=DocumentPage, summary="List a knowledge base's documents")

@@ -341,3 +341,20 @@ def test_the_per_file_time_limit_applies_to_uploads(index_copy: Path) -> None:
         text = "第一条 医师应当遵守法律。\n\n" + "医师应当如实记录病历。" * 20_000
         refused = c.post("/documents", json={"id": "slow", "text": text}, params={"wait": 60})
         assert refused.status_code == 422 and "ZHRAG_INGEST_FILE_TIMEOUT_S" in refused.json()["error"]["message"]
+
+
+def test_uploads_have_their_own_body_limit_on_every_documents_route(index_copy: Path) -> None:
+    """A route declared as an upload (POST /documents, also under /kbs/{kb}/) takes bodies up to
+    ZHRAG_MAX_UPLOAD_BYTES; every other route keeps ZHRAG_MAX_BODY_BYTES."""
+    settings = Settings(
+        index=index_copy, admin_keys=ADMIN, reload_interval=0, max_body_bytes=20_000, max_upload_bytes=400_000
+    )
+    text = ("# 长文件\n\n" + "第一条 医疗机构应当公开收费标准。\n\n" * 3000).encode()  # ~150 kB
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        for path in ("/documents", f"/kbs/{index_copy.name}/documents"):
+            upload = c.post(path, files=[("files", ("长文件.md", text, "text/markdown"))], params={"wait": 30})
+            assert upload.status_code == 200, (path, upload.text)
+        too_big = c.post("/documents", files=[("files", ("大.md", text * 3, "text/markdown"))])
+        assert too_big.status_code == 413 and "ZHRAG_MAX_UPLOAD_BYTES" in too_big.json()["error"]["message"]
+        search = c.post("/search", json={"query": "医" * 19_000})
+        assert search.status_code == 413 and "ZHRAG_MAX_BODY_BYTES" in search.json()["error"]["message"]
