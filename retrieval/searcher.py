@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
@@ -16,7 +16,7 @@ from retrieval.index import Index
 from retrieval.metadata_filter import MetadataFilter, as_filter
 from retrieval.protocols import Embedder, Reranker
 from retrieval.stores import MISSING_ID
-from retrieval.text import normalize_text, to_simplified
+from retrieval.text import Analyzer, normalize_text, to_simplified
 from retrieval.types import CONTINUED, Chunk, Hit
 
 __all__ = [
@@ -148,8 +148,8 @@ class Searcher:
     Args:
         index: The open index.
         embedder: Query embedder (``None`` allows only ``bm25`` mode).
-        analyzer: BM25 tokenizer (the same callable that indexed the chunks); its ``query_tokens`` method,
-            when present, tokenises queries (e.g. adding statutory synonyms of colloquial words).
+        analyzer: The BM25 analyzer that indexed the chunks; its ``query_tokens`` tokenises queries (adding
+            statutory synonyms of colloquial words).
         reranker: Optional second stage.
         weights: Default per-leg RRF weights.
         rrf_k: Default RRF constant.
@@ -161,7 +161,7 @@ class Searcher:
         self,
         index: Index,
         embedder: Embedder | None,
-        analyzer: Callable[[str], list[str]],
+        analyzer: Analyzer,
         reranker: Reranker | None = None,
         weights: Mapping[str, float] | None = None,
         rrf_k: int = RRF_K,
@@ -213,7 +213,7 @@ class Searcher:
     ) -> list[tuple[int, float]]:
         if self.index.bm25 is None:
             return []
-        tokenize = getattr(self.analyzer, "query_tokens", self.analyzer)
+        tokenize = self.analyzer.query_tokens
         if parts is None:
             scores, rids = self.index.bm25.search(tokenize(query), pool, allowed)
         else:
