@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.bench.machine import machine_info  # noqa: E402
+from app.bench.machine import emit_report, machine_info  # noqa: E402
 
 ANSWER = "依据《民法典》第1165条和刑法第234条，另外网络购物法第55条也有规定。"
 
@@ -84,10 +84,7 @@ def main() -> None:
         "commands": results,
         "machine": machine_info(),
     }
-    text = json.dumps(report, ensure_ascii=False, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit_report(report, args.out)
 
 
 if __name__ == "__main__":

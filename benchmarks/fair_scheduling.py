@@ -11,7 +11,6 @@ throughput (texts the model embedded per second) alone and while the searches ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.bench.http import free_port, wait_ready  # noqa: E402
-from app.bench.machine import machine_info  # noqa: E402
+from app.bench.machine import emit_report, machine_info  # noqa: E402
 
 QUESTIONS = [
     "医师在执业活动中应当履行哪些义务",
@@ -151,10 +150,7 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    text = json.dumps(report, ensure_ascii=False, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ embedding table, ~0.7 GB).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.bench.http import free_port, wait_ready  # noqa: E402
-from app.bench.machine import machine_info  # noqa: E402
+from app.bench.machine import emit_report, machine_info  # noqa: E402
 
 QUESTIONS = ["医师在执业活动中应当履行哪些义务", "医师注册需要什么条件", "医疗机构泄露患者隐私"]
 
@@ -106,10 +105,7 @@ def main() -> None:
         "different_models_ratio": round(different["rss_mb"] / one["rss_mb"], 3),
         "machine": machine_info(),
     }
-    text = json.dumps(report, ensure_ascii=False, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "percentile", "peak_rss_mb"]
+__all__ = ["machine_info", "percentile", "peak_rss_mb", "emit_report"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -63,3 +65,11 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def emit_report(report: dict[str, Any], out: Path | None = None) -> None:
+    """Print a benchmark's JSON report, and write it to ``out`` when given (the figures ``docs/`` cites)."""
+    text = json.dumps(report, ensure_ascii=False, indent=1)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+    print(text)
