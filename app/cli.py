@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _ingest_and_search_parsers(sub)
+    _serve_and_eval_parsers(sub)
+    _bench_parsers(sub)
+    _index_tools_parsers(sub)
+    return parser
+
+
+def _ingest_and_search_parsers(sub: Any) -> None:
+    """The ``ingest`` and ``search`` commands."""
     p = sub.add_parser("ingest", help="Chunk, embed and index documents (txt, md, html, pdf, docx, jsonl)")
     p.add_argument("paths", nargs="+", type=Path, help="Files or directories (recursive)")
     p.add_argument(
@@ -161,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-cache", type=Path)
     p.add_argument("--json", action="store_true", help="Print exactly the JSON body POST /search returns")
 
+
+def _serve_and_eval_parsers(sub: Any) -> None:
+    """The ``serve`` and ``eval`` commands."""
     p = sub.add_parser("serve", help="Serve the HTTP API")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--index", type=Path, help=INDEX_HELP + " (one knowledge base)")
@@ -210,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="Print metrics as one JSON object")
     p.add_argument("--markdown", metavar="LABEL", help="Print one Markdown table row labelled LABEL (README tables)")
 
+
+def _bench_parsers(sub: Any) -> None:
+    """The ``bench`` commands."""
     p = sub.add_parser(
         "bench",
         help="Performance suite (JSON): query latency per mode, --ingest throughput, --http load, --ann layouts",
@@ -256,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ef-search", type=int, help="HNSW search beam (default 128)")
     g.add_argument("--nprobe", type=int, help="IVF lists per query (default 32)")
 
+
+def _index_tools_parsers(sub: Any) -> None:
+    """The ``kb``, ``info``, ``migrate``, ``citations``, ``list``, ``delete``, ``tiny-model`` commands."""
     p = sub.add_parser("kb", help="List, create or delete the knowledge bases under a root")
     p.add_argument("action", choices=["list", "create", "delete"])
     p.add_argument("name", nargs="?", help="The base to create or delete")
@@ -298,7 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer", type=Path, help="Tokenizer dir (e.g. Qwen3's vocab.json + merges.txt) instead of training one"
     )
-    return parser
 
 
 def _filters(pairs: list[str]) -> dict[str, Any]:

@@ -129,6 +129,16 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         description="Chinese RAG retrieval: top-k passages for an upstream LLM (legal and medical documents).",
         lifespan=lifespan,
     )
+    _set_state(app, settings, metrics)
+    install_error_handlers(app)
+    _add_middleware(app, settings, metrics)
+    _add_routes(app)
+    app.openapi = partial(_openapi, app)
+    return app
+
+
+def _set_state(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """What the routes share: settings, metrics, sessions, write jobs, keys, limits, the bases (none yet)."""
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.sessions = SessionStore()
@@ -140,14 +150,16 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.state.bases = KnowledgeBases(settings, {})  # none until the lifespan loads them
 
-    install_error_handlers(app)
+
+def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Body limits (inside), deadlines, request ids and metrics, CORS (outermost: a preflight carries no key)."""
     uploads = upload_paths(routes_documents.router, BASE_PREFIXES)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, uploads=settings.max_upload_bytes, upload_paths=uploads
     )
     app.add_middleware(Deadline, timeout_s=settings.request_timeout_s)
     app.add_middleware(RequestContext, metrics=metrics)  # every answer gets an id and is counted
-    if settings.cors_origins:  # outermost: a browser's preflight carries no key
+    if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -155,6 +167,23 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
         )
+
+
+_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Text format"},
+    **{
+        code: {
+            "description": ERROR_RESPONSES[code]["description"],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+        }
+        for code in (401, 403, 429)
+    },
+}
+
+
+def _add_routes(app: FastAPI) -> None:
+    """The probes, metrics, the bases, every per-base route twice (the default base; ``/kbs/{kb}``), the
+    model-level embedding routes and Dify's."""
     app.add_api_route(
         "/metrics",
         metrics_endpoint,
@@ -162,16 +191,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         tags=["ops"],
         summary="Prometheus metrics",
         response_class=PlainTextResponse,
-        responses={
-            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Text format"},
-            **{
-                code: {
-                    "description": ERROR_RESPONSES[code]["description"],
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-                }
-                for code in (401, 403, 429)
-            },
-        },
+        responses=_METRICS_RESPONSES,
         dependencies=[Depends(Need(None))],
     )
 
@@ -192,8 +212,6 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         app.include_router(router, prefix=BASE_PREFIXES[1], dependencies=[Depends(base_in_path)])
     app.include_router(routes_embed.router)
     app.include_router(routes_dify.router)
-    app.openapi = partial(_openapi, app)
-    return app
 
 
 def _readiness(bases: KnowledgeBases) -> JSONResponse:
