@@ -63,6 +63,11 @@ def index_dirs(root: Path) -> dict[str, Path]:
     }
 
 
+def _default_base(settings: Settings, paths: dict[str, Path]) -> str | None:
+    """``ZHRAG_DEFAULT_KB``, else the only base, else none."""
+    return settings.default_kb or (next(iter(paths)) if len(paths) == 1 else None)
+
+
 @dataclass
 class _Base:
     path: Path
@@ -106,14 +111,13 @@ class KnowledgeBases:
             paths, root = index_dirs(settings.root), settings.root
         else:
             paths, root = {settings.index.name: settings.index}, None
-        default = settings.default_kb or (next(iter(paths)) if len(paths) == 1 else None)
-        return cls(settings, paths, root, default, on_embed_batch)
+        return cls(settings, paths, root, _default_base(settings, paths), on_embed_batch)
 
     @classmethod
     def serving(cls, settings: Settings, services: dict[str, Services]) -> KnowledgeBases:
         """Bases already loaded elsewhere (tests, an embedding program), served as they are."""
-        default = settings.default_kb or (next(iter(services)) if len(services) == 1 else None)
-        bases = cls(settings, {name: s.index.root for name, s in services.items()}, None, default)
+        paths = {name: s.index.root for name, s in services.items()}
+        bases = cls(settings, paths, None, _default_base(settings, paths))
         for name, loaded in services.items():
             bases._bases[name].services = loaded
         return bases
@@ -182,12 +186,23 @@ class KnowledgeBases:
     def load_all(self) -> None:
         """Load every base; one that fails is recorded (``errors``) and the others serve."""
         for name in self.names():
-            try:
-                self.load(name)
-            except Exception as exc:  # noqa: BLE001 - reported per base instead of stopping the server
-                with self._lock:
-                    self._bases[name].error = f"{type(exc).__name__}: {exc}"
+            self._try_load(name)
+
+    def _try_load(self, name: str) -> bool:
+        """:meth:`load`; a failure is recorded (``errors``) and logged when it is new, and the others serve."""
+        try:
+            self.load(name)
+        except Exception as exc:  # noqa: BLE001 - reported per base instead of stopping the server
+            error = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                base = self._bases.get(name)
+                if base is None:  # deleted meanwhile
+                    return False
+                changed, base.error = base.error != error, error
+            if changed:  # the reload retries it: say so once
                 log.error("could not load knowledge base %s: %s", name, exc)
+            return False
+        return True
 
     def load(self, name: str) -> Services:
         """Open ``name`` with the shared model of its manifest and warm it up."""
@@ -263,16 +278,7 @@ class KnowledgeBases:
             new = [n for n in found if n not in self._bases or self._bases[n].services is None]
             for name in new:
                 self._bases.setdefault(name, _Base(found[name]))
-        added = []
-        for name in new:
-            try:
-                self.load(name)
-                added.append(name)
-            except Exception as exc:  # noqa: BLE001 - reported per base; the others serve
-                with self._lock:
-                    if name in self._bases:
-                        self._bases[name].error = f"{type(exc).__name__}: {exc}"
-        return added, gone
+        return [name for name in new if self._try_load(name)], gone
 
     # -- creating and deleting --------------------------------------------------------------------
     def create(self, name: str, model: str | None = None, domain: str | None = None) -> Services:

@@ -173,12 +173,18 @@ def remove_dead_staging(root: Path | str) -> list[str]:
     except IndexLockedError:
         return []  # a live writer: its staging is its own
     try:
-        stale = [p for p in root.iterdir() if p.name.startswith((_STAGING_PREFIX, UPLOAD_PREFIX)) and p.is_dir()]
-        for path in stale:
-            shutil.rmtree(path, ignore_errors=True)
-        return [p.name for p in stale]
+        return _remove_left_over(root, (_STAGING_PREFIX, UPLOAD_PREFIX))
     finally:
         lock.release()
+
+
+def _remove_left_over(root: Path, prefixes: tuple[str, ...]) -> list[str]:
+    """Remove the directories under ``root`` named with one of ``prefixes`` (the caller holds the writer lock,
+    so their writers are dead); returns their names."""
+    stale = [p for p in root.iterdir() if p.name.startswith(prefixes) and p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in stale]
 
 
 def _now() -> str:
@@ -345,8 +351,7 @@ class IndexWriter:
         self.connection = dict(connection or {})
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = _WriterLock.take(self.root)
-        for stale in self.root.glob(f"{_STAGING_PREFIX}*"):  # we hold the lock: their writers are dead
-            shutil.rmtree(stale, ignore_errors=True)
+        _remove_left_over(self.root, (_STAGING_PREFIX,))  # we hold the lock: their writers are dead
         previous = _current_version(self.root)
         self._base = previous.name if previous else ""
         if previous is not None:

@@ -27,8 +27,9 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_sche
 
 
 class Need:
-    """A dependency: the caller's grant, when it may call a route that needs ``role`` (on the base the route
-    then names); ``None`` for routes that need only a known caller (metrics, the list of bases)."""
+    """A dependency: the caller's grant, when it may call a route that needs ``role`` — checked on the base the
+    route then names, except ``admin``, which is checked here (it is not per base); ``None`` for routes that
+    need only a known caller (metrics, the list of bases)."""
 
     def __init__(self, role: Role | None) -> None:
         self.role = role
@@ -49,6 +50,8 @@ class Need:
                 detail=f"over this key's {grant.rate or limiter.default_rate:g} requests per second (ZHRAG_RATE_LIMIT)",
                 headers={"Retry-After": str(max(1, round(wait + 0.5)))},
             )
+        if self.role == "admin":  # admin is not per base: decided here, where no base is named
+            access.check_admin(grant)
         request.state.grant, request.state.caller = grant, who
         request.state.role = self.role or "read"
         return grant
