@@ -432,7 +432,7 @@ def ingest(
         else:  # nothing new: keep the live version rather than publishing an identical copy
             summary.version = writer.base_version
             writer.abort()
-        summary.total_chunks = writer.docs_count()
+        summary.total_chunks = writer.chunks_count()
         summary.total_documents = writer.documents_count()
         _record_throughput(summary, stage)
     summary.seconds = round(time.perf_counter() - start, 2)

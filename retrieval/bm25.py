@@ -12,7 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BM25Index", "BM25Builder", "ChunkTerms", "BM25_DIR", "DEFAULT_K1", "DEFAULT_B"]
+__all__ = [
+    "BM25Index",
+    "BM25Builder",
+    "ChunkTerms",
+    "Postings",
+    "SegmentedBM25",
+    "BM25_DIR",
+    "POSTINGS_DIR",
+    "DEFAULT_K1",
+    "DEFAULT_B",
+]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +33,7 @@ def _quiet_bm25s() -> None:
 
 
 BM25_DIR = "bm25"
+POSTINGS_DIR = "postings"
 _RIDS_FILE = "rids.npy"
 _PARAMS_FILE = "zhrag.json"
 # Lucene-style BM25 defaults; b < 0.75 because contextualised statute chunks are short and uniform.
@@ -219,3 +230,167 @@ class BM25Builder:
         retriever.vocab_dict = dict(self.vocab)
         retriever.nonoccurrence_array = None  # Lucene BM25 has no per-term floor
         return BM25Index(retriever, rids, self.k1, self.b)
+
+    def postings(self) -> Postings:
+        """The raw statistics of every chunk added (no IDF, no length norm): one segment's share of an index
+        whose scores are computed at query time from every segment's statistics."""
+        rids = np.fromiter(sorted(self._chunks), dtype=np.int64, count=len(self._chunks))
+        entries = [self._chunks[int(r)] for r in rids]
+        lengths = np.fromiter((e[0] for e in entries), dtype=np.int64, count=len(entries))
+        ids = np.concatenate([e[1] for e in entries]) if entries else np.zeros(0, np.int32)
+        tfs = np.concatenate([e[2] for e in entries]) if entries else np.zeros(0, np.float32)
+        doc = np.repeat(np.arange(len(entries), dtype=np.int32), [len(e[1]) for e in entries])
+        used = np.unique(ids)  # terms of chunks discarded since are dropped from the vocabulary
+        remap = np.full(len(self.vocab), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        terms = [""] * len(self.vocab)
+        for term, term_id in self.vocab.items():
+            terms[term_id] = term
+        ids = remap[ids]
+        order = np.argsort(ids, kind="stable")
+        indptr = np.zeros(len(used) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(ids, minlength=len(used)), out=indptr[1:])
+        vocab = {terms[int(t)]: i for i, t in enumerate(used)}
+        return Postings(vocab, indptr, doc[order], tfs[order].astype(np.float32), lengths, rids)
+
+
+@dataclass
+class Postings:
+    """One segment's BM25 statistics: term -> (chunk positions, term frequencies) in term-major CSR form,
+    plus each chunk's length and row id (positions ordered by row id). IDF and the average length are not
+    here: they come from every segment of a version at query time, so a segment never changes."""
+
+    vocab: dict[str, int]
+    indptr: np.ndarray
+    positions: np.ndarray
+    tfs: np.ndarray
+    lengths: np.ndarray
+    rids: np.ndarray
+
+    def save(self, path: Path) -> None:
+        """Write into directory ``path``."""
+        path.mkdir(parents=True, exist_ok=True)
+        terms = sorted(self.vocab, key=self.vocab.__getitem__)
+        (path / "vocab.json").write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
+        with open(path / "postings.npz", "wb") as fh:
+            np.savez(
+                fh, indptr=self.indptr, positions=self.positions, tfs=self.tfs, lengths=self.lengths, rids=self.rids
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> Postings:
+        """Read postings written by :meth:`save`."""
+        terms = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+        with np.load(path / "postings.npz") as data:
+            arrays = {name: data[name] for name in ("indptr", "positions", "tfs", "lengths", "rids")}
+        return cls({t: i for i, t in enumerate(terms)}, **arrays)
+
+    def term_slices(self, terms: Sequence[str]) -> list[tuple[int, int] | None]:
+        """Per term, its (start, end) in ``positions``/``tfs``, or ``None`` when absent."""
+        out: list[tuple[int, int] | None] = []
+        for term in terms:
+            term_id = self.vocab.get(term)
+            out.append(None if term_id is None else (int(self.indptr[term_id]), int(self.indptr[term_id + 1])))
+        return out
+
+
+class SegmentedBM25:
+    """BM25 over several segments' :class:`Postings` with exact global statistics.
+
+    Document frequencies, the chunk count and the average length are summed over the live chunks of every
+    segment, so the scores (bm25s' Lucene variant, computed as :class:`BM25Builder` computes them, to the
+    bit) equal those of one index built from scratch over the same chunks.
+
+    Args:
+        parts: Per segment, its postings and the mask of its live positions (``None``: all live).
+        k1, b: BM25 parameters.
+    """
+
+    location = "local"
+
+    def __init__(self, parts: Sequence[tuple[Postings, np.ndarray | None]], k1: float, b: float) -> None:
+        self._parts = list(parts)
+        self.k1, self.b = k1, b
+        self._n = sum(len(p.rids) if live is None else int(live.sum()) for p, live in self._parts)
+        self._total_length = sum(
+            int(p.lengths.sum() if live is None else p.lengths[live].sum()) for p, live in self._parts
+        )
+
+    def count(self) -> int:
+        """Live chunks."""
+        return self._n
+
+    def search(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, row ids) for one tokenised query (a repeated token counts as often as it occurs)."""
+        return self.search_weighted(Counter(tokens), k, allowed)
+
+    def search_weighted(
+        self, term_weights: Mapping[str, float], k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, row ids) scoring ``sum(weight * BM25 term score)``; ties go to the lower row id."""
+        terms = [(t, w) for t, w in term_weights.items() if w]
+        empty = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        if not terms or not self._n or k <= 0:
+            return empty
+        slices = [p.term_slices([t for t, _ in terms]) for p, _ in self._parts]
+        idf = self._idf(slices, len(terms))
+        avg = self._total_length / self._n
+        found = [
+            self._segment_top(part, cuts, terms, idf, avg, k, allowed)
+            for part, cuts in zip(self._parts, slices, strict=True)
+        ]
+        scores = np.concatenate([s for s, _ in found])
+        rids = np.concatenate([r for _, r in found])
+        top = np.lexsort((rids, -scores))[:k]
+        return (scores[top], rids[top]) if len(top) else empty
+
+    def _idf(self, slices: list[list[tuple[int, int] | None]], n_terms: int) -> list[np.float32 | None]:
+        """Per query term, its IDF over the live chunks of every segment (``None``: in no live chunk)."""
+        df = [0] * n_terms
+        for (postings, live), cuts in zip(self._parts, slices, strict=True):
+            for i, cut in enumerate(cuts):
+                if cut is not None:
+                    df[i] += cut[1] - cut[0] if live is None else int(live[postings.positions[cut[0] : cut[1]]].sum())
+        return [np.float32(math.log(1 + (self._n - f + 0.5) / (f + 0.5))) if f else None for f in df]
+
+    def _segment_top(
+        self,
+        part: tuple[Postings, np.ndarray | None],
+        cuts: list[tuple[int, int] | None],
+        terms: list[tuple[str, float]],
+        idf: list[np.float32 | None],
+        avg: float,
+        k: int,
+        allowed: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """This segment's candidates: its top ``k`` and every chunk tied with the k-th."""
+        postings, live = part
+        scores = np.zeros(len(postings.rids), dtype=np.float32)
+        touched = False
+        for (_, weight), cut, term_idf in zip(terms, cuts, idf, strict=True):
+            if cut is None or term_idf is None:
+                continue
+            positions, tfs = postings.positions[cut[0] : cut[1]], postings.tfs[cut[0] : cut[1]]
+            tfc = tfs / (self.k1 * ((1 - self.b) + self.b * postings.lengths[positions] / avg) + tfs)
+            scores[positions] += weight * (term_idf * tfc).astype(np.float32)
+            touched = True
+        if not touched:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        if live is not None:
+            scores *= live
+        if allowed is not None:
+            scores *= np.isin(postings.rids, allowed)
+        return _top_with_ties(scores, postings.rids, k)
+
+
+def _top_with_ties(scores: np.ndarray, rids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positive scores among the top ``k`` plus every one tied with the k-th, best first, ties by row id."""
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k]
+    kth = scores[top].min()
+    if kth > 0:
+        top = np.concatenate([top[scores[top] > kth], np.flatnonzero(scores == kth)])
+    else:
+        top = top[scores[top] > 0]
+    top = top[np.lexsort((top, -scores[top]))]
+    return scores[top], rids[top]

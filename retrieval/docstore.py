@@ -61,10 +61,13 @@ def _row_to_chunk(row: Sequence[Any]) -> Chunk:
 class DocStore:
     """SQLite table of chunks plus a table of ingested documents (for change detection)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
-        self._db = sqlite3.connect(str(path), check_same_thread=False)
-        self._db.executescript(_SCHEMA)
+        if readonly:  # an immutable segment: never written, so no journal file appears beside it
+            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self._db = sqlite3.connect(str(path), check_same_thread=False)
+            self._db.executescript(_SCHEMA)
         self._db.create_function(SQL_NUMBER, 1, sql_number, deterministic=True)
         # One connection serves the API's worker threads; sqlite3 connections need serialised use.
         self._lock = threading.RLock()
@@ -110,6 +113,11 @@ class DocStore:
         """Record a document's content hash."""
         self._write("INSERT OR REPLACE INTO documents VALUES (?,?,?,?)", (doc_id, source, content_hash, chunks))
 
+    def document(self, doc_id: str) -> tuple[str, str, int] | None:
+        """(source, content hash, chunks) of an ingested document."""
+        rows = self._query("SELECT source, content_hash, chunks FROM documents WHERE doc_id=?", (doc_id,))
+        return (rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
+
     def document_hash(self, doc_id: str) -> str | None:
         """The stored content hash of a document, if ingested."""
         rows = self._query("SELECT content_hash FROM documents WHERE doc_id=?", (doc_id,))
@@ -129,6 +137,37 @@ class DocStore:
     def document_ids(self) -> list[str]:
         """Ids of all ingested documents."""
         return [d for (d,) in self._query("SELECT doc_id FROM documents ORDER BY doc_id")]
+
+    def document_rids(self, doc_id: str) -> list[int]:
+        """Row ids of a document's chunks."""
+        return [r for (r,) in self._query("SELECT rid FROM chunks WHERE doc_id=? ORDER BY rid", (doc_id,))]
+
+    def copy_live(self, sources: Sequence[tuple[Path, np.ndarray, Sequence[str]]]) -> None:
+        """Insert the rows of other docstores (a merge): per source its path, the row ids and the document
+        ids to leave out (deleted there)."""
+        with self._lock:
+            for i, (path, deleted_rids, deleted_docs) in enumerate(sources):
+                name = f"src{i}"
+                self._db.execute(f"ATTACH DATABASE ? AS {name}", (f"{path.resolve().as_uri()}?mode=ro",))
+                try:
+                    self._db.execute("CREATE TEMP TABLE gone_rids (rid INTEGER PRIMARY KEY)")
+                    self._db.execute("CREATE TEMP TABLE gone_docs (doc_id TEXT PRIMARY KEY)")
+                    self._db.executemany("INSERT INTO gone_rids VALUES (?)", ((int(r),) for r in deleted_rids))
+                    self._db.executemany("INSERT INTO gone_docs VALUES (?)", ((d,) for d in deleted_docs))
+                    self._db.execute(
+                        f"INSERT INTO chunks ({_COLUMNS}, tokens) SELECT {_COLUMNS}, tokens FROM {name}.chunks "
+                        "WHERE rid NOT IN (SELECT rid FROM gone_rids)"
+                    )
+                    self._db.execute(
+                        f"INSERT INTO documents (doc_id, source, content_hash, chunks) "
+                        f"SELECT doc_id, source, content_hash, chunks FROM {name}.documents "
+                        "WHERE doc_id NOT IN (SELECT doc_id FROM gone_docs)"
+                    )
+                    self._db.commit()
+                finally:
+                    self._db.execute("DROP TABLE IF EXISTS temp.gone_rids")
+                    self._db.execute("DROP TABLE IF EXISTS temp.gone_docs")
+                    self._db.execute(f"DETACH DATABASE {name}")
 
     def delete_document(self, doc_id: str) -> list[int]:
         """Remove a document's chunks; returns their row ids (to delete from the other stores)."""

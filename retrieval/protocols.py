@@ -94,6 +94,9 @@ class VectorStore(Protocol):
 
     dim: int
     keeps_bm25: bool
+    external: bool
+    """Whether the vectors live outside the index directory (a Milvus server): such an index publishes each
+    version as a whole generation there; the others are written as segments (``retrieval.segments``)."""
     """Whether the store keeps the BM25 leg itself (:meth:`put_bm25`, :meth:`bm25_index`) instead of a file."""
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -104,8 +107,12 @@ class VectorStore(Protocol):
         """Remove ids; returns how many were present."""
         ...
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query row, best first; ``allowed`` restricts to those ids."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query row, best first; ``allowed`` restricts to those ids and
+        ``excluded`` ids (a segment's deleted chunks) are never returned, both filtered inside the search so
+        ``k`` results come back when that many qualify."""
         ...
 
     def save(self, path: Path) -> None:

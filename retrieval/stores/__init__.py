@@ -13,6 +13,7 @@ __all__ = [
     "StoreError",
     "MISSING_ID",
     "create_store",
+    "store_class",
     "load_store",
     "discard_store",
     "STORE_BACKENDS",
@@ -49,6 +50,11 @@ def _import_backend(name: str) -> type[StoreBase]:
     except ImportError as exc:
         raise StoreError(f"vector store {name!r} needs an extra: {_INSTALL_HINTS.get(name, name)}") from exc
     raise StoreError(f"unknown vector store {name!r}; choose one of {STORE_BACKENDS}")
+
+
+def store_class(name: str) -> type[StoreBase]:
+    """The class of backend ``name``: its declared capabilities (e.g. ``external``) without an instance."""
+    return _import_backend(name)
 
 
 def create_store(name: str, dim: int, **options: Any) -> VectorStore:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class StoreBase(ABC):
 
     dim: int
     keeps_bm25: bool = False
+    external: ClassVar[bool] = False
 
     @abstractmethod
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -47,8 +48,10 @@ class StoreBase(ABC):
         """Remove ids; how many were present."""
 
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query, best first."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query, best first, among ``allowed`` and never ``excluded``."""
 
     @abstractmethod
     def save(self, path: Path) -> None:

@@ -92,6 +92,7 @@ class FaissStore(StoreBase):
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._dirty = True
         self._ids: np.ndarray | None = None
+        self._excluded: tuple[np.ndarray, Any, Any] | None = None
 
     # -- writing ---------------------------------------------------------------------------------
     def _writable(self) -> Any:
@@ -126,18 +127,23 @@ class FaissStore(StoreBase):
         return int(self._writable().remove_ids(faiss.IDSelectorBatch(ids))) if len(ids) else 0
 
     # -- searching -------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product; ``allowed`` (int64 ids) filters inside FAISS."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product; ``allowed`` and ``excluded`` (int64 ids) filter inside FAISS."""
         queries = check_vectors(queries, self.dim)
         k = max(1, min(k, self.count())) if self.count() else 1
+        if excluded is not None and len(excluded) and (allowed is not None or self.layout == "ivfpq"):
+            allowed = np.setdiff1d(self._positions() if allowed is None else allowed, excluded)
+            excluded = None
         if self.count() == 0 or (allowed is not None and len(allowed) == 0):
             n = len(queries)
             return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), MISSING_ID, dtype=np.int64)
-        scores, ids = self._index.search(queries, k, params=self._search_params(allowed))
+        scores, ids = self._index.search(queries, k, params=self._search_params(allowed, excluded))
         scores[ids == MISSING_ID] = -np.inf
         return scores, ids
 
-    def _search_params(self, allowed: np.ndarray | None) -> Any:
+    def _search_params(self, allowed: np.ndarray | None, excluded: np.ndarray | None = None) -> Any:
         import faiss
 
         p = self.params
@@ -151,9 +157,21 @@ class FaissStore(StoreBase):
             inner = faiss.SearchParametersIVF(nprobe=p.nprobe, sel=sel)
             return faiss.IndexRefineSearchParameters(k_factor=float(p.refine), base_index_params=inner)
         sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)) if allowed is not None else None
+        if excluded is not None and len(excluded):  # (``allowed`` is None here)
+            sel = self._not_in(excluded)
         if self.layout == "hnsw":
             return faiss.SearchParametersHNSW(efSearch=p.ef_search, sel=sel)
         return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+    def _not_in(self, excluded: np.ndarray) -> Any:
+        """A selector of every id but ``excluded``; kept for the next search with the same (immutable) array,
+        as a segment passes its deletions on every query."""
+        import faiss
+
+        if self._excluded is None or self._excluded[0] is not excluded:
+            batch = faiss.IDSelectorBatch(np.asarray(excluded, dtype=np.int64))
+            self._excluded = (excluded, batch, faiss.IDSelectorNot(batch))  # Not refers to batch: keep both
+        return self._excluded[2]
 
     def _positions(self) -> np.ndarray:
         """Id at each position of the inner index."""

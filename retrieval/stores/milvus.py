@@ -139,6 +139,8 @@ class MilvusStore(StoreBase):
         bm25_collection: The BM25 collection of an existing generation.
     """
 
+    external = True
+
     def __init__(
         self,
         dim: int,
@@ -282,10 +284,12 @@ class MilvusStore(StoreBase):
         self._client.delete(self.collection, ids=ids)
         return len(present)
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product; ``allowed`` becomes ``id in [...]`` filters inside Milvus."""
         queries = check_vectors(queries, self.dim)
-        return search_in_parts(self._search, len(queries), k, allowed, queries, rows=self._total)
+        return search_in_parts(self._search, len(queries), k, allowed, queries, rows=self._total, excluded=excluded)
 
     def _total(self) -> int:
         if self._rows is None:

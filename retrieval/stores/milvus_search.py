@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.stores.base import MISSING_ID
+from retrieval.stores.base import MISSING_ID, StoreError
 
 __all__ = ["search_in_parts", "ID_FIELD", "Search"]
 
@@ -26,6 +26,7 @@ def search_in_parts(
     allowed: np.ndarray | None,
     *args: Any,
     rows: Callable[[], int] | None = None,
+    excluded: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) per query from ``search(limit, expr, *args)``; ``allowed`` restricts the ids.
 
@@ -33,9 +34,17 @@ def search_in_parts(
     collection's row count (``rows()``, asked only then) makes it cheap, by one unfiltered search deep
     enough to expect ``k`` admitted ids among its results (kept when every query found them, or saw every
     row that matches at all), else in parts of ``_MAX_FILTER_IDS`` ids whose top-``k`` lists are merged by
-    score. Both are exact.
+    score. Both are exact. ``excluded`` ids (at most ``_MAX_FILTER_IDS``) are never returned.
     """
     limit = min(k, _MAX_TOPK)  # Milvus refuses deeper searches; the slots beyond stay empty
+    if excluded is not None and len(excluded):
+        if len(excluded) > _MAX_FILTER_IDS:
+            raise StoreError(f"Milvus takes at most {_MAX_FILTER_IDS} excluded ids, not {len(excluded)}")
+        outside = f"{ID_FIELD} not in [{','.join(map(str, np.asarray(excluded, dtype=np.int64).tolist()))}]"
+        if allowed is not None:
+            allowed = np.setdiff1d(np.asarray(allowed, dtype=np.int64), excluded)
+        else:
+            return _collect(search(limit, outside, *args), n_queries, k)
     if allowed is None:
         return _collect(search(limit, "", *args), n_queries, k)
     allowed = np.asarray(allowed, dtype=np.int64)

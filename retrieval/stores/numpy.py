@@ -40,12 +40,17 @@ class NumpyStore(StoreBase):
         self._ids, self._vectors = self._ids[keep], self._vectors[keep]
         return removed
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` by inner product."""
         queries = check_vectors(queries, self.dim)
         ids, vectors = self._ids, self._vectors
         if allowed is not None:
             mask = np.isin(ids, np.asarray(allowed, dtype=np.int64))
+            ids, vectors = ids[mask], vectors[mask]
+        if excluded is not None and len(excluded):
+            mask = ~np.isin(ids, np.asarray(excluded, dtype=np.int64))
             ids, vectors = ids[mask], vectors[mask]
         k = max(1, min(k, self.count())) if self.count() else 1
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)

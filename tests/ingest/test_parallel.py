@@ -23,9 +23,13 @@ _RUN_FIELDS = ("created_at", "updated_at")
 
 
 def _version_files(index: Path) -> dict[str, bytes]:
+    """The live version's manifest and its segments' files, segments named by position (names are random)."""
     version = index / (index / "CURRENT").read_text().strip()
-    files = {str(p.relative_to(version)): p.read_bytes() for p in sorted(version.rglob("*")) if p.is_file()}
-    manifest = json.loads(files.pop("manifest.json"))
+    manifest = json.loads((version / "manifest.json").read_text())
+    files = {}
+    for i, entry in enumerate(manifest["segments"]):
+        segment = index / "segments" / entry.pop("name")
+        files |= {f"{i}/{p.relative_to(segment)}": p.read_bytes() for p in sorted(segment.rglob("*")) if p.is_file()}
     files["manifest.json"] = json.dumps({k: v for k, v in manifest.items() if k not in _RUN_FIELDS}).encode()
     return files
 
@@ -51,7 +55,7 @@ def test_workers_and_devices_write_byte_identical_indexes(
     assert one.chunks == many.chunks > 700 and one.documents == many.documents == 6 + 200
     assert one.chunkers == many.chunkers and many.workers == 2 and many.devices == ["cpu", "cpu"]
     a, b = _version_files(tmp_path / "one"), _version_files(tmp_path / "many")
-    assert sorted(a) == sorted(b) and {"chunks.sqlite", "vectors.faiss", "manifest.json"} <= set(a)
+    assert sorted(a) == sorted(b) and {"0/chunks.sqlite", "0/vectors.faiss", "manifest.json"} <= set(a)
     assert [name for name in a if a[name] != b[name]] == []
 
 

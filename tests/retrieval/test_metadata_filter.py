@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from retrieval.docstore import DocStore
 from retrieval.index import Index
 from retrieval.metadata_filter import Condition, FilterError, MetadataFilter, as_filter, to_sql
 
@@ -90,16 +89,24 @@ CASES: list[tuple[str | list[str], str, Any, str]] = [  # (field, operator, valu
 
 
 @pytest.fixture(scope="module")
-def docs(sample_index: Path) -> DocStore:
-    return Index(sample_index).docs
+def index(sample_index: Path) -> Index:
+    return Index(sample_index)
 
 
 @pytest.fixture(scope="module")
-def rows(docs: DocStore) -> list[tuple[int, Mapping[str, Any]]]:
-    db = sqlite3.connect(str(docs.path))
-    found = db.execute("SELECT rid, doc_id, id, title, source, metadata FROM chunks ORDER BY rid").fetchall()
-    db.close()
-    return [(r[0], _row_fields(r[1:])) for r in found]
+def docs(index: Index):
+    return index.docs
+
+
+@pytest.fixture(scope="module")
+def rows(index: Index) -> list[tuple[int, Mapping[str, Any]]]:
+    found = []
+    for segment in index.segments:  # the rows read straight from each segment's SQLite file
+        db = sqlite3.connect(str(segment.docs.path))
+        found += db.execute("SELECT rid, doc_id, id, title, source, metadata FROM chunks ORDER BY rid").fetchall()
+        db.close()
+    assert found, "the sample index has rows"
+    return [(r[0], _row_fields(r[1:])) for r in sorted(found)]
 
 
 def _expected(rows: list[tuple[int, Mapping[str, Any]]], spec: MetadataFilter) -> list[int]:

@@ -1,0 +1,433 @@
+"""Immutable segments: what a write adds, shared by every version that lists it.
+
+A segment directory (``DIR/segments/<name>/``) holds some chunks' rows (``chunks.sqlite``), their vectors
+(the store's files) and their raw BM25 statistics (``postings/``), and never changes once published. A
+version's manifest lists its segments, each with the file of its deletions as of that version
+(``del-*.npz``: the row ids and document ids removed since the segment was written, added to the segment
+directory under a new name, so older versions keep reading theirs). A one-document change thus writes one
+small segment and, for a replaced or deleted document, one small deletions file; merging (``retrieval.index``)
+rewrites small segments into larger ones and drops deleted rows.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.bm25 import POSTINGS_DIR, BM25Builder, ChunkTerms, Postings, SegmentedBM25
+from retrieval.docstore import DOCSTORE_FILE, DocStore
+from retrieval.metadata_filter import MetadataFilter
+from retrieval.protocols import VectorStore
+from retrieval.stores import MISSING_ID, create_store, load_store
+from retrieval.types import Chunk
+from retrieval.versions import fsync_dir, fsync_file, fsync_tree
+
+__all__ = [
+    "SEGMENTS_DIR",
+    "APPROXIMATE_FROM",
+    "SegmentEntry",
+    "Segment",
+    "SegmentBuilder",
+    "SegmentSource",
+    "SegmentedDocs",
+    "SegmentedVectors",
+    "segmented_bm25",
+    "write_segment",
+    "new_segment_name",
+]
+
+SEGMENTS_DIR = "segments"
+SEGMENT_FILE = "segment.json"
+APPROXIMATE_FROM = 20_000
+"""A segment smaller than this is searched exactly whatever the index type: a flat scan of it takes well
+under a millisecond, and IVF-PQ cannot even train on a few vectors."""
+
+
+def new_segment_name() -> str:
+    """A fresh, unique segment name."""
+    return f"s-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """A version's record of one segment.
+
+    Attributes:
+        name: The segment directory under ``segments/``.
+        chunks: Rows written into the segment.
+        documents: Documents written into it.
+        deletes: The file of its deletions as of this version (``None``: none).
+        deleted_chunks: Rows deleted since.
+        deleted_documents: Documents deleted since.
+    """
+
+    name: str
+    chunks: int
+    documents: int
+    deletes: str | None = None
+    deleted_chunks: int = 0
+    deleted_documents: int = 0
+
+    @property
+    def live_chunks(self) -> int:
+        """Rows still in the index."""
+        return self.chunks - self.deleted_chunks
+
+    @property
+    def live_documents(self) -> int:
+        """Documents still in the index."""
+        return self.documents - self.deleted_documents
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's form."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SegmentEntry:
+        """Read the manifest's form."""
+        return cls(**data)
+
+
+def _read_deletes(path: Path, name: str | None) -> tuple[np.ndarray, frozenset[str]]:
+    if name is None:
+        return np.zeros(0, dtype=np.int64), frozenset()
+    with np.load(path / name) as data:
+        return np.asarray(data["rids"], dtype=np.int64), frozenset(data["docs"].tolist())
+
+
+def write_deletes(path: Path, rids: np.ndarray, docs: Iterable[str]) -> str:
+    """Write a deletions file into segment directory ``path`` (durably); returns its name."""
+    name = f"del-{uuid.uuid4().hex[:12]}.npz"
+    with open(path / name, "wb") as fh:
+        np.savez(fh, rids=np.unique(np.asarray(rids, dtype=np.int64)), docs=np.asarray(sorted(docs), dtype=str))
+    fsync_file(path / name)
+    fsync_dir(path)
+    return name
+
+
+class Segment:
+    """One segment as a version sees it: its rows, minus that version's deletions. Opening reads the rows'
+    database only; :meth:`load` reads the vectors and postings (a reader loads them at once, so a segment
+    removed later by a writer's clean-up stays readable)."""
+
+    def __init__(self, root: Path, entry: SegmentEntry) -> None:
+        self.entry = entry
+        self.path = root / SEGMENTS_DIR / entry.name
+        self.info = json.loads((self.path / SEGMENT_FILE).read_text(encoding="utf-8"))
+        self.deleted, self.deleted_docs = _read_deletes(self.path, entry.deletes)
+        self._deleted_set = frozenset(self.deleted.tolist())
+        self.docs = DocStore(self.path / DOCSTORE_FILE, readonly=True)
+        self.store: VectorStore | None = None
+        self.postings: Postings | None = None
+
+    @property
+    def name(self) -> str:
+        """The segment's name."""
+        return self.entry.name
+
+    def load(self, dim: int, store_conf: Mapping[str, Any]) -> Segment:
+        """Read the vectors (the version's store options with this segment's layout) and the postings."""
+        conf = {**store_conf, **self.info["store"]}
+        backend = conf.pop("backend")
+        self.store = load_store(backend, self.path, dim, **conf)
+        self.postings = Postings.load(self.path / POSTINGS_DIR)
+        return self
+
+    def is_live(self, rid: int) -> bool:
+        """Whether row ``rid`` (of this segment) is not deleted."""
+        return rid not in self._deleted_set
+
+    def has_document(self, doc_id: str) -> bool:
+        """Whether the document is live in this segment."""
+        return doc_id not in self.deleted_docs and self.docs.document(doc_id) is not None
+
+    def live_mask(self) -> np.ndarray | None:
+        """Per postings position, whether its row is live (``None``: every row is)."""
+        assert self.postings is not None, "load() first"
+        return None if not len(self.deleted) else ~np.isin(self.postings.rids, self.deleted)
+
+    def live_items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The live (row ids, vectors), in batches."""
+        assert self.store is not None, "load() first"
+        for ids, vectors in self.store.items(batch):
+            if len(self.deleted):
+                keep = ~np.isin(ids, self.deleted)
+                ids, vectors = ids[keep], vectors[keep]
+            if len(ids):
+                yield ids, vectors
+
+    def close(self) -> None:
+        """Release the rows' database (and the store's connection)."""
+        self.docs.close()
+        if self.store is not None:
+            self.store.close()
+
+
+class SegmentedDocs:
+    """The chunk rows and documents of a version, over its segments (a document is live in one of them)."""
+
+    def __init__(self, segments: Sequence[Segment], next_rid: int) -> None:
+        self.segments = list(segments)
+        self._next_rid = next_rid
+
+    def close(self) -> None:
+        """Release every segment."""
+        for segment in self.segments:
+            segment.close()
+
+    def next_rid(self) -> int:
+        """The next free row id."""
+        return self._next_rid
+
+    def count(self) -> int:
+        """Live chunks."""
+        return sum(s.entry.live_chunks for s in self.segments)
+
+    def count_documents(self) -> int:
+        """Live documents."""
+        return sum(s.entry.live_documents for s in self.segments)
+
+    def _holder(self, doc_id: str) -> Segment | None:
+        return next((s for s in reversed(self.segments) if s.has_document(doc_id)), None)
+
+    def document_hash(self, doc_id: str) -> str | None:
+        """The stored content hash of a document, if ingested."""
+        holder = self._holder(doc_id)
+        return holder.docs.document_hash(doc_id) if holder else None
+
+    def document_hashes(self) -> dict[str, str]:
+        """Content hash of every live document, by id."""
+        out: dict[str, str] = {}
+        for segment in self.segments:
+            out.update((d, h) for d, h in segment.docs.document_hashes().items() if d not in segment.deleted_docs)
+        return out
+
+    def document_ids(self) -> list[str]:
+        """Ids of all live documents, sorted."""
+        return sorted(self.document_hashes())
+
+    def list_documents(self, offset: int = 0, limit: int = 100) -> list[tuple[str, str, int]]:
+        """(doc_id, source, chunks) of a page of live documents, ordered by id."""
+        pages = []
+        for segment in self.segments:  # enough of each segment's first rows to fill the page after deletions
+            rows = segment.docs.list_documents(0, offset + limit + len(segment.deleted_docs))
+            pages.append([r for r in rows if r[0] not in segment.deleted_docs])
+        merged = heapq.merge(*pages)
+        return [row for _, row in zip(range(offset + limit), merged, strict=False)][offset:]
+
+    def get(self, rids: Iterable[int]) -> dict[int, Chunk]:
+        """Live chunks by row id."""
+        rids = [int(r) for r in rids]
+        out: dict[int, Chunk] = {}
+        for segment in self.segments:
+            out.update((rid, c) for rid, c in segment.docs.get(rids).items() if segment.is_live(rid))
+        return out
+
+    def document_chunks(self, doc_id: str) -> list[Chunk]:
+        """All chunks of a live document, in order."""
+        holder = self._holder(doc_id)
+        return holder.docs.document_chunks(doc_id) if holder else []
+
+    def iter_fields(self) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+        """(row id, doc_id, title, metadata) of every live chunk, by row id."""
+        streams = [(row for row in s.docs.iter_fields() if s.is_live(row[0])) for s in self.segments]
+        yield from heapq.merge(*streams, key=lambda row: row[0])
+
+    def filter_rids(self, spec: MetadataFilter) -> np.ndarray:
+        """Row ids of the live chunks a filter admits, ascending."""
+        parts = [s.docs.filter_rids(spec) for s in self.segments]
+        parts = [p[~np.isin(p, s.deleted)] if len(s.deleted) else p for p, s in zip(parts, self.segments, strict=True)]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+class SegmentedVectors:
+    """Dense search over a version's segments: each searched with its deletions excluded inside the search,
+    the per-segment top ``k`` merged by score (exact when every segment is flat)."""
+
+    def __init__(self, segments: Sequence[Segment], dim: int) -> None:
+        self.segments = [s for s in segments if s.entry.live_chunks]
+        self.dim = dim
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query row, best first."""
+        found = []
+        for segment in self.segments:
+            assert segment.store is not None, "load() first"
+            gone = segment.deleted if excluded is None else np.union1d(segment.deleted, excluded)
+            found.append(segment.store.search(queries, k, allowed, gone if len(gone) else None))
+        if not found:
+            n = len(queries)
+            return np.full((n, 1), -np.inf, dtype=np.float32), np.full((n, 1), MISSING_ID, dtype=np.int64)
+        scores = np.concatenate([s for s, _ in found], axis=1)
+        ids = np.concatenate([i for _, i in found], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : max(1, min(k, self.count()))]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+    def count(self) -> int:
+        """Live vectors."""
+        return sum(s.entry.live_chunks for s in self.segments)
+
+    def items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every live (ids, vectors), in batches."""
+        for segment in self.segments:
+            yield from segment.live_items(batch)
+
+    def close(self) -> None:
+        """Nothing beyond the segments (closed with the docs)."""
+        return None
+
+
+def segmented_bm25(segments: Sequence[Segment], k1: float, b: float) -> SegmentedBM25:
+    """The BM25 leg over loaded segments, with their deletions."""
+    parts = []
+    for segment in segments:
+        assert segment.postings is not None, "load() first"
+        if segment.entry.live_chunks:
+            parts.append((segment.postings, segment.live_mask()))
+    return SegmentedBM25(parts, k1, b)
+
+
+def segment_store_conf(store_conf: Mapping[str, Any], chunks: int) -> dict[str, Any]:
+    """The store options for a segment of ``chunks`` rows: exact when small, else as the index says."""
+    conf = {k: v for k, v in store_conf.items() if k != "layout"}
+    if conf.get("backend") == "faiss" and chunks < APPROXIMATE_FROM:
+        conf["kind"] = "flat"
+    return conf
+
+
+def _publish_segment(
+    staging: Path, root: Path, backend: str, store: VectorStore, postings: Postings, counts: tuple[int, int]
+) -> str:
+    """Write the store, postings and description into ``staging``, flush it and rename it into place."""
+    store.save(staging)
+    postings.save(staging / POSTINGS_DIR)
+    info = {"chunks": counts[1], "documents": counts[0], "store": store.describe() or {"backend": backend}}
+    (staging / SEGMENT_FILE).write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    fsync_tree(staging)
+    name = new_segment_name()
+    (root / SEGMENTS_DIR).mkdir(exist_ok=True)
+    staging.rename(root / SEGMENTS_DIR / name)
+    fsync_dir(root / SEGMENTS_DIR)
+    return name
+
+
+class SegmentBuilder:
+    """The new segment a write fills: rows in a staging docstore, vectors and BM25 statistics in memory.
+
+    Args:
+        staging: An empty directory the segment is built in (renamed into ``segments/`` by :meth:`publish`).
+        dim: Vector dimension.
+        bm25: The index's BM25 parameters (``k1``, ``b``).
+    """
+
+    def __init__(self, staging: Path, dim: int, bm25: Mapping[str, float]) -> None:
+        self.staging, self.dim = staging, dim
+        self.docs = DocStore(staging / DOCSTORE_FILE)
+        self._terms = BM25Builder(**bm25)
+        self._vectors: dict[int, np.ndarray] = {}
+
+    def count(self) -> int:
+        """Rows added (and not deleted again)."""
+        return len(self._vectors)
+
+    def add(self, doc: tuple[str, str, str], chunks: Sequence[Chunk], vectors: np.ndarray, terms: ChunkTerms) -> None:
+        """Add one document (id, source, content hash) with its chunks (``rid`` set), vectors and terms."""
+        rids = [c.rid for c in chunks]
+        self.docs.add(chunks, terms.joined)
+        self.docs.set_document(doc[0], doc[1], doc[2], len(chunks))
+        self._terms.add(rids, terms)
+        for rid, vector in zip(rids, np.asarray(vectors, dtype=np.float32), strict=True):
+            self._vectors[int(rid)] = vector
+
+    def delete_document(self, doc_id: str) -> int | None:
+        """Remove a document added by this write; its chunk count, ``None`` when it was not added here."""
+        if self.docs.document_hash(doc_id) is None:
+            return None
+        rids = self.docs.delete_document(doc_id)
+        self._terms.discard(rids)
+        for rid in rids:
+            self._vectors.pop(rid, None)
+        return len(rids)
+
+    def publish(self, root: Path, store_conf: Mapping[str, Any]) -> SegmentEntry | None:
+        """Write the segment into ``root/segments/``; ``None`` (and nothing written) when it holds nothing."""
+        self.docs.commit()
+        counts = (self.docs.count_documents(), self.docs.count())
+        self.docs.close()
+        if not counts[0]:
+            return None
+        conf = segment_store_conf(store_conf, counts[1])
+        backend = conf.pop("backend")
+        store = create_store(backend, self.dim, **conf)
+        if self._vectors:
+            rids = np.fromiter(sorted(self._vectors), dtype=np.int64, count=len(self._vectors))
+            store.add(rids, np.stack([self._vectors[int(r)] for r in rids]))
+        name = _publish_segment(self.staging, root, backend, store, self._terms.postings(), counts)
+        return SegmentEntry(name, chunks=counts[1], documents=counts[0])
+
+    def close(self) -> None:
+        """Release the staging docstore."""
+        self.docs.close()
+
+
+@dataclass(frozen=True)
+class SegmentSource:
+    """Rows to copy into a new segment: a docstore, what of it is deleted, and its live vectors."""
+
+    docstore: Path
+    deleted: np.ndarray
+    deleted_docs: frozenset[str]
+    vectors: Iterable[tuple[np.ndarray, np.ndarray]]
+
+
+def write_segment(
+    root: Path,
+    staging: Path,
+    sources: Sequence[SegmentSource],
+    dim: int,
+    store_conf: Mapping[str, Any],
+    bm25: Mapping[str, float],
+) -> SegmentEntry | None:
+    """Copy the live rows of ``sources`` into one new segment (a merge, or an older index's upgrade), built
+    in the empty directory ``staging``; ``None`` when nothing is live. BM25 statistics are recounted from
+    the stored terms."""
+    docs = DocStore(staging / DOCSTORE_FILE)
+    try:
+        docs.copy_live([(s.docstore, s.deleted, sorted(s.deleted_docs)) for s in sources])
+        counts = (docs.count_documents(), docs.count())
+        terms = BM25Builder(**bm25)
+        for rids, tokens in docs.iter_tokens():
+            terms.add(rids, ChunkTerms.count(tokens))
+    finally:
+        docs.close()
+    if not counts[0]:
+        shutil.rmtree(staging, ignore_errors=True)
+        return None
+    conf = segment_store_conf(store_conf, counts[1])
+    backend = conf.pop("backend")
+    store = create_store(backend, dim, **conf)
+    for source in sources:
+        for ids, vectors in source.vectors:
+            store.add(ids, vectors)
+    if store.count() != counts[1]:
+        raise RuntimeError(f"a segment would hold {store.count()} vectors for {counts[1]} chunks")
+    name = _publish_segment(staging, root, backend, store, terms.postings(), counts)
+    return SegmentEntry(name, chunks=counts[1], documents=counts[0])
+
+
+def with_deletions(entry: SegmentEntry, segment: Segment, rids: set[int], docs: set[str]) -> SegmentEntry:
+    """``entry`` after deleting ``rids`` and ``docs`` too (a new deletions file in the segment)."""
+    all_rids = np.union1d(segment.deleted, np.fromiter(rids, dtype=np.int64, count=len(rids)))
+    all_docs = set(segment.deleted_docs) | docs
+    name = write_deletes(segment.path, all_rids, all_docs)
+    return replace(entry, deletes=name, deleted_chunks=len(all_rids), deleted_documents=len(all_docs))
