@@ -285,6 +285,40 @@ class Postings:
             arrays = {name: data[name] for name in ("indptr", "positions", "tfs", "lengths", "rids")}
         return cls({t: i for i, t in enumerate(terms)}, **arrays)
 
+    @classmethod
+    def combine(cls, parts: Sequence[tuple[Postings, np.ndarray | None]]) -> Postings:
+        """One postings over the live rows of several (a reader's view of many small segments, searched as
+        one): positions renumbered, vocabularies united, deleted rows dropped."""
+        vocab: dict[str, int] = {}
+        terms, positions, tfs, lengths, rids = [], [], [], [], []
+        offset = 0
+        for postings, live in parts:
+            keep = np.ones(len(postings.rids), dtype=bool) if live is None else live
+            renumbered = np.full(len(postings.rids), -1, dtype=np.int64)
+            renumbered[keep] = offset + np.arange(int(keep.sum()))
+            local_terms = sorted(postings.vocab, key=postings.vocab.__getitem__)
+            global_ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in local_terms), np.int64, len(local_terms))
+            new = renumbered[postings.positions]
+            kept = new >= 0
+            terms.append(np.repeat(global_ids, np.diff(postings.indptr))[kept])
+            positions.append(new[kept])
+            tfs.append(postings.tfs[kept])
+            lengths.append(postings.lengths[keep])
+            rids.append(postings.rids[keep])
+            offset += int(keep.sum())
+        term = np.concatenate(terms) if terms else np.zeros(0, np.int64)
+        order = np.argsort(term, kind="stable")
+        indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(term, minlength=len(vocab)), out=indptr[1:])
+        return cls(
+            vocab,
+            indptr,
+            np.concatenate(positions)[order].astype(np.int32) if positions else np.zeros(0, np.int32),
+            np.concatenate(tfs)[order] if tfs else np.zeros(0, np.float32),
+            np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+            np.concatenate(rids) if rids else np.zeros(0, np.int64),
+        )
+
     def term_slices(self, terms: Sequence[str]) -> list[tuple[int, int] | None]:
         """Per term, its (start, end) in ``positions``/``tfs``, or ``None`` when absent."""
         out: list[tuple[int, int] | None] = []
@@ -365,6 +399,8 @@ class SegmentedBM25:
     ) -> tuple[np.ndarray, np.ndarray]:
         """This segment's candidates: its top ``k`` and every chunk tied with the k-th."""
         postings, live = part
+        if all(cut is None for cut in cuts):
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         scores = np.zeros(len(postings.rids), dtype=np.float32)
         touched = False
         for (_, weight), cut, term_idf in zip(terms, cuts, idf, strict=True):

@@ -84,6 +84,11 @@ class DocStore:
         """Close the connection."""
         self._db.close()
 
+    def rid_range(self) -> tuple[int, int]:
+        """The lowest and highest row id held (``(0, -1)`` when empty)."""
+        ((low, high),) = self._query("SELECT COALESCE(MIN(rid), 0), COALESCE(MAX(rid), -1) FROM chunks")
+        return int(low), int(high)
+
     def next_rid(self) -> int:
         """The next free row id."""
         ((value,),) = self._query("SELECT COALESCE(MAX(rid), -1) + 1 FROM chunks")

@@ -26,7 +26,7 @@ class MergePolicy:
     max_deleted: Share of deleted rows above which a segment is rewritten.
     """
 
-    floor: int = 2_000
+    floor: int = 64
     factor: int = 8
     per_tier: int = 8
     max_deleted: float = 0.3

@@ -125,6 +125,7 @@ class Segment:
         self.deleted, self.deleted_docs = _read_deletes(self.path, entry.deletes)
         self._deleted_set = frozenset(self.deleted.tolist())
         self.docs = DocStore(self.path / DOCSTORE_FILE, readonly=True)
+        self.rid_range = self.docs.rid_range()
         self.store: VectorStore | None = None
         self.postings: Postings | None = None
 
@@ -228,7 +229,10 @@ class SegmentedDocs:
         rids = [int(r) for r in rids]
         out: dict[int, Chunk] = {}
         for segment in self.segments:
-            out.update((rid, c) for rid, c in segment.docs.get(rids).items() if segment.is_live(rid))
+            low, high = segment.rid_range
+            mine = [r for r in rids if low <= r <= high]  # a search's few hits touch one or two segments
+            if mine:
+                out.update((rid, c) for rid, c in segment.docs.get(mine).items() if segment.is_live(rid))
         return out
 
     def document_chunks(self, doc_id: str) -> list[Chunk]:
@@ -248,39 +252,67 @@ class SegmentedDocs:
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
+def _split_tail(segments: Sequence[Segment]) -> tuple[list[Segment], list[Segment]]:
+    """The live segments large enough to search alone, and the small ones a reader searches as one."""
+    live = [s for s in segments if s.entry.live_chunks]
+    large = [s for s in live if s.entry.live_chunks >= APPROXIMATE_FROM]
+    tail = [s for s in live if s.entry.live_chunks < APPROXIMATE_FROM]
+    return (large, tail) if len(tail) > 1 else (live, [])
+
+
 class SegmentedVectors:
-    """Dense search over a version's segments: each searched with its deletions excluded inside the search,
-    the per-segment top ``k`` merged by score (exact when every segment is flat)."""
+    """Dense search over a version's segments, each searched with its deletions excluded inside the
+    search and the per-segment top ``k`` merged by score (exact when every segment is flat). The small
+    segments (all flat) are copied into one flat store when the version is opened: a search then costs
+    about what it costs on one segment however many small writes made them."""
 
     def __init__(self, segments: Sequence[Segment], dim: int) -> None:
-        self.segments = [s for s in segments if s.entry.live_chunks]
         self.dim = dim
+        large, tail = _split_tail(segments)
+        self._parts: list[tuple[VectorStore, np.ndarray | None]] = []
+        for segment in large:
+            assert segment.store is not None, "load() first"
+            self._parts.append((segment.store, segment.deleted if len(segment.deleted) else None))
+        if tail:
+            combined = create_store(tail[0].info["store"]["backend"], dim, kind="flat")
+            for segment in tail:
+                for ids, vectors in segment.live_items():
+                    combined.add(ids, vectors)
+                segment.store = None  # the combined copy replaces it
+            self._parts.append((combined, None))
+        self._count = sum(s.entry.live_chunks for s in large + tail)
 
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, ids) per query row, best first."""
         found = []
-        for segment in self.segments:
-            assert segment.store is not None, "load() first"
-            gone = segment.deleted if excluded is None else np.union1d(segment.deleted, excluded)
-            found.append(segment.store.search(queries, k, allowed, gone if len(gone) else None))
+        for store, deleted in self._parts:
+            gone = deleted if excluded is None else np.union1d(deleted if deleted is not None else [], excluded)
+            found.append(store.search(queries, k, allowed, gone if gone is not None and len(gone) else None))
         if not found:
             n = len(queries)
             return np.full((n, 1), -np.inf, dtype=np.float32), np.full((n, 1), MISSING_ID, dtype=np.int64)
+        if len(found) == 1:
+            return found[0]
         scores = np.concatenate([s for s, _ in found], axis=1)
         ids = np.concatenate([i for _, i in found], axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, : max(1, min(k, self.count()))]
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : max(1, min(k, self._count))]
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
     def count(self) -> int:
         """Live vectors."""
-        return sum(s.entry.live_chunks for s in self.segments)
+        return self._count
 
     def items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every live (ids, vectors), in batches."""
-        for segment in self.segments:
-            yield from segment.live_items(batch)
+        for store, deleted in self._parts:
+            for ids, vectors in store.items(batch):
+                if deleted is not None:
+                    keep = ~np.isin(ids, deleted)
+                    ids, vectors = ids[keep], vectors[keep]
+                if len(ids):
+                    yield ids, vectors
 
     def close(self) -> None:
         """Nothing beyond the segments (closed with the docs)."""
@@ -288,12 +320,17 @@ class SegmentedVectors:
 
 
 def segmented_bm25(segments: Sequence[Segment], k1: float, b: float) -> SegmentedBM25:
-    """The BM25 leg over loaded segments, with their deletions."""
-    parts = []
-    for segment in segments:
+    """The BM25 leg over loaded segments, with their deletions; the small segments united into one
+    postings (see :class:`SegmentedVectors`)."""
+    large, tail = _split_tail(segments)
+    parts: list[tuple[Postings, np.ndarray | None]] = []
+    for segment in large:
         assert segment.postings is not None, "load() first"
-        if segment.entry.live_chunks:
-            parts.append((segment.postings, segment.live_mask()))
+        parts.append((segment.postings, segment.live_mask()))
+    if tail:
+        parts.append((Postings.combine([(s.postings, s.live_mask()) for s in tail]), None))  # type: ignore[misc]
+        for segment in tail:
+            segment.postings = None
     return SegmentedBM25(parts, k1, b)
 
 
