@@ -301,6 +301,9 @@ def _index_tools_parsers(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--json", action="store_true", help="One JSON object (total, documents)")
 
+    p = sub.add_parser("optimize", help="Merge an index's small segments now (a server merges between writes)")
+    p.add_argument("--index", type=Path, help=INDEX_HELP)
+
     p = sub.add_parser("delete", help="Delete documents from an index (publishes a new version)")
     p.add_argument("doc_ids", nargs="+", metavar="DOC_ID")
     p.add_argument("--index", type=Path, help=INDEX_HELP)
@@ -417,7 +420,38 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
         for item in summary.warnings:
             print(f"warning: {item['reason']}", file=sys.stderr)
+        _merge_after_ingest(settings, quiet=args.json or args.quiet)
         return EXIT_SKIPPED if summary.skipped else EXIT_OK
+
+
+def _merge_after_ingest(settings: Settings, quiet: bool) -> None:
+    """Merge small segments as the tiered policy says, once the ingest has published (an interrupt here
+    leaves the index as ingested)."""
+    from retrieval.index import IndexLockedError, merge_segments
+
+    try:
+        merged = merge_segments(settings.index, connection=settings.store_connection)
+    except (KeyboardInterrupt, IndexLockedError):
+        print("zhrag: segments not merged; the index is as ingested", file=sys.stderr)
+        return
+    if merged and not quiet:
+        print(f"merged small segments ({_count(len(merged), 'merge')}); version {merged[-1]}", file=sys.stderr)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """``zhrag optimize``: merge an index's segments now, as the tiered merge policy says."""
+    from retrieval.index import merge_segments, read_manifest
+
+    settings = _settings(args)
+    before = len(read_manifest(settings.index).get("segments", []))
+    merged = merge_segments(settings.index, connection=settings.store_connection)
+    after = len(read_manifest(settings.index).get("segments", []))
+    if merged:
+        done = f"merged {before} segments into {after} ({_count(len(merged), 'merge')}); version {merged[-1]}"
+        print(done, file=sys.stderr)
+    else:
+        print(f"nothing to merge; the index keeps its {_count(after, 'segment')}", file=sys.stderr)
+    return EXIT_OK
 
 
 def milvus_collection(index: Path) -> str:
@@ -948,6 +982,7 @@ COMMANDS = {
     "citations": cmd_citations,
     "list": cmd_list,
     "delete": cmd_delete,
+    "optimize": cmd_optimize,
     "tiny-model": cmd_tiny_model,
     "bench": cmd_bench,
 }

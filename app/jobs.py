@@ -75,10 +75,17 @@ class JobQueue:
 
     Args:
         on_published: Called (in the worker) after a job published, e.g. to serve the new version.
+        maintain: Called (in the worker) with a knowledge base a job published to, while no job waits: one
+            step of upkeep (merging its segments), true while there is more to do. Jobs never wait for more
+            than the step under way.
     """
 
-    def __init__(self, on_published: Callable[[Job], None] | None = None) -> None:
+    def __init__(
+        self, on_published: Callable[[Job], None] | None = None, maintain: Callable[[str], bool] | None = None
+    ) -> None:
         self.on_published = on_published
+        self.maintain = maintain
+        self._untidy: set[str] = set()  # bases written since their upkeep last finished
         self._jobs: dict[str, Job] = {}
         self._waiting: list[Job] = []
         self._changed = threading.Condition()
@@ -163,6 +170,23 @@ class JobQueue:
                     except Exception:  # noqa: BLE001 - the live reload picks the version up too
                         log.exception("could not serve the version job %s published", job.id)
                 self._finish(job, "published", result=result)
+                self._untidy.add(job.kb)
+            self._upkeep()
+
+    def _upkeep(self) -> None:
+        """Run upkeep steps for the bases written, one at a time, until a job waits or all is done."""
+        while self.maintain is not None and self._untidy:
+            with self._changed:
+                if self._waiting or self._closed:
+                    return
+            kb = min(self._untidy)
+            try:
+                more = self.maintain(kb)
+            except Exception:  # noqa: BLE001 - upkeep is retried after the base's next write
+                log.exception("upkeep of knowledge base %r failed", kb)
+                more = False
+            if not more:
+                self._untidy.discard(kb)
 
     def _finish(
         self, job: Job, state: JobState, result: dict[str, Any] | None = None, error: str | None = None, status=None

@@ -519,7 +519,11 @@ class SegmentWriter(IndexWriter):
         if not plan:
             self.abort()
             return None
-        return self._merge_once(plan)
+        try:
+            return self._merge_once(plan)
+        except BaseException:
+            self.abort()  # idempotent: after a publish there is nothing left to drop
+            raise
 
     def rewrite(self, store: dict[str, Any], on_moved: Callable[[int], None] | None = None) -> str:
         """Move every live row into one new segment kept in ``store`` (another backend or layout) and

@@ -30,7 +30,7 @@ from app.jobs import Job, JobQueue
 from app.services import index_domain
 from app.sessions import SessionStore
 from app.settings import Settings
-from retrieval.index import current_version, remove_dead_staging
+from retrieval.index import IndexLockedError, current_version, merge_segments, remove_dead_staging
 
 __all__ = ["create_app", "BASE_PREFIXES"]
 
@@ -92,6 +92,19 @@ def _published(app: FastAPI, job: Job) -> None:
     swap_to_latest(app, job.kb)
 
 
+def _merge_step(app: FastAPI, kb: str) -> bool:
+    """One merge of a base's segments, as its tiered policy says, served at once; whether one was made.
+    Runs between write jobs, so searches never wait for it."""
+    try:
+        merged = merge_segments(app.state.bases.path(kb), limit=1, connection=app.state.settings.store_connection)
+    except IndexLockedError:  # a command-line writer holds it: it merges after itself
+        return False
+    if merged:
+        log.info("merged segments of knowledge base %r into version %s", kb, merged[0])
+        swap_to_latest(app, kb)
+    return bool(merged)
+
+
 def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     """Build the app; the knowledge bases and their models are loaded in the lifespan.
 
@@ -143,7 +156,7 @@ def _set_state(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     app.state.metrics = metrics
     app.state.sessions = SessionStore()
     app.state.bulk_slots = BulkSlots(settings.max_bulk_per_key)
-    app.state.jobs = JobQueue(on_published=partial(_published, app))
+    app.state.jobs = JobQueue(on_published=partial(_published, app), maintain=partial(_merge_step, app))
     app.state.access = Access.configure(
         settings.keys, settings.admin_keys, settings.keys_file, settings.host, settings.anonymous_role
     )

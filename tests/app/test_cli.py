@@ -410,3 +410,20 @@ def test_an_embedding_cache_keeps_the_index_domain(tiny_model_dir: Path, tmp_pat
     version = (index / "CURRENT").read_text().strip()
     manifest = json.loads((index / version / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["instruction"] == INSTRUCTIONS["medical"] == manifest["embedder"]["instruction"]
+
+
+def test_optimize_merges_small_segments_and_then_has_nothing_to_do(tmp_path: Path, capsys) -> None:
+    from retrieval.index import Index, read_manifest
+    from tests.retrieval.test_segments import _history
+
+    index = tmp_path / "index"
+    _history(index, seed=5, steps=30, merge=None)
+    before = len(read_manifest(index)["segments"])
+    chunks = Index(index).docs.count()
+    assert before >= 8
+    assert main(["optimize", "--index", str(index)]) == EXIT_OK
+    after = len(read_manifest(index)["segments"])
+    assert after < before and f"merged {before} segments into {after}" in capsys.readouterr().err
+    assert Index(index).docs.count() == chunks
+    assert main(["optimize", "--index", str(index)]) == EXIT_OK
+    assert f"nothing to merge; the index keeps its {after} segments" in capsys.readouterr().err

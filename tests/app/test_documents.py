@@ -358,3 +358,26 @@ def test_uploads_have_their_own_body_limit_on_every_documents_route(index_copy: 
         assert too_big.status_code == 413 and "ZHRAG_MAX_UPLOAD_BYTES" in too_big.json()["error"]["message"]
         search = c.post("/search", json={"query": "医" * 19_000})
         assert search.status_code == 413 and "ZHRAG_MAX_BODY_BYTES" in search.json()["error"]["message"]
+
+
+def test_the_server_merges_small_segments_between_writes_and_serves_the_merge(client: TestClient, index_copy: Path):
+    """Each write adds a segment; once a tier holds eight, the job worker merges them while no write waits,
+    and serves the merged version (found by searches, nothing lost)."""
+    for i in range(9):
+        text = f"第一条 第{i}号罕见病目录：医疗机构应当保障罕见病患者用药{i}。"
+        assert client.post("/documents", json={"id": f"rare-{i}", "text": text}).status_code == 200
+    deadline = time.monotonic() + 30
+    while "merged_at" not in read_manifest(index_copy) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    manifest = read_manifest(index_copy)
+    assert "merged_at" in manifest and len(manifest["segments"]) == 3  # the sample, eight merged, the ninth
+    assert manifest["counts"]["documents"] == 6 + 9
+    deadline = time.monotonic() + 10  # served right after the merge published
+    while client.get("/ready").json().get("version") != current_version(index_copy) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.get("/ready").json()["version"] == current_version(index_copy)
+    found = {
+        h["doc_id"]
+        for h in client.post("/search", json={"query": "罕见病目录", "mode": "bm25", "top_k": 20}).json()["results"]
+    }
+    assert found >= {f"rare-{i}" for i in range(9)}
