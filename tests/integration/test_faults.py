@@ -136,3 +136,96 @@ def test_kill_9_between_rename_and_current_keeps_the_live_version_and_drops_the_
     newest = _write(index, "c", ["three"])
     assert sorted(p.name for p in index.glob("v-*")) == sorted([live, newest])
     assert current_version(index) == newest and Index(index).docs.count_documents() == 3
+
+
+_KILL_MERGE_AT = """
+import os, signal, sys
+from pathlib import Path
+import retrieval.index as index_module
+import retrieval.segments as segments_module
+from retrieval.merge_policy import MergePolicy
+
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+point = sys.argv[2]
+if point == "copying":  # while the merged segment's rows are written in its staging directory
+    segments_module.DocStore.copy_live = killed
+elif point == "renamed":  # the merged segment and the version renamed into place, CURRENT not yet swapped
+    index_module.atomic_write_text = killed
+elif point == "pruning":  # published; the merged-away segments not yet removed
+    index_module.IndexWriter._prune = killed
+index_module.merge_segments(Path(sys.argv[1]), MergePolicy(floor=1, factor=4, per_tier=4))
+"""
+
+_WRITE_AND_MERGE_FOREVER = """
+import sys
+from pathlib import Path
+from retrieval.index import merge_segments
+from retrieval.merge_policy import MergePolicy
+from tests.retrieval.test_segments import _history
+
+for seed in range(1000):
+    _history(Path(sys.argv[1]), seed=100 + seed, steps=5, merge=MergePolicy(floor=1, factor=2, per_tier=2))
+"""
+
+
+def _listed_segments(index: Path) -> set[str]:
+    import json
+
+    return {s["name"] for v in index.glob("v-*") for s in json.loads((v / "manifest.json").read_text())["segments"]}
+
+
+def _whole_and_tidy(index: Path) -> None:
+    """The live version opens and agrees with itself, and nothing outside the kept versions is left."""
+    from retrieval.index import Index
+
+    view = Index(index)
+    assert view.docs.count() == view.store.count() == view.bm25.count() == view.manifest["counts"]["chunks"]
+    assert len(view.docs.get(range(view.docs.next_rid()))) == view.docs.count()
+    view.close()
+    assert not list(index.glob(".staging-*")) and len(list(index.glob("v-*"))) <= 2
+    assert {p.name for p in (index / "segments").iterdir()} == _listed_segments(index)
+
+
+@pytest.mark.parametrize("point", ["copying", "renamed", "pruning"])
+def test_kill_9_during_a_merge_leaves_the_last_published_version_and_the_next_writer_tidies(
+    tmp_path: Path, point: str
+) -> None:
+    from retrieval.index import Index, read_manifest
+    from tests.retrieval.test_segments import _bm25_groups, _history
+
+    index = tmp_path / "index"
+    _history(index, seed=21, steps=24, merge=None)
+    before = current_version(index)
+    ranking = _bm25_groups(Index(index), ["医师", "义务", "责任"])
+    crashed = subprocess.run([sys.executable, "-c", _KILL_MERGE_AT, str(index), point], cwd=REPO, timeout=120)
+    assert crashed.returncode == -signal.SIGKILL
+    if point == "pruning":
+        assert current_version(index) != before and "merged_at" in read_manifest(index)  # it had published
+    else:
+        assert current_version(index) == before  # the half-done merge is invisible
+    assert _bm25_groups(Index(index), ["医师", "义务", "责任"]) == ranking
+    _history(index, seed=22, steps=1, merge=None)  # the next writer
+    _whole_and_tidy(index)
+
+
+def test_kill_9_at_random_moments_of_writes_and_merges_never_breaks_the_index(tmp_path: Path) -> None:
+    import random
+
+    index, rng = tmp_path / "index", random.Random(7)
+    for _ in range(6):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITE_AND_MERGE_FOREVER, str(index)], cwd=REPO)
+        time.sleep(rng.uniform(2.5, 5.0))  # the imports take about two seconds; then writes and merges
+        writer.kill()
+        writer.wait(timeout=30)
+        if current_version(index) is not None:
+            from retrieval.index import Index
+
+            view = Index(index)  # the last published version opens whole, whatever was cut short
+            assert view.docs.count() == view.store.count() == view.bm25.count()
+            view.close()
+    from tests.retrieval.test_segments import _history
+
+    _history(index, seed=999, steps=1, merge=None)
+    _whole_and_tidy(index)
