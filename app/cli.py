@@ -245,8 +245,9 @@ def _bench_parsers(sub: Any) -> None:
         type=int,
         metavar="N",
         help="Build an N-chunk synthetic index (zero-cost embedder, --model's tokenizer), then time adding, "
-        "replacing and deleting one document",
+        "replacing and deleting one document, and searches after --writes small writes and their merges",
     )
+    g.add_argument("--writes", type=int, default=100, help="Small writes of --update (default 100)")
     g.add_argument("--model", help="Embedding model of the ingest runs (default Qwen/Qwen3-Embedding-0.6B)")
     g.add_argument("--workers", type=int, help="Workers of the floor and model runs (default: the cores)")
     g.add_argument("--devices", help="Devices of the model run, e.g. cuda:0,cuda:1")
@@ -831,7 +832,8 @@ def _bench_update(args: argparse.Namespace) -> dict[str, Any]:
     if args.update < 1:
         raise CliError("--update needs a positive number of chunks")
     workers = args.workers or settings.workers or default_workers()
-    return run_update_bench(args.update, build_embedder(settings), build_analyzer(settings), workers=workers)
+    embedder, analyzer = build_embedder(settings), build_analyzer(settings)
+    return run_update_bench(args.update, embedder, analyzer, workers=workers, writes=args.writes)
 
 
 def _bench_ann(args: argparse.Namespace) -> dict[str, Any]:

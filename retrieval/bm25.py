@@ -328,12 +328,25 @@ class Postings:
         return out
 
 
+@dataclass
+class _ScoredPart:
+    """One part of a :class:`SegmentedBM25`: a segment's postings with their final weights."""
+
+    vocab: dict[str, int]
+    indptr: np.ndarray
+    positions: np.ndarray
+    weights: np.ndarray
+    rids: np.ndarray
+    live: np.ndarray | None
+
+
 class SegmentedBM25:
     """BM25 over several segments' :class:`Postings` with exact global statistics.
 
     Document frequencies, the chunk count and the average length are summed over the live chunks of every
-    segment, so the scores (bm25s' Lucene variant, computed as :class:`BM25Builder` computes them, to the
-    bit) equal those of one index built from scratch over the same chunks.
+    segment, so the weights (bm25s' Lucene variant, computed as :class:`BM25Builder` computes them, to the
+    bit) equal those of one index built from scratch over the same chunks. A version never changes, so they
+    are computed once, when it is opened: a query then costs what it costs on one prebuilt index.
 
     Args:
         parts: Per segment, its postings and the mask of its live positions (``None``: all live).
@@ -343,12 +356,24 @@ class SegmentedBM25:
     location = "local"
 
     def __init__(self, parts: Sequence[tuple[Postings, np.ndarray | None]], k1: float, b: float) -> None:
-        self._parts = list(parts)
         self.k1, self.b = k1, b
-        self._n = sum(len(p.rids) if live is None else int(live.sum()) for p, live in self._parts)
-        self._total_length = sum(
-            int(p.lengths.sum() if live is None else p.lengths[live].sum()) for p, live in self._parts
-        )
+        self._n = sum(len(p.rids) if live is None else int(live.sum()) for p, live in parts)
+        total = sum(int(p.lengths.sum() if live is None else p.lengths[live].sum()) for p, live in parts)
+        avg = total / self._n if self._n else 1.0
+        df: dict[str, int] = {}
+        for postings, live in parts:
+            for term, count in zip(_terms_by_id(postings), _live_df(postings, live).tolist(), strict=True):
+                df[term] = df.get(term, 0) + count
+        idf = {t: math.log(1 + (self._n - f + 0.5) / (f + 0.5)) for t, f in df.items() if f}
+        self._parts = [self._scored(postings, live, idf, avg) for postings, live in parts]
+
+    def _scored(self, postings: Postings, live: np.ndarray | None, idf: dict[str, float], avg: float) -> _ScoredPart:
+        term_idf = np.array([idf.get(t, 0.0) for t in _terms_by_id(postings)], dtype=np.float32)
+        term_of = np.repeat(np.arange(len(term_idf)), np.diff(postings.indptr))
+        tfs = postings.tfs
+        tfc = tfs / (self.k1 * ((1 - self.b) + self.b * postings.lengths[postings.positions] / avg) + tfs)
+        weights = (term_idf[term_of] * tfc).astype(np.float32)
+        return _ScoredPart(postings.vocab, postings.indptr, postings.positions, weights, postings.rids, live)
 
     def count(self) -> int:
         """Live chunks."""
@@ -366,57 +391,54 @@ class SegmentedBM25:
         empty = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         if not terms or not self._n or k <= 0:
             return empty
-        slices = [p.term_slices([t for t, _ in terms]) for p, _ in self._parts]
-        idf = self._idf(slices, len(terms))
-        avg = self._total_length / self._n
-        found = [
-            self._segment_top(part, cuts, terms, idf, avg, k, allowed)
-            for part, cuts in zip(self._parts, slices, strict=True)
-        ]
+        found = [_part_top(part, terms, k, allowed) for part in self._parts]
+        found = [f for f in found if len(f[0])]
+        if len(found) <= 1:
+            return (found[0][0][:k], found[0][1][:k]) if found else empty
         scores = np.concatenate([s for s, _ in found])
         rids = np.concatenate([r for _, r in found])
         top = np.lexsort((rids, -scores))[:k]
-        return (scores[top], rids[top]) if len(top) else empty
+        return scores[top], rids[top]
 
-    def _idf(self, slices: list[list[tuple[int, int] | None]], n_terms: int) -> list[np.float32 | None]:
-        """Per query term, its IDF over the live chunks of every segment (``None``: in no live chunk)."""
-        df = [0] * n_terms
-        for (postings, live), cuts in zip(self._parts, slices, strict=True):
-            for i, cut in enumerate(cuts):
-                if cut is not None:
-                    df[i] += cut[1] - cut[0] if live is None else int(live[postings.positions[cut[0] : cut[1]]].sum())
-        return [np.float32(math.log(1 + (self._n - f + 0.5) / (f + 0.5))) if f else None for f in df]
 
-    def _segment_top(
-        self,
-        part: tuple[Postings, np.ndarray | None],
-        cuts: list[tuple[int, int] | None],
-        terms: list[tuple[str, float]],
-        idf: list[np.float32 | None],
-        avg: float,
-        k: int,
-        allowed: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """This segment's candidates: its top ``k`` and every chunk tied with the k-th."""
-        postings, live = part
-        if all(cut is None for cut in cuts):
-            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-        scores = np.zeros(len(postings.rids), dtype=np.float32)
-        touched = False
-        for (_, weight), cut, term_idf in zip(terms, cuts, idf, strict=True):
-            if cut is None or term_idf is None:
-                continue
-            positions, tfs = postings.positions[cut[0] : cut[1]], postings.tfs[cut[0] : cut[1]]
-            tfc = tfs / (self.k1 * ((1 - self.b) + self.b * postings.lengths[positions] / avg) + tfs)
-            scores[positions] += weight * (term_idf * tfc).astype(np.float32)
-            touched = True
-        if not touched:
-            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-        if live is not None:
-            scores *= live
-        if allowed is not None:
-            scores *= np.isin(postings.rids, allowed)
-        return _top_with_ties(scores, postings.rids, k)
+def _terms_by_id(postings: Postings) -> list[str]:
+    terms = [""] * len(postings.vocab)
+    for term, term_id in postings.vocab.items():
+        terms[term_id] = term
+    return terms
+
+
+def _live_df(postings: Postings, live: np.ndarray | None) -> np.ndarray:
+    """Per term (by id), how many live chunks hold it."""
+    counts = np.diff(postings.indptr)
+    if live is None:
+        return counts
+    term_of = np.repeat(np.arange(len(counts)), counts)
+    return np.bincount(term_of[live[postings.positions]], minlength=len(counts))
+
+
+def _part_top(
+    part: _ScoredPart, terms: list[tuple[str, float]], k: int, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A part's candidates: its top ``k`` and every chunk tied with the k-th, ties by row id."""
+    scores: np.ndarray | None = None
+    for term, weight in terms:
+        term_id = part.vocab.get(term)
+        if term_id is None:
+            continue
+        start, end = part.indptr[term_id], part.indptr[term_id + 1]
+        if scores is None:
+            scores = np.zeros(len(part.rids), dtype=np.float32)
+        scores[part.positions[start:end]] += weight * part.weights[start:end]
+    if scores is None:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+    if part.live is not None:
+        scores *= part.live
+    if allowed is not None:
+        scores *= np.isin(part.rids, allowed)
+    scores, rids = _top_with_ties(scores, part.rids, k)
+    order = np.lexsort((rids, -scores))  # positions follow row ids within a segment, not in a united tail
+    return scores[order], rids[order]
 
 
 def _top_with_ties(scores: np.ndarray, rids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -329,9 +329,10 @@ def segmented_bm25(segments: Sequence[Segment], k1: float, b: float) -> Segmente
         parts.append((segment.postings, segment.live_mask()))
     if tail:
         parts.append((Postings.combine([(s.postings, s.live_mask()) for s in tail]), None))  # type: ignore[misc]
-        for segment in tail:
-            segment.postings = None
-    return SegmentedBM25(parts, k1, b)
+    bm25 = SegmentedBM25(parts, k1, b)
+    for segment in segments:
+        segment.postings = None  # the leg keeps what it needs: positions and final weights
+    return bm25
 
 
 def segment_store_conf(store_conf: Mapping[str, Any], chunks: int) -> dict[str, Any]:

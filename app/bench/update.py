@@ -1,16 +1,19 @@
 """What one small change to an index costs, by index size: ``zhrag bench --update N``.
 
 Builds an index of about ``N`` chunks from synthetic statute-like documents with the zero-cost embedder (the
-real tokenizer, no model time), then times adding, replacing and deleting one two-article document, and
-counts the bytes this process wrote for each (``wchar`` of ``/proc/self/io``: every ``write`` call, the SQLite
-backup, the vector store, BM25, the manifest). Search latency (BM25 and dense, one query at a time) is
-measured before and after the writes. A change that costs what it changes would take the same time and write
-the same bytes at every ``N``.
+real tokenizer, no model time), then times adding, replacing and deleting one document of ten articles, and
+counts the bytes this process wrote for each (``wchar`` of ``/proc/self/io``: every ``write`` call: the new
+segment, deletions files, the manifest). Then ``writes`` more one-document additions, each followed by the
+merges the tiered policy asks for (as a server runs them between writes), and search latency (BM25, dense
+and hybrid, one query at a time) after them against the same documents merged into one segment. A change
+that costs what it changes takes the same time and writes the same bytes at every ``N``.
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -20,9 +23,9 @@ from typing import Any
 from app.bench.ingest import ZeroCostEmbedder
 from ingest.chunkers import ChunkSettings
 from ingest.pipeline import IngestOptions, ingest, remove_documents
-from retrieval.index import Index
+from retrieval.index import Index, SegmentWriter, merge_segments, read_manifest
 from retrieval.protocols import Embedder
-from retrieval.searcher import BM25, DENSE, Searcher, SearchOptions
+from retrieval.searcher import BM25, DENSE, HYBRID, Searcher, SearchOptions
 from retrieval.text import Analyzer
 
 __all__ = ["run_update_bench", "synthetic_documents"]
@@ -72,14 +75,17 @@ def _measured(run: Any) -> dict[str, float]:
     return {"seconds": round(time.perf_counter() - start, 3), "mb_written": round((_written_bytes() - before) / 1e6, 2)}
 
 
-def _search_ms(index_dir: Path, embedder: Embedder, analyzer: Analyzer, repeat: int = 20) -> dict[str, float]:
+def _search_ms(index_dir: Path, embedder: Embedder, analyzer: Analyzer, repeat: int = 100) -> dict[str, float]:
     index = Index(index_dir)
     try:
         searcher = Searcher(index, embedder, analyzer)
         times: dict[str, float] = {}
-        for mode in (BM25, DENSE):
+        for mode in (BM25, DENSE, HYBRID):
             runs = []
-            for i in range(repeat):
+            for i in range(-10, repeat):  # ten warm-up searches
+                if i < 0:
+                    searcher.search(QUESTIONS[i % len(QUESTIONS)], SearchOptions(top_k=10, mode=mode))
+                    continue
                 start = time.perf_counter()
                 searcher.search(QUESTIONS[i % len(QUESTIONS)], SearchOptions(top_k=10, mode=mode))
                 runs.append(time.perf_counter() - start)
@@ -89,14 +95,51 @@ def _search_ms(index_dir: Path, embedder: Embedder, analyzer: Analyzer, repeat: 
         index.close()
 
 
-def run_update_bench(chunks: int, embedder: Embedder, analyzer: Analyzer, workers: int = 1) -> dict[str, Any]:
-    """Build an index of about ``chunks`` chunks, then time a one-document add, replace and delete.
+def _small_writes(
+    work: Path, index: Path, zero: Embedder, analyzer: Analyzer, first: int, writes: int
+) -> dict[str, Any]:
+    """``writes`` one-document additions, each followed by the merges the tiered policy asks for."""
+    write_s, merge_s, segments, merges = [], [], [], 0
+    single = IngestOptions(workers=1)
+    for n in range(writes):
+        path = _write_jsonl(work / "small.jsonl", synthetic_documents(1, start=first + n))
+        start = time.perf_counter()
+        ingest([path], index, zero, analyzer, progress=False, options=single)
+        write_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        merges += len(merge_segments(index))
+        merge_s.append(time.perf_counter() - start)
+        segments.append(len(read_manifest(index)["segments"]))
+    return {
+        "writes": writes,
+        "write_p50_s": round(statistics.median(write_s), 3),
+        "write_max_s": round(max(write_s), 3),
+        "merges": merges,
+        "merge_total_s": round(sum(merge_s), 2),
+        "merge_max_s": round(max(merge_s), 2),
+        "segments_max": max(segments),
+        "segments_after": segments[-1],
+    }
+
+
+def _into_one_segment(index: Path) -> None:
+    manifest = read_manifest(index)
+    with SegmentWriter(index, manifest["embedder"]) as writer:
+        writer.rewrite(manifest["store"])
+
+
+def run_update_bench(
+    chunks: int, embedder: Embedder, analyzer: Analyzer, workers: int = 1, writes: int = 100
+) -> dict[str, Any]:
+    """Build an index of about ``chunks`` chunks, time a one-document add, replace and delete, then
+    ``writes`` small writes (and their merges), and compare search latency with one segment.
 
     Args:
         chunks: Index size (rounded to whole documents of ``ARTICLES_PER_DOCUMENT`` chunks).
         embedder: The real embedder (its tokenizer; vectors come from the zero-cost embedder).
         analyzer: BM25 analyzer.
         workers: Ingest workers for the build.
+        writes: One-document additions before the second latency measurement.
     """
     zero = ZeroCostEmbedder(embedder)
     documents = max(1, chunks // ARTICLES_PER_DOCUMENT)
@@ -114,6 +157,23 @@ def run_update_bench(chunks: int, embedder: Embedder, analyzer: Analyzer, worker
         result["add"] = _measured(lambda: ingest([one], index, zero, analyzer, progress=False, options=single))
         result["replace"] = _measured(lambda: ingest([again], index, zero, analyzer, progress=False, options=single))
         result["delete"] = _measured(lambda: remove_documents(index, [changed[0]["id"]]))
-        result["search_after"] = _search_ms(index, zero, analyzer)
+        result["small_writes"] = _small_writes(work, index, zero, analyzer, documents + 1, writes)
         result["index_mb"] = round(sum(p.stat().st_size for p in index.rglob("*") if p.is_file()) / 1e6, 1)
+        one = work / "one"
+        shutil.copytree(index, one)
+        _into_one_segment(one)
+        after, single = _alternating(index, one, zero, analyzer)
+        result.update(search_after=after, search_one_segment=single)
+        result["latency_vs_one_segment"] = {k: round(after[k] / v, 2) for k, v in single.items() if v}
     return result
+
+
+def _alternating(a: Path, b: Path, embedder: Embedder, analyzer: Analyzer, rounds: int = 3) -> tuple[dict, dict]:
+    """Search latency of two indexes measured in turns (the median of each mode's p50 over the rounds), so
+    the machine's drift and the collector's state weigh on both alike."""
+    runs: tuple[list[dict[str, float]], list[dict[str, float]]] = ([], [])
+    for _ in range(rounds):
+        for side, path in zip(runs, (a, b), strict=True):
+            gc.collect()
+            side.append(_search_ms(path, embedder, analyzer))
+    return tuple({k: statistics.median(r[k] for r in side) for k in side[0]} for side in runs)  # type: ignore[return-value]

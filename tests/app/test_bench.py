@@ -83,8 +83,10 @@ def test_update_bench_times_one_document_writes_on_a_synthetic_index(tiny_embedd
 
     docs = synthetic_documents(3)
     assert len({d["id"] for d in docs}) == 3 and docs[1]["text"].count("第") >= ARTICLES_PER_DOCUMENT
-    result = run_update_bench(300, tiny_embedder, analyzer)
+    result = run_update_bench(300, tiny_embedder, analyzer, writes=9)
     assert result["chunks"] == 300 and result["documents"] == 30
     for step in ("add", "replace", "delete"):
         assert result[step]["seconds"] > 0 and result[step]["mb_written"] > 0  # each published a version
-    assert result["search_after"]["bm25_p50_ms"] > 0
+    assert result["search_after"]["bm25_p50_ms"] > 0 and result["search_one_segment"]["hybrid_p50_ms"] > 0
+    small = result["small_writes"]
+    assert small["writes"] == 9 and small["merges"] >= 1 and small["segments_after"] < 9  # unmerged there would be 10 or more
