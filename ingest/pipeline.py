@@ -90,9 +90,8 @@ def remove_documents(
     missing: list[str] = []
     chunks = 0
     with IndexWriter(index_dir, manifest["embedder"], connection=connection) as writer:
-        known = set(writer.document_ids())
         for doc_id in dict.fromkeys(doc_ids):
-            if doc_id in known:
+            if writer.document_hash(doc_id) is not None:
                 chunks += writer.delete_document(doc_id)
                 removed.append(doc_id)
             else:
@@ -334,7 +333,7 @@ def ingest(
         EmbedStage(embedder, replicas, options.max_batch_tokens, on_progress=on_embedded) as stage,
     ):
         context = StageContext(
-            settings, analyzer, spec, writer.document_hashes(), limits=options.limits, source_names=options.source_names
+            settings, analyzer, spec, writer.hash_lookup(), limits=options.limits, source_names=options.source_names
         )
         chunkers: Counter[str] = Counter()
         ocr = _OcrTally()

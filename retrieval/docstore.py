@@ -86,8 +86,10 @@ class DocStore:
 
     def rid_range(self) -> tuple[int, int]:
         """The lowest and highest row id held (``(0, -1)`` when empty)."""
-        ((low, high),) = self._query("SELECT COALESCE(MIN(rid), 0), COALESCE(MAX(rid), -1) FROM chunks")
-        return int(low), int(high)
+        # bare MIN/MAX of the primary key: SQLite reads one end of the b-tree (wrapped, it scans them all)
+        ((low,),) = self._query("SELECT MIN(rid) FROM chunks")
+        ((high,),) = self._query("SELECT MAX(rid) FROM chunks")
+        return (0, -1) if low is None else (int(low), int(high))
 
     def next_rid(self) -> int:
         """The next free row id."""

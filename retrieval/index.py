@@ -29,6 +29,7 @@ from retrieval.merge_policy import MergePolicy, plan_merge
 from retrieval.protocols import LexicalIndex
 from retrieval.segments import (
     SEGMENTS_DIR,
+    HashLookup,
     Segment,
     SegmentBuilder,
     SegmentedDocs,
@@ -253,6 +254,10 @@ class IndexWriter:
         """Publish the staged changes; returns the new version name."""
         raise NotImplementedError
 
+    def hash_lookup(self) -> Mapping[str, str]:
+        """Content hash per document of the version this writer started from."""
+        raise NotImplementedError
+
     def abort(self) -> None:
         """Drop the staged changes; the live version is untouched."""
         raise NotImplementedError
@@ -436,6 +441,11 @@ class SegmentWriter(IndexWriter):
     def document_ids(self) -> list[str]:
         """Ids of the documents in the staged index."""
         return sorted(self.document_hashes())
+
+    def hash_lookup(self) -> Mapping[str, str]:
+        """Content hash per document of the version this writer started from, looked up on demand (what an
+        ingest checks each document against; picklable for its worker processes)."""
+        return HashLookup([(s.path / DOCSTORE_FILE, s.deleted_docs) for s in self._segments])
 
     def chunks_count(self) -> int:
         """Chunks in the staged index."""

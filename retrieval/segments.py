@@ -172,6 +172,54 @@ class Segment:
             self.store.close()
 
 
+class HashLookup(Mapping[str, str]):
+    """Content hash per live document of a version, looked up per document rather than read in full (an
+    ingest of one file into a large index asks for one). Picklable: an ingest worker process opens the
+    segments' rows itself (they never change). After ``FULL_AFTER`` lookups it reads them all at once.
+
+    Args:
+        segments: Per segment, oldest first, its rows' database and the documents deleted from it.
+    """
+
+    FULL_AFTER = 64
+
+    def __init__(self, segments: Sequence[tuple[Path, frozenset[str]]]) -> None:
+        self._segments = list(segments)
+        self._open: list[DocStore] | None = None
+        self._all: dict[str, str] | None = None
+        self._asked = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": None}
+
+    def _stores(self) -> list[DocStore]:
+        if self._open is None:
+            self._open = [DocStore(path, readonly=True) for path, _ in self._segments]
+        return self._open
+
+    def _everything(self) -> dict[str, str]:
+        if self._all is None:
+            self._all = {}
+            for store, (_, gone) in zip(self._stores(), self._segments, strict=True):
+                self._all.update((d, h) for d, h in store.document_hashes().items() if d not in gone)
+        return self._all
+
+    def __getitem__(self, doc_id: str) -> str:
+        self._asked += 1
+        if self._all is not None or self._asked > self.FULL_AFTER:
+            return self._everything()[doc_id]
+        for store, (_, gone) in zip(reversed(self._stores()), reversed(self._segments), strict=True):
+            if doc_id not in gone and (found := store.document_hash(doc_id)) is not None:
+                return found
+        raise KeyError(doc_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._everything())
+
+    def __len__(self) -> int:
+        return len(self._everything())
+
+
 class SegmentedDocs:
     """The chunk rows and documents of a version, over its segments (a document is live in one of them)."""
 

@@ -120,6 +120,10 @@ class WholeVersionWriter(IndexWriter):
         """Content hash of every document in the staged index, by id."""
         return self.docs.document_hashes()
 
+    def hash_lookup(self) -> Mapping[str, str]:
+        """Content hash per document of the version this writer started from."""
+        return self.docs.document_hashes()
+
     def chunks_count(self) -> int:
         """Chunks in the staged index."""
         return self._counts[1] if self._counts else self.docs.count()

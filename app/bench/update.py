@@ -34,6 +34,8 @@ _SUBJECTS = ["医疗机构", "执业医师", "药品经营企业", "用人单位
 _DUTIES = ["应当建立健全内部管理制度", "不得泄露患者隐私", "应当依法履行告知义务", "应当妥善保管相关资料"]
 _OUTCOMES = ["由县级以上人民政府责令改正", "处五千元以上五万元以下罚款", "依法承担赔偿责任", "吊销其执业证书"]
 ARTICLES_PER_DOCUMENT = 10
+REPEATS = 5
+"""Times each one-document change is measured (with another document each time)."""
 QUESTIONS = ["医疗机构泄露患者隐私的责任", "用人单位未履行告知义务", "药品经营企业的管理制度", "监护人的赔偿责任"]
 
 
@@ -69,9 +71,9 @@ def _written_bytes() -> int:
     return 0
 
 
-def _measured(run: Any) -> dict[str, float]:
+def _measured(run: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
     before, start = _written_bytes(), time.perf_counter()
-    run()
+    run(*args, **kwargs)
     return {"seconds": round(time.perf_counter() - start, 3), "mb_written": round((_written_bytes() - before) / 1e6, 2)}
 
 
@@ -93,6 +95,24 @@ def _search_ms(index_dir: Path, embedder: Embedder, analyzer: Analyzer, repeat: 
         return times
     finally:
         index.close()
+
+
+def _one_document_changes(work: Path, index: Path, zero: Embedder, analyzer: Analyzer, first: int) -> dict[str, Any]:
+    """Add, replace and delete one document, ``REPEATS`` times (each with another document): the median time
+    and bytes of each step."""
+    single = IngestOptions(workers=1)
+    runs: dict[str, list[dict[str, float]]] = {"add": [], "replace": [], "delete": []}
+    for n in range(first, first + REPEATS):
+        one = _write_jsonl(work / "one.jsonl", synthetic_documents(1, start=n))
+        changed = synthetic_documents(1, start=n)
+        changed[0]["text"] += "\n\n第十一条 本规定自公布之日起施行。"
+        again = _write_jsonl(work / "again.jsonl", changed)
+        runs["add"].append(_measured(lambda: ingest([one], index, zero, analyzer, progress=False, options=single)))
+        runs["replace"].append(
+            _measured(lambda: ingest([again], index, zero, analyzer, progress=False, options=single))
+        )
+        runs["delete"].append(_measured(lambda: remove_documents(index, [changed[0]["id"]])))
+    return {step: {k: statistics.median(r[k] for r in done) for k in done[0]} for step, done in runs.items()}
 
 
 def _small_writes(
@@ -149,15 +169,8 @@ def run_update_bench(
         corpus = _write_jsonl(work / "corpus.jsonl", synthetic_documents(documents))
         built = ingest([corpus], index, zero, analyzer, ChunkSettings(), progress=False, options=IngestOptions(workers))
         result.update(chunks=built.chunks, build_seconds=built.seconds, search_before=_search_ms(index, zero, analyzer))
-        one = _write_jsonl(work / "one.jsonl", synthetic_documents(1, start=documents))
-        changed = synthetic_documents(1, start=documents)
-        changed[0]["text"] += "\n\n第十一条 本规定自公布之日起施行。"
-        again = _write_jsonl(work / "again.jsonl", changed)
-        single = IngestOptions(workers=1)
-        result["add"] = _measured(lambda: ingest([one], index, zero, analyzer, progress=False, options=single))
-        result["replace"] = _measured(lambda: ingest([again], index, zero, analyzer, progress=False, options=single))
-        result["delete"] = _measured(lambda: remove_documents(index, [changed[0]["id"]]))
-        result["small_writes"] = _small_writes(work, index, zero, analyzer, documents + 1, writes)
+        result.update(_one_document_changes(work, index, zero, analyzer, documents))
+        result["small_writes"] = _small_writes(work, index, zero, analyzer, documents + REPEATS, writes)
         result["index_mb"] = round(sum(p.stat().st_size for p in index.rglob("*") if p.is_file()) / 1e6, 1)
         one = work / "one"
         shutil.copytree(index, one)
