@@ -107,11 +107,10 @@ def _one_document_changes(work: Path, index: Path, zero: Embedder, analyzer: Ana
         changed = synthetic_documents(1, start=n)
         changed[0]["text"] += "\n\n第十一条 本规定自公布之日起施行。"
         again = _write_jsonl(work / "again.jsonl", changed)
-        runs["add"].append(_measured(lambda: ingest([one], index, zero, analyzer, progress=False, options=single)))
-        runs["replace"].append(
-            _measured(lambda: ingest([again], index, zero, analyzer, progress=False, options=single))
-        )
-        runs["delete"].append(_measured(lambda: remove_documents(index, [changed[0]["id"]])))
+        quiet = {"progress": False, "options": single}
+        runs["add"].append(_measured(ingest, [one], index, zero, analyzer, **quiet))
+        runs["replace"].append(_measured(ingest, [again], index, zero, analyzer, **quiet))
+        runs["delete"].append(_measured(remove_documents, index, [changed[0]["id"]]))
     return {step: {k: statistics.median(r[k] for r in done) for k in done[0]} for step, done in runs.items()}
 
 
