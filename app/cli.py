@@ -66,12 +66,6 @@ def _store_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--milvus-uri", help="Milvus server (http://…) or Milvus Lite file (ZHRAG_MILVUS_URI)")
     g.add_argument("--milvus-collection", help="Collection name (default: from the index directory)")
-    g.add_argument(
-        "--milvus-bm25",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Keep the BM25 leg in Milvus too (default; ZHRAG_MILVUS_BM25); --no-milvus-bm25 keeps a local file",
-    )
 
 
 def _embedder_flags(p: argparse.ArgumentParser) -> None:
@@ -477,9 +471,8 @@ def _store_options(args: argparse.Namespace, settings: Settings) -> dict[str, An
         )
     uri = args.milvus_uri or settings.milvus_uri or str((settings.index / "milvus.db").resolve())
     collection = args.milvus_collection or settings.milvus_collection or milvus_collection(settings.index)
-    bm25 = settings.milvus_bm25 if args.milvus_bm25 is None else args.milvus_bm25
     kind = args.index_type or "auto"
-    return {"backend": "milvus", "uri": uri, "collection": collection, "kind": kind, "bm25": bm25}
+    return {"backend": "milvus", "uri": uri, "collection": collection, "kind": kind}
 
 
 def _read_messages(path: Path) -> list[dict[str, str]]:

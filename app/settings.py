@@ -83,7 +83,6 @@ class Settings(BaseSettings):
     )
     milvus_collection: str | None = Field(None, description="Milvus collection (default: from the index directory)")
     milvus_token: str | None = Field(None, description="Milvus user:password or API token (never written to the index)")
-    milvus_bm25: bool = Field(True, description="Keep the BM25 leg in Milvus too (false: a local BM25 file)")
     # Per-file limits of ingest (a file over one is skipped and reported)
     ingest_max_file_mb: float = Field(64.0, gt=0, description="Largest input file (JSONL is read in parts)")
     ingest_max_doc_chars: int = Field(5_000_000, gt=0, description="Longest document (file text or JSONL record)")

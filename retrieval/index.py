@@ -3,10 +3,10 @@
 A version lists immutable segments (``retrieval.segments``) and their deletions; a write adds one segment
 holding only its new chunks and records what it deleted, then publishes a new manifest by the atomic
 ``CURRENT`` swap (``retrieval.versions`` has the layout and the one-writer lock). Unchanged segments are
-shared between versions, never copied; :meth:`SegmentWriter.merge` rewrites small segments into larger ones
-(a tiered policy, ``retrieval.merge_policy``). An index whose vectors live in an external store (Milvus)
-publishes whole versions instead (``retrieval.whole_version``). Readers read ``CURRENT`` once and open that
-version; the previous version is kept for running readers.
+shared between versions, never copied; :meth:`IndexWriter.merge` rewrites small segments into larger ones
+(a tiered policy, ``retrieval.merge_policy``). Readers read ``CURRENT`` once and open that version; the
+previous version is kept for running readers. Versions written before segments (format 1) are read as they
+are and upgraded on their first write.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Index, ChunkTerms
+from retrieval.bm25 import BM25_DIR, DEFAULT_B, DEFAULT_K1, BM25Builder, BM25Index, ChunkTerms
 from retrieval.docstore import DOCSTORE_FILE, DocStore
 from retrieval.merge_policy import MergePolicy, plan_merge
 from retrieval.protocols import LexicalIndex
 from retrieval.segments import (
+    SEGMENT_FILE,
     SEGMENTS_DIR,
     HashLookup,
     Segment,
@@ -76,7 +77,6 @@ __all__ = [
     "Index",
     "LiveDocs",
     "IndexWriter",
-    "SegmentWriter",
     "ZhragIndexError",
     "IndexNotFoundError",
     "IndexMismatchError",
@@ -150,7 +150,7 @@ class Index(LiveDocs):
         self.bm25: LexicalIndex | None
         if self.segmented:
             for segment in self.segments:
-                segment.load(self.dim, self.manifest["store"])
+                segment.load(self.dim, self.manifest["store"], connection)
             self.store: Any = SegmentedVectors(self.segments, self.dim)
             self.bm25 = segmented_bm25(self.segments, **self.manifest["bm25"])
             return
@@ -158,8 +158,11 @@ class Index(LiveDocs):
         bm25_dir = self.version_dir / BM25_DIR
         if bm25_dir.is_dir():
             self.bm25 = BM25Index.load(bm25_dir)
-        else:  # the store may keep the BM25 leg itself (Milvus)
-            self.bm25 = self.store.bm25_index()
+        else:  # an older Milvus index kept it in Milvus: counted again from the stored terms until its first write
+            terms = BM25Builder(**self.manifest.get("bm25", {}))
+            for rids, tokens in self.docs.iter_tokens():
+                terms.add(rids, ChunkTerms.count(tokens))
+            self.bm25 = terms.build() if len(terms) else None
 
     @property
     def dim(self) -> int:
@@ -172,29 +175,58 @@ class Index(LiveDocs):
         self.store.close()
 
 
-def _writer_class(root: Path, store: Mapping[str, Any] | None) -> type[IndexWriter]:
-    """The writer the index's store needs: segments for a store kept in the index, whole versions else."""
-    try:
-        backend = read_manifest(root)["store"]["backend"]
-    except (IndexNotFoundError, FileNotFoundError):
-        backend = (store or {}).get("backend", "faiss")
-    if store_class(backend).external:
-        from retrieval.whole_version import WholeVersionWriter
+def _remove_unlisted_segments(
+    root: Path, versions: Iterable[Path], connection: Mapping[str, str], sweep: bool = False
+) -> None:
+    """Remove the segments (with what their store holds outside the index), and the deletions files of
+    kept segments, that none of ``versions`` lists; ``sweep`` also releases what dead writers left in an
+    external store without a segment directory to name it."""
+    versions = list(versions)
+    listed: dict[str, set[str]] = {}
+    stores: dict[str, dict[str, Any]] = {}
+    for version in versions:
+        try:
+            manifest = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # an unreadable version: keep everything rather than guess
+        stores[manifest["store"]["backend"]] = manifest["store"]
+        for entry in _segment_entries(manifest) if manifest.get("format") == SEGMENTED_FORMAT else []:
+            listed.setdefault(entry.name, set()).add(entry.deletes or "")
+    folder = root / SEGMENTS_DIR
+    for segment in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if segment.name not in listed:
+            _release_segment(segment, connection)
+            continue
+        for deletes in segment.glob("del-*.npz"):
+            if deletes.name not in listed[segment.name]:
+                deletes.unlink(missing_ok=True)
+    for backend, conf in stores.items() if sweep else ():
+        if store_class(backend).external:
+            kept = [folder / name for name in listed] + versions
+            store_class(backend).sweep(conf, kept, **connection)
 
-        return WholeVersionWriter
-    return SegmentWriter
+
+def _release_segment(segment: Path, connection: Mapping[str, str]) -> None:
+    try:
+        backend = json.loads((segment / SEGMENT_FILE).read_text(encoding="utf-8"))["store"]["backend"]
+        discard_store(backend, segment, [], **connection)
+    except FileNotFoundError:
+        pass  # never published: its store, if any, is swept
+    except Exception as exc:  # noqa: BLE001 - best effort; the sweep of the next writer retries
+        log.warning("could not release the store of segment %s: %s", segment.name, exc)
+    shutil.rmtree(segment, ignore_errors=True)
 
 
 class IndexWriter:
-    """Stage changes to an index and publish them atomically with :meth:`commit`.
-
-    ``IndexWriter(...)`` opens the writer the index's store needs: a :class:`SegmentWriter` for stores kept
-    in the index directory (FAISS, NumPy), a whole-version writer for an external store (Milvus).
+    """Stage changes to an index and publish them atomically with :meth:`commit`: a new segment holds the
+    added chunks, deletions are recorded per segment, nothing else is rewritten. An index written before
+    segments (format 1) is upgraded on its first write: its data becomes one segment.
 
     Args:
         root: Index directory (created if missing).
         embedder: Manifest entry of the embedder (``describe()``); must match an existing index.
-        store: Vector store backend and options for a new index, e.g. ``{"backend": "faiss"}``.
+        store: Vector store backend and options for a new index, e.g. ``{"backend": "faiss"}`` (and for the
+            one segment an older index's data becomes, when its own store is external).
         settings: Extra manifest fields (chunker, analyzer, ...).
         bm25: BM25 parameters of a new index.
         connection: The store's connection secrets, never written to the index (e.g. a Milvus ``token``).
@@ -202,11 +234,6 @@ class IndexWriter:
 
     staging: Path
     manifest: dict[str, Any]
-
-    def __new__(cls, root: Path | str, *args: Any, **kwargs: Any) -> IndexWriter:
-        if cls is IndexWriter:
-            cls = _writer_class(Path(root), kwargs.get("store", args[1] if len(args) > 1 else None))
-        return super().__new__(cls)
 
     def _open(self, root: Path | str, connection: Mapping[str, str] | None) -> Path | None:
         """Take the lock, clear what dead writers left and make the staging directory; the live version."""
@@ -219,7 +246,8 @@ class IndexWriter:
             previous = current_version_dir(self.root)
             if previous is not None:
                 self._remove_unpublished(previous)
-            _remove_unlisted_segments(self.root, version_dirs(self.root))  # a dead writer's or merge's
+            # a dead writer's or merge's segments
+            _remove_unlisted_segments(self.root, version_dirs(self.root), self.connection, sweep=True)
         except BaseException:
             self._lock.release()
             raise
@@ -249,18 +277,6 @@ class IndexWriter:
     def base_version(self) -> str:
         """Name of the version this writer started from (``""`` for a new index)."""
         return self._base
-
-    def commit(self, extra: dict[str, Any] | None = None) -> str:
-        """Publish the staged changes; returns the new version name."""
-        raise NotImplementedError
-
-    def hash_lookup(self) -> Mapping[str, str]:
-        """Content hash per document of the version this writer started from."""
-        raise NotImplementedError
-
-    def abort(self) -> None:
-        """Drop the staged changes; the live version is untouched."""
-        raise NotImplementedError
 
     def _publish(self, version_dir: Path, extra: dict[str, Any] | None) -> str:
         """Write the manifest into ``version_dir`` (a staging directory), flush it, rename it into place,
@@ -307,7 +323,7 @@ class IndexWriter:
                 if why:
                     log.warning("removing %s: %s", version.name, why)
                 self._remove_version(version, kept)
-        _remove_unlisted_segments(self.root, kept)
+        _remove_unlisted_segments(self.root, kept, self.connection)
 
     def _remove_version(self, version: Path, kept: list[Path]) -> None:
         try:
@@ -317,38 +333,6 @@ class IndexWriter:
         except Exception as exc:  # noqa: BLE001 - pruning is best effort; the data stays consistent
             log.warning("could not release the store of %s: %s", version.name, exc)
         shutil.rmtree(version, ignore_errors=True)
-
-
-def _remove_unlisted_segments(root: Path, versions: Iterable[Path]) -> None:
-    """Remove the segments, and the deletions files of kept segments, that none of ``versions`` lists."""
-    listed: dict[str, set[str]] = {}
-    for version in versions:
-        try:
-            manifest = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return  # an unreadable version: keep everything rather than guess
-        if manifest.get("format") == SEGMENTED_FORMAT:
-            for entry in _segment_entries(manifest):
-                listed.setdefault(entry.name, set()).add(entry.deletes or "")
-    folder = root / SEGMENTS_DIR
-    if not folder.is_dir():
-        return
-    for segment in folder.iterdir():
-        if segment.name not in listed:
-            shutil.rmtree(segment, ignore_errors=True)
-            continue
-        for deletes in segment.glob("del-*.npz"):
-            if deletes.name not in listed[segment.name]:
-                deletes.unlink(missing_ok=True)
-
-
-class SegmentWriter(IndexWriter):
-    """A write to an index kept in its own directory: a new segment holds the added chunks, deletions are
-    recorded per segment, nothing else is rewritten. An index written in the whole-version format (before
-    segments) is upgraded on its first write: its data becomes one segment.
-
-    Args: as :class:`IndexWriter`.
-    """
 
     def __init__(
         self,
@@ -367,7 +351,7 @@ class SegmentWriter(IndexWriter):
                 self.manifest = json.loads((previous / MANIFEST_FILE).read_text(encoding="utf-8"))
                 check_embedder(self.manifest, embedder["model"], embedder["dim"])
                 if self.manifest.get("format") == WHOLE_FORMAT:
-                    self._upgrade(previous, store)
+                    self._upgrade(previous)
             self._segments = [Segment(self.root, e) for e in _segment_entries(self.manifest)]
             self._segments_store = dict(self.manifest["store"])  # what the listed segments were written with
             self.manifest.update(settings or {})
@@ -385,14 +369,9 @@ class SegmentWriter(IndexWriter):
         """Vector dimension."""
         return int(self.manifest["dim"])
 
-    def _upgrade(self, previous: Path, store: dict[str, Any] | None) -> None:
-        """Turn a whole-format version into one segment (its store's vectors, or ``store``'s when the live
-        store is external: a migration)."""
-        conf = {k: v for k, v in self.manifest["store"].items() if k != "layout"}
-        if store_class(conf["backend"]).external:
-            if store is None or store_class(store["backend"]).external:
-                raise ZhragIndexError(f"the index at {self.root} keeps its vectors in {conf['backend']}")
-            conf = dict(store)
+    def _upgrade(self, previous: Path) -> None:
+        """Turn a whole-format version into one segment of the same store (BM25 recounted locally)."""
+        conf = {k: v for k, v in self.manifest["store"].items() if k not in ("layout", "bm25")}
         source_store = load_whole_store(previous, self.manifest, self.connection)
         try:
             docs = DocStore(previous / DOCSTORE_FILE)
@@ -400,7 +379,7 @@ class SegmentWriter(IndexWriter):
             docs.close()
             source = SegmentSource(previous / DOCSTORE_FILE, np.zeros(0, np.int64), frozenset(), source_store.items())
             bm25 = self.manifest.get("bm25") or {"k1": DEFAULT_K1, "b": DEFAULT_B}
-            entry = write_segment(self.root, self._new_staging(), [source], self.dim, conf, bm25)
+            entry = write_segment(self.root, self._new_staging(), [source], self.dim, conf, bm25, self.connection)
         finally:
             source_store.close()
         for stale in ("counts",):
@@ -506,7 +485,7 @@ class SegmentWriter(IndexWriter):
                 entry = with_deletions(entry, segment, *self._deleted[segment.name])
             if entry.live_documents or entry.live_chunks:
                 entries.append(entry)
-        added = self._builder.publish(self.root, self.manifest["store"])
+        added = self._builder.publish(self.root, self.manifest["store"], self.connection)
         if added is not None:
             entries.append(added)
         return self._publish_segments(entries, extra)
@@ -525,7 +504,8 @@ class SegmentWriter(IndexWriter):
     def merge(self, policy: MergePolicy | None = None) -> str | None:
         """Merge the segments ``policy`` picks next into one and publish that; the version, or ``None`` (and
         the writer closed) when there is nothing to merge. Call it on a writer with nothing staged."""
-        plan = plan_merge([(s.entry.chunks, s.entry.deleted_chunks) for s in self._segments], policy or MergePolicy())
+        policy = policy or MergePolicy(max_deleted_rows=store_class(self.manifest["store"]["backend"]).max_excluded)
+        plan = plan_merge([(s.entry.chunks, s.entry.deleted_chunks) for s in self._segments], policy)
         if not plan:
             self.abort()
             return None
@@ -550,12 +530,18 @@ class SegmentWriter(IndexWriter):
                 s.path / DOCSTORE_FILE,
                 s.deleted,
                 s.deleted_docs,
-                _counted(s.load(self.dim, self._segments_store).live_items(), on_moved),
+                _counted(s.load(self.dim, self._segments_store, self.connection).live_items(), on_moved),
             )
             for s in chosen
         ]
         merged = write_segment(
-            self.root, self._new_staging(), sources, self.dim, self.manifest["store"], self.manifest["bm25"]
+            self.root,
+            self._new_staging(),
+            sources,
+            self.dim,
+            self.manifest["store"],
+            self.manifest["bm25"],
+            self.connection,
         )
         entries = [s.entry for i, s in enumerate(self._segments) if i not in plan]
         if merged is not None:
@@ -621,7 +607,7 @@ def merge_segments(
         manifest = read_manifest(root)
         if manifest.get("format") != SEGMENTED_FORMAT:
             break
-        version = SegmentWriter(root, manifest["embedder"], connection=connection).merge(policy)
+        version = IndexWriter(root, manifest["embedder"], connection=connection).merge(policy)
         if version is None:
             break
         published.append(version)
@@ -644,10 +630,5 @@ def migrate_store(
         connection: The stores' connection secrets (e.g. a Milvus ``token``), never written to the index.
     """
     manifest = read_manifest(root)
-    if store_class(store["backend"]).external:
-        from retrieval.whole_version import WholeVersionWriter
-
-        with WholeVersionWriter(root, manifest["embedder"], store=store, connection=connection, on_moved=on_moved) as w:
-            return w.commit()
-    with SegmentWriter(root, manifest["embedder"], store=store, connection=connection) as writer:
+    with IndexWriter(root, manifest["embedder"], connection=connection) as writer:
         return writer.rewrite(store, on_moved)

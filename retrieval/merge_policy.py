@@ -24,12 +24,15 @@ class MergePolicy:
     factor: Size ratio between tiers, and segments merged at once.
     per_tier: Segments a tier may hold before its smallest are merged.
     max_deleted: Share of deleted rows above which a segment is rewritten.
+    max_deleted_rows: Deleted rows above which a segment is rewritten whatever its size (``None``: no
+        such bound; a store whose searches take a bounded list of excluded ids sets it).
     """
 
     floor: int = 64
     factor: int = 8
     per_tier: int = 8
     max_deleted: float = 0.3
+    max_deleted_rows: int | None = None
 
     def tier(self, rows: int) -> int:
         """The tier of a segment of ``rows`` live rows."""
@@ -44,7 +47,8 @@ def plan_merge(sizes: Sequence[tuple[int, int]], policy: MergePolicy = MergePoli
         policy: The thresholds.
     """
     for i, (rows, deleted) in enumerate(sizes):
-        if rows and deleted / rows > policy.max_deleted:
+        too_many = policy.max_deleted_rows is not None and deleted > policy.max_deleted_rows
+        if rows and (deleted / rows > policy.max_deleted or too_many):
             return [i]
     tiers: dict[int, list[int]] = {}
     for i, (rows, deleted) in enumerate(sizes):

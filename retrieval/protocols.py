@@ -6,7 +6,7 @@ implements one of these and imports this module, never the searcher or the build
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -93,11 +93,12 @@ class VectorStore(Protocol):
     """
 
     dim: int
-    keeps_bm25: bool
     external: bool
-    """Whether the vectors live outside the index directory (a Milvus server): such an index publishes each
-    version as a whole generation there; the others are written as segments (``retrieval.segments``)."""
-    """Whether the store keeps the BM25 leg itself (:meth:`put_bm25`, :meth:`bm25_index`) instead of a file."""
+    """Whether the vectors live outside the index directory (a Milvus server): a segment's store there is a
+    collection of its own, which :meth:`discard` and :meth:`sweep` release."""
+    max_excluded: int | None
+    """The most ``excluded`` ids one search takes (``None``: no limit); a segment with more deletions than
+    that is rewritten by the merge policy."""
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under the given ids (ids must be new)."""
@@ -135,29 +136,16 @@ class VectorStore(Protocol):
         """Release connections (a server's store); nothing for files."""
         ...
 
-    def begin_write(self, versions: Iterable[Path]) -> None:
-        """A writer starts from this loaded store: open a new generation outside the index directory (Milvus),
-        given the versions on disk; nothing for a store that lives in the version directory."""
-        ...
-
     def drop(self) -> None:
-        """Forget the generation :meth:`begin_write` opened (the write was not published)."""
-        ...
-
-    def put_bm25(self, index: Any) -> None:
-        """Keep a built BM25 index (``retrieval.bm25.BM25Index``) in the store (when :attr:`keeps_bm25`)."""
-        ...
-
-    def bm25_index(self) -> LexicalIndex | None:
-        """The BM25 leg this store keeps, if any."""
+        """Forget what this store holds outside the index directory (a segment that was never published)."""
         ...
 
 
 class LexicalIndex(Protocol):
-    """The searcher's BM25 leg: local (``retrieval.bm25.BM25Index``) or inside a store (Milvus)."""
+    """The searcher's BM25 leg (``retrieval.bm25``): over a version's segments, or one prebuilt index."""
 
     location: str
-    """Where it runs: ``local`` or the store's name."""
+    """Where it runs (``local``: in the serving process)."""
 
     def count(self) -> int:
         """Number of indexed chunks."""

@@ -26,12 +26,13 @@ from retrieval.bm25 import POSTINGS_DIR, BM25Builder, ChunkTerms, Postings, Segm
 from retrieval.docstore import DOCSTORE_FILE, DocStore
 from retrieval.metadata_filter import MetadataFilter
 from retrieval.protocols import VectorStore
-from retrieval.stores import MISSING_ID, create_store, load_store
+from retrieval.stores import MISSING_ID, StoreError, create_store, load_store
 from retrieval.types import Chunk
 from retrieval.versions import fsync_dir, fsync_file, fsync_tree
 
 __all__ = [
     "SEGMENTS_DIR",
+    "SEGMENT_FILE",
     "APPROXIMATE_FROM",
     "SegmentEntry",
     "Segment",
@@ -134,9 +135,9 @@ class Segment:
         """The segment's name."""
         return self.entry.name
 
-    def load(self, dim: int, store_conf: Mapping[str, Any]) -> Segment:
+    def load(self, dim: int, store_conf: Mapping[str, Any], connection: Mapping[str, str] | None = None) -> Segment:
         """Read the vectors (the version's store options with this segment's layout) and the postings."""
-        conf = {**store_conf, **self.info["store"]}
+        conf = {**store_conf, **self.info["store"], **(connection or {})}
         backend = conf.pop("backend")
         self.store = load_store(backend, self.path, dim, **conf)
         self.postings = Postings.load(self.path / POSTINGS_DIR)
@@ -322,7 +323,7 @@ class SegmentedVectors:
             assert segment.store is not None, "load() first"
             self._parts.append((segment.store, segment.deleted if len(segment.deleted) else None))
         if tail:
-            combined = create_store(tail[0].info["store"]["backend"], dim, kind="flat")
+            combined = _local_flat(dim)
             for segment in tail:
                 for ids, vectors in segment.live_items():
                     combined.add(ids, vectors)
@@ -367,6 +368,14 @@ class SegmentedVectors:
         return None
 
 
+def _local_flat(dim: int) -> VectorStore:
+    """An exact store in this process (FAISS, else NumPy), whatever store the segments are kept in."""
+    try:
+        return create_store("faiss", dim, kind="flat")
+    except StoreError:
+        return create_store("numpy", dim)
+
+
 def segmented_bm25(segments: Sequence[Segment], k1: float, b: float) -> SegmentedBM25:
     """The BM25 leg over loaded segments, with their deletions; the small segments united into one
     postings (see :class:`SegmentedVectors`)."""
@@ -386,7 +395,7 @@ def segmented_bm25(segments: Sequence[Segment], k1: float, b: float) -> Segmente
 def segment_store_conf(store_conf: Mapping[str, Any], chunks: int) -> dict[str, Any]:
     """The store options for a segment of ``chunks`` rows: exact when small, else as the index says."""
     conf = {k: v for k, v in store_conf.items() if k != "layout"}
-    if conf.get("backend") == "faiss" and chunks < APPROXIMATE_FROM:
+    if conf.get("backend") in ("faiss", "milvus") and chunks < APPROXIMATE_FROM:
         conf["kind"] = "flat"
     return conf
 
@@ -394,7 +403,20 @@ def segment_store_conf(store_conf: Mapping[str, Any], chunks: int) -> dict[str, 
 def _publish_segment(
     staging: Path, root: Path, backend: str, store: VectorStore, postings: Postings, counts: tuple[int, int]
 ) -> str:
-    """Write the store, postings and description into ``staging``, flush it and rename it into place."""
+    """Write the store, postings and description into ``staging``, flush it and rename it into place (a
+    failure drops what the store holds outside the index)."""
+    try:
+        return _write_segment_files(staging, root, backend, store, postings, counts)
+    except BaseException:
+        store.drop()
+        raise
+    finally:
+        store.close()
+
+
+def _write_segment_files(
+    staging: Path, root: Path, backend: str, store: VectorStore, postings: Postings, counts: tuple[int, int]
+) -> str:
     store.save(staging)
     postings.save(staging / POSTINGS_DIR)
     info = {"chunks": counts[1], "documents": counts[0], "store": store.describe() or {"backend": backend}}
@@ -445,7 +467,9 @@ class SegmentBuilder:
             self._vectors.pop(rid, None)
         return len(rids)
 
-    def publish(self, root: Path, store_conf: Mapping[str, Any]) -> SegmentEntry | None:
+    def publish(
+        self, root: Path, store_conf: Mapping[str, Any], connection: Mapping[str, str] | None = None
+    ) -> SegmentEntry | None:
         """Write the segment into ``root/segments/``; ``None`` (and nothing written) when it holds nothing."""
         self.docs.commit()
         counts = (self.docs.count_documents(), self.docs.count())
@@ -454,10 +478,15 @@ class SegmentBuilder:
             return None
         conf = segment_store_conf(store_conf, counts[1])
         backend = conf.pop("backend")
-        store = create_store(backend, self.dim, **conf)
-        if self._vectors:
-            rids = np.fromiter(sorted(self._vectors), dtype=np.int64, count=len(self._vectors))
-            store.add(rids, np.stack([self._vectors[int(r)] for r in rids]))
+        store = create_store(backend, self.dim, **conf, **(connection or {}))
+        try:
+            if self._vectors:
+                rids = np.fromiter(sorted(self._vectors), dtype=np.int64, count=len(self._vectors))
+                store.add(rids, np.stack([self._vectors[int(r)] for r in rids]))
+        except BaseException:
+            store.drop()
+            store.close()
+            raise
         name = _publish_segment(self.staging, root, backend, store, self._terms.postings(), counts)
         return SegmentEntry(name, chunks=counts[1], documents=counts[0])
 
@@ -483,6 +512,7 @@ def write_segment(
     dim: int,
     store_conf: Mapping[str, Any],
     bm25: Mapping[str, float],
+    connection: Mapping[str, str] | None = None,
 ) -> SegmentEntry | None:
     """Copy the live rows of ``sources`` into one new segment (a merge, or an older index's upgrade), built
     in the empty directory ``staging``; ``None`` when nothing is live. BM25 statistics are recounted from
@@ -501,12 +531,17 @@ def write_segment(
         return None
     conf = segment_store_conf(store_conf, counts[1])
     backend = conf.pop("backend")
-    store = create_store(backend, dim, **conf)
-    for source in sources:
-        for ids, vectors in source.vectors:
-            store.add(ids, vectors)
-    if store.count() != counts[1]:
-        raise RuntimeError(f"a segment would hold {store.count()} vectors for {counts[1]} chunks")
+    store = create_store(backend, dim, **conf, **(connection or {}))
+    try:
+        for source in sources:
+            for ids, vectors in source.vectors:
+                store.add(ids, vectors)
+        if store.count() != counts[1]:
+            raise StoreError(f"a segment would hold {store.count()} vectors for {counts[1]} chunks")
+    except BaseException:
+        store.drop()
+        store.close()
+        raise
     name = _publish_segment(staging, root, backend, store, terms.postings(), counts)
     return SegmentEntry(name, chunks=counts[1], documents=counts[0])
 

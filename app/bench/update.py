@@ -23,7 +23,7 @@ from typing import Any
 from app.bench.ingest import ZeroCostEmbedder
 from ingest.chunkers import ChunkSettings
 from ingest.pipeline import IngestOptions, ingest, remove_documents
-from retrieval.index import Index, SegmentWriter, merge_segments, read_manifest
+from retrieval.index import Index, IndexWriter, merge_segments, read_manifest
 from retrieval.protocols import Embedder
 from retrieval.searcher import BM25, DENSE, HYBRID, Searcher, SearchOptions
 from retrieval.text import Analyzer
@@ -143,7 +143,7 @@ def _small_writes(
 
 def _into_one_segment(index: Path) -> None:
     manifest = read_manifest(index)
-    with SegmentWriter(index, manifest["embedder"]) as writer:
+    with IndexWriter(index, manifest["embedder"]) as writer:
         writer.rewrite(manifest["store"])
 
 

@@ -10,8 +10,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from retrieval.protocols import LexicalIndex
-
 __all__ = ["StoreBase", "StoreError", "MISSING_ID", "check_vectors"]
 
 MISSING_ID = -1
@@ -36,8 +34,8 @@ class StoreBase(ABC):
     no connection, no generations and no BM25 of its own. One backend per module subclasses it."""
 
     dim: int
-    keeps_bm25: bool = False
     external: ClassVar[bool] = False
+    max_excluded: ClassVar[int | None] = None
 
     @abstractmethod
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -72,7 +70,13 @@ class StoreBase(ABC):
 
     @classmethod
     def discard(cls, path: Path, kept: Iterable[Path], **connection: Any) -> None:
-        """Release what a pruned version at ``path`` holds outside its directory: nothing by default."""
+        """Release what a removed directory at ``path`` holds outside it: nothing by default."""
+        return None  # the default: nothing to do
+
+    @classmethod
+    def sweep(cls, conf: dict[str, Any], listed: Iterable[Path], **connection: Any) -> None:
+        """Release what a dead writer left outside the index for store ``conf`` that none of the ``listed``
+        directories uses: nothing by default."""
         return None  # the default: nothing to do
 
     def describe(self) -> dict[str, Any] | None:
@@ -83,18 +87,6 @@ class StoreBase(ABC):
         """No connection to release."""
         return None  # the default: nothing to do
 
-    def begin_write(self, versions: Iterable[Path]) -> None:
-        """The store lives in the version directory: a writer edits its loaded copy."""
-        return None  # the default: nothing to do
-
     def drop(self) -> None:
-        """No generation outside the version directory to forget."""
+        """Nothing outside the directory it is saved in to forget."""
         return None  # the default: nothing to do
-
-    def put_bm25(self, index: Any) -> None:
-        """Refused: this store keeps no BM25 (``keeps_bm25`` is false)."""
-        raise StoreError(f"{type(self).__name__} keeps no BM25 index")
-
-    def bm25_index(self) -> LexicalIndex | None:
-        """None: the BM25 leg is a file beside the store."""
-        return None

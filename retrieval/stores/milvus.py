@@ -1,13 +1,11 @@
 """Milvus vector store (scale-out; ``pip install -e ".[milvus]"``). Milvus Lite works with a local file URI.
 
-Every published index version owns one *generation* of the index's collection (``<collection>__g<hex>``):
-a writer copies the live generation's stored vectors into a new one (nothing is re-embedded), applies its
-changes there and records the new name in the version it publishes. Search reads the generation its
-version names, so a crashed or failed ingest never shows half-written rows; generations of pruned
-versions, and orphans of dead writers, are dropped by the next writer.
-
-With ``bm25=True`` (the default) the BM25 leg lives in Milvus too: each version also owns
-``<generation>__bm25``, written in full when it is published (see :mod:`retrieval.stores.milvus_bm25`).
+Each store is one *generation* of the index's collection (``<collection>__g<hex>``): a segment's vectors
+(``retrieval.segments``), written once and never changed; its deletions are excluded inside each search
+(``id not in [...]``). The segment directory records the generation's name (``milvus.json``); a writer
+drops the generations of segments no kept version lists, and orphans of dead writers. Indexes written
+before segments kept one generation per version (and could keep BM25 in Milvus too): they are read as
+they are and become segments on their first write.
 
 The server's token is never written to the index: it comes from ``token=`` or ``ZHRAG_MILVUS_TOKEN``.
 """
@@ -23,19 +21,17 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pymilvus import MilvusClient
 
 from retrieval.stores import MILVUS_INDEX_TYPES
 from retrieval.stores.base import StoreBase, StoreError, check_vectors
-from retrieval.stores.milvus_bm25 import BM25_SUFFIX, MilvusBM25, write_bm25_collection
 from retrieval.stores.milvus_search import ID_FIELD as _ID
-from retrieval.stores.milvus_search import search_in_parts
+from retrieval.stores.milvus_search import MAX_FILTER_IDS, search_in_parts
 
-if TYPE_CHECKING:
-    from retrieval.bm25 import BM25Index
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MilvusStore",
@@ -108,19 +104,34 @@ def _connect(uri: str, token: str | None) -> MilvusClient:
     return client
 
 
+def _release(client: MilvusClient, uri: str) -> None:
+    """Close a client from :func:`_connect`; the last one of a Milvus Lite file in this process stops its
+    server, so another process can open the file."""
+    client.close()
+    if _is_lite(uri):
+        path = os.path.abspath(uri)
+        with _LITE_LOCK:
+            _LITE_USERS[path] -= 1
+            last = _LITE_USERS[path] <= 0
+        if last:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(path)
+
+
 def _generation_name(base: str) -> str:
     return f"{base}{GENERATION_SEPARATOR}{uuid.uuid4().hex[:10]}"
 
 
-def referenced_generations(version_dirs: Iterable[Path]) -> set[str]:
-    """The generation collections (vectors and BM25) the given index versions point at."""
+def referenced_generations(dirs: Iterable[Path]) -> set[str]:
+    """The generation collections the given segment (or older version) directories point at."""
     names = set()
-    for version in version_dirs:
-        file = version / MILVUS_FILE
+    for folder in dirs:
+        file = folder / MILVUS_FILE
         if file.is_file():
             conf = json.loads(file.read_text())
             names.add(conf["collection"])
-            if conf.get("bm25_collection"):
+            if conf.get("bm25_collection"):  # a version written before segments
                 names.add(conf["bm25_collection"])
     return names
 
@@ -135,11 +146,10 @@ class MilvusStore(StoreBase):
         token: ``user:password`` or an API token (default: ``ZHRAG_MILVUS_TOKEN``).
         generation: Open this existing generation instead of creating one.
         kind: Vector index of new generations: ``auto`` (Milvus' AUTOINDEX), ``flat`` (exact) or ``hnsw``.
-        bm25: Keep the BM25 leg in Milvus as well (written at :meth:`put_bm25`); ``False`` keeps it local.
-        bm25_collection: The BM25 collection of an existing generation.
     """
 
     external = True
+    max_excluded = MAX_FILTER_IDS
 
     def __init__(
         self,
@@ -149,14 +159,11 @@ class MilvusStore(StoreBase):
         token: str | None = None,
         generation: str | None = None,
         kind: str = "auto",
-        bm25: bool = True,
-        bm25_collection: str | None = None,
+        **older: Any,
     ) -> None:
         if kind not in MILVUS_INDEX_TYPES:
             raise StoreError(f"unknown Milvus index type {kind!r}; choose one of {tuple(MILVUS_INDEX_TYPES)}")
-        self.dim, self.uri, self.base, self.kind, self.keeps_bm25 = dim, uri, collection, kind, bm25
-        self.bm25_collection = bm25_collection
-        self.bm25_stats: dict[str, int] = {}
+        self.dim, self.uri, self.base, self.kind = dim, uri, collection, kind  # ``older``: e.g. ``bm25``
         self._rows: int | None = None  # rows of this generation, cached while nothing is written
         self._client = _connect(uri, token)
         if generation is not None:
@@ -180,67 +187,35 @@ class MilvusStore(StoreBase):
         )
         self._client.create_collection(name, schema=schema, index_params=params)
 
-    # -- generations -----------------------------------------------------------------------------
-    def begin_write(self, versions: Iterable[Path]) -> None:
-        """Continue in a new generation holding a copy of this one (for a writer; readers keep this one).
-
-        Generations of this collection that none of the index's ``versions`` references (dead writers)
-        are dropped.
-        """
-        referenced = referenced_generations(versions)
-        for name in self._client.list_collections():
-            if name.startswith(self.base + GENERATION_SEPARATOR) and name not in referenced | {self.collection}:
-                self._client.drop_collection(name)
-        source, target = self.collection, _generation_name(self.base)
-        self._create(target)
-        iterator = self._client.query_iterator(source, batch_size=_COPY_BATCH, output_fields=[_ID, _VECTOR])
-        try:
-            while rows := iterator.next():
-                self._client.insert(target, [{_ID: r[_ID], _VECTOR: r[_VECTOR]} for r in rows])
-        finally:
-            iterator.close()
-        self.collection, self.bm25_collection = target, None  # the new BM25 collection is written at publish
-        self._rows = None
-
-    def put_bm25(self, index: BM25Index) -> None:
-        """Write this generation's BM25 collection from the index's final BM25 weights."""
-        name = self.collection + BM25_SUFFIX
-        if self._client.has_collection(name):
-            self._client.drop_collection(name)
-        self.bm25_stats = write_bm25_collection(self._client, name, index)
-        self.bm25_collection = name
-
-    def bm25_index(self) -> MilvusBM25 | None:
-        """The BM25 leg this generation keeps in Milvus (``None``: it has none)."""
-        if not self.bm25_collection:
-            return None
-        if not self._client.has_collection(self.bm25_collection):
-            raise StoreError(f"Milvus collection {self.bm25_collection!r} at {self.uri} is gone")
-        return MilvusBM25(self._client, self.bm25_collection)
-
     def close(self) -> None:
         """Release the connection; the last store of a Milvus Lite file in this process stops its server,
         so another process can open the file."""
-        self._client.close()
-        if _is_lite(self.uri):
-            path = os.path.abspath(self.uri)
-            with _LITE_LOCK:
-                _LITE_USERS[path] -= 1
-                last = _LITE_USERS[path] <= 0
-            if last:
-                from milvus_lite.server_manager import server_manager_instance
-
-                server_manager_instance.release_server(path)
+        _release(self._client, self.uri)
 
     def drop(self) -> None:
-        """Drop this generation and its BM25 collection (a writer that publishes nothing)."""
-        for name in (self.collection, self.bm25_collection):
-            if name and self._client.has_collection(name):
-                self._client.drop_collection(name)
+        """Drop this generation (a segment that was never published)."""
+        if self._client.has_collection(self.collection):
+            self._client.drop_collection(self.collection)
+
+    @classmethod
+    def sweep(cls, conf: dict[str, Any], listed: Iterable[Path], **connection: Any) -> None:
+        """Drop the generations of collection ``conf["collection"]`` that no ``listed`` directory uses (dead
+        writers' segments, whatever point they died at)."""
+        uri, base = conf.get("uri", DEFAULT_URI), conf.get("collection", DEFAULT_COLLECTION)
+        referenced = referenced_generations(listed)
+        client = _connect(uri, connection.get("token"))
+        try:
+            for name in client.list_collections():
+                if name.startswith(base + GENERATION_SEPARATOR) and name not in referenced:
+                    log.warning("dropping Milvus collection %s: no kept version uses it (a writer died)", name)
+                    client.drop_collection(name)
+        finally:
+            _release(client, uri)
 
     @classmethod
     def discard(cls, path: Path, kept: Iterable[Path], **connection: Any) -> None:
-        """Drop the generation a pruned version at ``path`` used, unless a ``kept`` version still uses it."""
+        """Drop the generation a removed segment (or older version) at ``path`` used, unless a ``kept``
+        directory still uses it."""
         file = path / MILVUS_FILE
         if not file.is_file():
             return
@@ -258,7 +233,7 @@ class MilvusStore(StoreBase):
             client.close()
         lite = Path(conf["uri"])
         # a Milvus Lite file the index made for itself (INDEX/milvus.db) goes with its last collection
-        if emptied and _is_lite(conf["uri"]) and lite.resolve().parent == path.resolve().parent:
+        if emptied and _is_lite(conf["uri"]) and lite.resolve().parent in path.resolve().parents:
             if lite.is_dir():  # newer Milvus Lite keeps a directory under the file's name
                 shutil.rmtree(lite, ignore_errors=True)
             else:
@@ -326,10 +301,6 @@ class MilvusStore(StoreBase):
         self._client.flush(self.collection)
         path.mkdir(parents=True, exist_ok=True)
         conf = {"uri": self.uri, "collection": self.collection, "base": self.base}
-        if self.bm25_collection:
-            conf["bm25_collection"] = self.bm25_collection
-        if self.bm25_stats:
-            conf["bm25_stats"] = self.bm25_stats
         (path / MILVUS_FILE).write_text(json.dumps(conf, ensure_ascii=False))
 
     def describe(self) -> dict[str, Any]:
@@ -339,7 +310,6 @@ class MilvusStore(StoreBase):
             "uri": self.uri,
             "collection": self.base,
             "kind": self.kind,
-            "bm25": self.keeps_bm25,
         }
 
     @classmethod
@@ -356,8 +326,5 @@ class MilvusStore(StoreBase):
             token=options.get("token"),
             generation=conf["collection"],
             kind=options.get("kind", "auto"),
-            bm25=bool(options.get("bm25", True)),
-            bm25_collection=conf.get("bm25_collection"),
         )
-        store.bm25_stats = conf.get("bm25_stats", {})
         return store

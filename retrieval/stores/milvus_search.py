@@ -9,11 +9,11 @@ import numpy as np
 
 from retrieval.stores.base import MISSING_ID, StoreError
 
-__all__ = ["search_in_parts", "ID_FIELD", "Search"]
+__all__ = ["search_in_parts", "ID_FIELD", "MAX_FILTER_IDS", "Search"]
 
 ID_FIELD = "id"
 """The primary key of zhrag's Milvus collections: the docstore's row id."""
-_MAX_FILTER_IDS = 16384
+MAX_FILTER_IDS = 16384
 _MAX_TOPK = 16384  # Milvus' largest search limit
 
 Search = Callable[..., list[list[dict[str, Any]]]]
@@ -30,16 +30,16 @@ def search_in_parts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) per query from ``search(limit, expr, *args)``; ``allowed`` restricts the ids.
 
-    Milvus takes a bounded expression. A filter longer than ``_MAX_FILTER_IDS`` ids is answered, when the
+    Milvus takes a bounded expression. A filter longer than ``MAX_FILTER_IDS`` ids is answered, when the
     collection's row count (``rows()``, asked only then) makes it cheap, by one unfiltered search deep
     enough to expect ``k`` admitted ids among its results (kept when every query found them, or saw every
-    row that matches at all), else in parts of ``_MAX_FILTER_IDS`` ids whose top-``k`` lists are merged by
-    score. Both are exact. ``excluded`` ids (at most ``_MAX_FILTER_IDS``) are never returned.
+    row that matches at all), else in parts of ``MAX_FILTER_IDS`` ids whose top-``k`` lists are merged by
+    score. Both are exact. ``excluded`` ids (at most ``MAX_FILTER_IDS``) are never returned.
     """
     limit = min(k, _MAX_TOPK)  # Milvus refuses deeper searches; the slots beyond stay empty
     if excluded is not None and len(excluded):
-        if len(excluded) > _MAX_FILTER_IDS:
-            raise StoreError(f"Milvus takes at most {_MAX_FILTER_IDS} excluded ids, not {len(excluded)}")
+        if len(excluded) > MAX_FILTER_IDS:
+            raise StoreError(f"Milvus takes at most {MAX_FILTER_IDS} excluded ids, not {len(excluded)}")
         outside = f"{ID_FIELD} not in [{','.join(map(str, np.asarray(excluded, dtype=np.int64).tolist()))}]"
         if allowed is not None:
             allowed = np.setdiff1d(np.asarray(allowed, dtype=np.int64), excluded)
@@ -50,14 +50,14 @@ def search_in_parts(
     allowed = np.asarray(allowed, dtype=np.int64)
     if len(allowed) == 0:
         return np.full((n_queries, k), -np.inf, dtype=np.float32), np.full((n_queries, k), MISSING_ID, dtype=np.int64)
-    total = rows() if rows is not None and len(allowed) > _MAX_FILTER_IDS else 0
+    total = rows() if rows is not None and len(allowed) > MAX_FILTER_IDS else 0
     if total:
         depth = min(total, 2 * k * total // len(allowed) + k)
         if depth <= _MAX_TOPK:
             found = _admitted(*_collect(search(depth, "", *args), n_queries, depth), allowed, k, depth >= total)
             if found is not None:
                 return found
-    parts = [allowed[i : i + _MAX_FILTER_IDS] for i in range(0, len(allowed), _MAX_FILTER_IDS)]
+    parts = [allowed[i : i + MAX_FILTER_IDS] for i in range(0, len(allowed), MAX_FILTER_IDS)]
     found_parts = [
         _collect(search(limit, f"{ID_FIELD} in [{','.join(map(str, part.tolist()))}]", *args), n_queries, k)
         for part in parts

@@ -1,7 +1,9 @@
-"""Milvus (Lite) as an index's vector store: configuration honoured, one generation per published version."""
+"""Milvus (Lite) as an index's vector store: configuration honoured, one collection per segment, shared by
+the versions that list it; BM25 stays local with exact global statistics."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,25 +11,26 @@ import pytest
 
 from app.cli import milvus_collection
 from ingest.pipeline import ingest
-from retrieval.bm25 import BM25Index
-from retrieval.index import Index
+from retrieval.index import Index, read_manifest
 from retrieval.searcher import Searcher, SearchOptions
 from tests.conftest import SAMPLE_STATUTES
 
 pymilvus = pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
-from retrieval.stores.milvus_bm25 import MilvusBM25  # noqa: E402 - needs pymilvus
 
 QUERIES = ["医师在执业活动中履行哪些义务", "药品上市许可持有人的责任", "传染病疫情的报告", "患者的隐私保护"]
 
 
-def _store(uri: Path, index: Path, bm25: bool = True, kind: str = "auto") -> dict[str, object]:
-    return {"backend": "milvus", "uri": str(uri), "collection": milvus_collection(index), "kind": kind, "bm25": bm25}
+def _store(uri: Path, index: Path, kind: str = "auto") -> dict[str, object]:
+    return {"backend": "milvus", "uri": str(uri), "collection": milvus_collection(index), "kind": kind}
 
 
-def _owned(view: Index) -> list[str]:
-    """The collections a version reads: its vector generation and its BM25 collection."""
-    return [view.store.collection, view.store.bm25_collection]
+def _owned(index: Path, version: str | None = None) -> list[str]:
+    """The collections a version's segments keep their vectors in (the live version by default)."""
+    name = version or (index / "CURRENT").read_text().strip()
+    manifest = json.loads((index / name / "manifest.json").read_text())
+    files = [index / "segments" / s["name"] / "milvus.json" for s in manifest["segments"]]
+    return sorted(json.loads(f.read_text())["collection"] for f in files)
 
 
 def _collections(uri: Path) -> list[str]:
@@ -52,29 +55,30 @@ def test_milvus_index_searches_like_faiss_and_two_indexes_are_independent(tmp_pa
     manifest = Index(laws).manifest
     assert manifest["store"] == _store(uri, laws, kind="flat")
     assert "token" not in manifest["store"]
-    assert _top(laws, tiny_embedder, analyzer) == _top(tmp_path / "faiss", tiny_embedder, analyzer)  # exact both
+    for mode in ("dense", "bm25"):
+        assert _top(laws, tiny_embedder, analyzer, mode) == _top(tmp_path / "faiss", tiny_embedder, analyzer, mode)
     civil = Searcher(Index(statutes), tiny_embedder, analyzer)
     docs = {h.chunk.doc_id for q in QUERIES for h in civil.search(q, SearchOptions(top_k=5, mode="dense")).hits}
     assert docs <= {"人格权编.md", "侵权责任编.md"}  # the other index's documents never leak in
     assert milvus_collection(laws) != milvus_collection(statutes)
-    assert _collections(uri) == sorted(_owned(Index(laws)) + _owned(Index(statutes)))  # one live generation each
-    assert not (Index(laws).version_dir / "bm25").exists()  # the BM25 leg lives in Milvus
+    assert _collections(uri) == sorted(_owned(laws) + _owned(statutes))  # one collection per segment
 
 
-def test_each_version_reads_its_own_generation_and_failures_leave_no_trace(
+def test_a_write_adds_one_collection_shares_the_others_and_failures_leave_no_trace(
     tmp_path: Path, tiny_embedder, analyzer, monkeypatch
 ) -> None:
     uri, index = tmp_path / "milvus.db", tmp_path / "index"
     store = _store(uri, index)
     ingest([SAMPLE_STATUTES / "医师法.md"], index, tiny_embedder, analyzer, store=store, progress=False)
+    first_version = (index / "CURRENT").read_text().strip()
     first = Index(index)
     before = _top(index, tiny_embedder, analyzer)
     ingest([SAMPLE_STATUTES / "药品管理法.md"], index, tiny_embedder, analyzer, store=store, progress=False)
     second = Index(index)
-    assert first.store.collection != second.store.collection  # a new generation, vectors copied over
+    (shared,) = _owned(index, first_version)
+    assert shared in _owned(index) and len(_owned(index)) == 2  # the first segment's collection, not a copy
     assert first.store.count() == first.docs.count() and second.store.count() == second.docs.count()
-    assert first.store.count() < second.store.count()
-    # The previous version still answers from its own generation (readers of it are unaffected).
+    # The previous version still answers as before (its readers are unaffected).
     searcher = Searcher(first, tiny_embedder, analyzer)
     assert [[h.chunk.id for h in searcher.search(q, SearchOptions(top_k=5, mode="dense")).hits] for q in QUERIES] == (
         before
@@ -83,18 +87,39 @@ def test_each_version_reads_its_own_generation_and_failures_leave_no_trace(
     def boom(batch):
         raise RuntimeError("GPU fell off")
 
-    live = (index / "CURRENT").read_text()
+    live, owned = (index / "CURRENT").read_text(), _collections(uri)
     with monkeypatch.context() as patch:
         patch.setattr(tiny_embedder, "embed_token_ids", boom)
         with pytest.raises(RuntimeError, match="GPU"):
             ingest([SAMPLE_STATUTES / "传染病防治法.md"], index, tiny_embedder, analyzer, store=store, progress=False)
-    assert (index / "CURRENT").read_text() == live
-    assert sorted(_owned(first) + _owned(second)) == _collections(uri)  # nothing left behind
-    ingest([SAMPLE_STATUTES / "传染病防治法.md"], index, tiny_embedder, analyzer, store=store, progress=False)
+    assert (index / "CURRENT").read_text() == live and _collections(uri) == owned  # nothing left behind
+    ingest([SAMPLE_STATUTES / "传染病防治法.md"], index, tiny_embedder, analyzer, progress=False)
+    from ingest.pipeline import remove_documents
+
+    remove_documents(index, ["医师法.md"])  # its segment holds nothing live now: dropped with its collection
+    listed = set(_owned(index)) | set(_owned(index, read_manifest(index)["previous_version"]))
+    assert set(_collections(uri)) == listed and shared not in _owned(index)
     third = Index(index)
-    # Two versions are kept; the first one's generation went with it.
-    assert _collections(uri) == sorted(_owned(second) + _owned(third))
-    assert third.store.count() == third.docs.count()
+    assert third.store.count() == third.docs.count() == third.bm25.count()
+
+
+def test_a_dead_writers_collection_is_dropped_by_the_next_writer(tmp_path: Path, tiny_embedder, analyzer) -> None:
+    """A writer killed after creating its segment's collection, before anything names it: the next one
+    sweeps it away."""
+    from retrieval.stores import create_store
+
+    uri, index = tmp_path / "milvus.db", tmp_path / "index"
+    store = _store(uri, index)
+    ingest([SAMPLE_STATUTES / "医师法.md"], index, tiny_embedder, analyzer, store=store, progress=False)
+    conf = {k: v for k, v in store.items() if k != "backend"}
+    orphan = create_store("milvus", Index(index).dim, **conf)  # what a dead writer left
+    orphan.add(np.arange(3), np.eye(3, Index(index).dim, dtype=np.float32))
+    orphan.close()
+    assert len(_collections(uri)) == 2
+    ingest([SAMPLE_STATUTES / "药品管理法.md"], index, tiny_embedder, analyzer, progress=False)
+    assert _collections(uri) == sorted(
+        set(_owned(index)) | set(_owned(index, read_manifest(index)["previous_version"]))
+    )
 
 
 MIGRATE_QUERIES = [
@@ -148,7 +173,7 @@ def test_migrate_to_milvus_and_back_keeps_the_results(sample_index: Path, tmp_pa
     assert main(["migrate", "--index", str(index), "--to", "milvus", "--milvus-uri", str(uri)]) == 0
     view = Index(index)
     assert view.manifest["store"]["backend"] == "milvus" and view.store.count() == view.docs.count()
-    assert isinstance(view.bm25, MilvusBM25) and view.bm25.count() == view.docs.count()
+    assert view.bm25.location == "local" and view.bm25.count() == view.docs.count()
     view.close()
     same({mode: results(mode) for mode in before}, before)
     assert main(["migrate", "--index", str(index), "--to", "faiss", "--index-type", "flat"]) == 0
@@ -178,49 +203,48 @@ def test_migrating_off_milvus_lite_removes_its_file_once_no_version_uses_it(
     assert {p.name for p in index.iterdir() if not p.name.startswith("v-")} == {"CURRENT", ".writer.lock", "segments"}
 
 
-def test_bm25_leg_in_milvus_scores_like_the_local_leg(tmp_path: Path, tiny_embedder, analyzer, monkeypatch) -> None:
-    """The same statutes indexed with the BM25 leg in Milvus and in a local file: the same chunks with the
-    same scores (float32 rounding aside), for plain queries, weighted multi-turn queries and id filters."""
-    uri = tmp_path / "m.db"
-    engine, local = tmp_path / "engine", tmp_path / "local"
-    ingest([SAMPLE_STATUTES], engine, tiny_embedder, analyzer, store=_store(uri, engine), progress=False)
-    ingest([SAMPLE_STATUTES], local, tiny_embedder, analyzer, store=_store(uri, local, bm25=False), progress=False)
-    remote, here = Index(engine), Index(local)
-    assert isinstance(remote.bm25, MilvusBM25) and isinstance(here.bm25, BM25Index)
-    assert (local / here.version / "bm25").is_dir() and here.store.bm25_collection is None
-    stats = remote.store.bm25_stats  # recorded in the version's milvus.json
-    assert remote.bm25.count() == remote.docs.count() == here.bm25.count() == stats["chunks"]
-    assert stats["terms"] == len(here.bm25.vocabulary()) and stats["hash_collisions"] < 5
-    # Same chunk ids in both (one ingest order), so row ids line up.
-    first = range(20)
-    assert [remote.docs.get(first)[r].id for r in first] == [here.docs.get(first)[r].id for r in first]
-    for query in MIGRATE_QUERIES:
-        tokens = analyzer.query_tokens(query)
-        s1, r1 = remote.bm25.search(tokens, 10)
-        s2, r2 = here.bm25.search(tokens, 10)
-        assert len(r2) == 10 and r1.tolist() == r2.tolist()
-        np.testing.assert_allclose(s1, s2, rtol=1e-5)
-    weights = {t: 1.0 for t in analyzer.query_tokens("医师的义务")} | {
-        t: 0.5 for t in analyzer.query_tokens("患者隐私")
-    }
-    allowed = np.arange(0, remote.docs.count(), 3)
-    s1, r1 = remote.bm25.search_weighted(weights, 8, allowed)
-    s2, r2 = here.bm25.search_weighted(weights, 8, allowed)
-    assert len(r2) == 8 and r1.tolist() == r2.tolist() and set(r1.tolist()) <= set(allowed.tolist())
-    np.testing.assert_allclose(s1, s2, rtol=1e-5)
-    assert remote.bm25.search(["从未出现过的词"], 5)[1].size == 0
-    import retrieval.stores.milvus_search as milvus
+def test_an_older_milvus_index_with_bm25_in_milvus_is_read_then_upgraded(tmp_path: Path, tiny_embedder, analyzer):
+    """A version of the whole-version format (its generation in Milvus, BM25 kept in Milvus too, no BM25
+    file) still searches — BM25 counted again from the stored terms — and becomes segments on its first
+    write; its generation is dropped once no kept version uses it."""
+    from retrieval.docstore import DocStore
+    from retrieval.stores import create_store
 
-    for wide in (50, 10):  # a filter longer than one expression: one deeper search, or parts of 10 ids
-        monkeypatch.setattr(milvus, "_MAX_FILTER_IDS", wide)
-        monkeypatch.setattr(milvus, "_MAX_TOPK", 16384 if wide == 50 else 8)
-        s1, r1 = remote.bm25.search_weighted(weights, 8, allowed)
-        assert r1.tolist() == r2.tolist()
-        np.testing.assert_allclose(s1, s2, rtol=1e-5)
+    uri, index, fresh = tmp_path / "milvus.db", tmp_path / "index", tmp_path / "fresh"
+    ingest([SAMPLE_STATUTES / "医师法.md"], fresh, tiny_embedder, analyzer, progress=False)
+    source = Index(fresh)
+    conf = _store(uri, index)
+    old = create_store("milvus", source.dim, **{k: v for k, v in conf.items() if k != "backend"})
+    for ids, vectors in source.store.items():
+        old.add(ids, vectors)
+    version = index / "v-20260101T000000-aaaaaa"
+    old.save(version)
+    old.close()
+    rows = DocStore(version / "chunks.sqlite")
+    rows.copy_live([(s.path / "chunks.sqlite", np.zeros(0, np.int64), []) for s in source.segments])
+    rows.commit()
+    rows.close()
+    manifest = {**source.manifest, "format": 1, "store": {**conf, "bm25": True}}
+    for key in ("segments", "next_rid"):
+        manifest.pop(key)
+    (version / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False))
+    (index / "CURRENT").write_text(version.name + "\n")
+    generation = json.loads((version / "milvus.json").read_text())["collection"]
+
+    for mode in ("dense", "bm25"):  # read as it is
+        assert _top(index, tiny_embedder, analyzer, mode) == _top(fresh, tiny_embedder, analyzer, mode)
+    ingest([SAMPLE_STATUTES / "药品管理法.md"], index, tiny_embedder, analyzer, progress=False)
+    ingest([SAMPLE_STATUTES / "药品管理法.md"], fresh, tiny_embedder, analyzer, progress=False)
+    assert read_manifest(index)["format"] == 2 and "bm25" not in read_manifest(index)["store"]
+    for mode in ("dense", "bm25"):
+        assert _top(index, tiny_embedder, analyzer, mode) == _top(fresh, tiny_embedder, analyzer, mode)
+    assert generation in _collections(uri)  # the rollback version still reads it
+    ingest([SAMPLE_STATUTES / "传染病防治法.md"], index, tiny_embedder, analyzer, progress=False)
+    assert generation not in _collections(uri) and not version.exists()
 
 
 def test_cli_milvus_options_are_recorded_and_checked(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
-    """`--index-type flat --no-milvus-bm25` reach the manifest; an index type Milvus lacks is refused by name."""
+    """`--index-type flat` reaches the manifest; an index type Milvus lacks is refused by name."""
     from app.cli import main
 
     index, uri = tmp_path / "index", tmp_path / "m.db"
@@ -228,11 +252,10 @@ def test_cli_milvus_options_are_recorded_and_checked(tmp_path: Path, tiny_model_
     doc = str(SAMPLE_STATUTES / "医师法.md")
     assert main(["ingest", doc, *common, "--index-type", "ivfpq", "--quiet"]) != 0
     assert "ivfpq" in capsys.readouterr().err and not index.exists()
-    assert main(["ingest", doc, *common, "--index-type", "flat", "--no-milvus-bm25", "--quiet"]) == 0
+    assert main(["ingest", doc, *common, "--index-type", "flat", "--quiet"]) == 0
     view = Index(index)
-    assert view.manifest["store"]["kind"] == "flat" and view.manifest["store"]["bm25"] is False
-    assert isinstance(view.bm25, BM25Index) and view.store.bm25_collection is None
-    assert _collections(uri) == [view.store.collection]  # no BM25 collection
+    assert view.manifest["store"]["kind"] == "flat" and view.bm25.location == "local"
+    assert _collections(uri) == _owned(index)  # the segment's vectors, nothing else
     view.close()
 
 

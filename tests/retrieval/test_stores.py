@@ -63,23 +63,24 @@ def test_store_contract(backend: str, vectors: np.ndarray, tmp_path: Path) -> No
     loaded = load_store(backend, tmp_path, DIM)
     assert isinstance(loaded, VectorStore) and loaded.count() == 49
     np.testing.assert_array_equal(loaded.search(vectors[5:6], k=4)[1], store.search(vectors[5:6], k=4)[1])
-    _optional_capabilities_are_declared(loaded)
+    _optional_capabilities_are_declared(loaded, vectors[5:6])
 
 
-def _optional_capabilities_are_declared(store) -> None:
+def _optional_capabilities_are_declared(store, query: np.ndarray) -> None:
     """Every capability the index calls exists on every store (a base class with defaults, no probing) and
-    answers consistently: a store that keeps no BM25 refuses one and offers none."""
+    answers consistently: excluded ids (a segment's deletions) are filtered inside the search, so ``k``
+    results still come back."""
     from retrieval.stores import StoreBase
 
     assert isinstance(store, StoreBase)
     described = store.describe()
     assert described is None or described["backend"] in ("faiss", "numpy", "milvus")
-    if store.keeps_bm25:
-        assert store.bm25_index() is None  # none put yet
-    else:
-        assert store.bm25_index() is None
-        with pytest.raises(StoreError, match="keeps no BM25"):
-            store.put_bm25(object())
+    full = store.search(query, k=6)[1][0].tolist()
+    rest = store.search(query, k=4, excluded=np.asarray(full[:2]))[1][0].tolist()
+    assert rest == full[2:6]
+    both = store.search(query, k=2, allowed=np.asarray(full[:4]), excluded=np.asarray(full[:1]))[1][0].tolist()
+    assert both == full[1:3]
+    assert store.external == (store.max_excluded is not None)  # only a server's expressions are bounded
     store.close()
 
 
@@ -155,7 +156,7 @@ def test_milvus_filters_longer_than_one_expression_are_searched_in_parts(
     search when that is cheap, else by expressions in parts merged by score."""
     import retrieval.stores.milvus_search as milvus
 
-    monkeypatch.setattr(milvus, "_MAX_FILTER_IDS", 7)
+    monkeypatch.setattr(milvus, "MAX_FILTER_IDS", 7)
     if not deep_search:
         monkeypatch.setattr(milvus, "_MAX_TOPK", 8)
     ids = np.arange(100, 100 + len(vectors), dtype=np.int64)
