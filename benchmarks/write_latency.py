@@ -69,7 +69,7 @@ def _run(repo: Path, index: Path, writes: int) -> dict[str, Any]:
     try:
         wait_ready(base, server)
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
-            post = {"wait": 600}
+            post = {"wait": 60}
             first = _timed(lambda: client.post("/documents", params=post, json=_document(0)))
             for n in range(1, writes + 1):
                 adds.append(_timed(lambda n=n: client.post("/documents", params=post, json=_document(n))))

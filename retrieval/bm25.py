@@ -328,25 +328,14 @@ class Postings:
         return out
 
 
-@dataclass
-class _ScoredPart:
-    """One part of a :class:`SegmentedBM25`: a segment's postings with their final weights."""
-
-    vocab: dict[str, int]
-    indptr: np.ndarray
-    positions: np.ndarray
-    weights: np.ndarray
-    rids: np.ndarray
-    live: np.ndarray | None
-
-
 class SegmentedBM25:
     """BM25 over several segments' :class:`Postings` with exact global statistics.
 
     Document frequencies, the chunk count and the average length are summed over the live chunks of every
     segment, so the weights (bm25s' Lucene variant, computed as :class:`BM25Builder` computes them, to the
-    bit) equal those of one index built from scratch over the same chunks. A version never changes, so they
-    are computed once, when it is opened: a query then costs what it costs on one prebuilt index.
+    bit) equal those of one index built from scratch over the same chunks. A version never changes, so a
+    term's weights are computed the first time a query asks for it and kept: opening a version costs what
+    reading it costs, and a term's later queries cost what they cost on one prebuilt index.
 
     Args:
         parts: Per segment, its postings and the mask of its live positions (``None``: all live).
@@ -357,27 +346,39 @@ class SegmentedBM25:
 
     def __init__(self, parts: Sequence[tuple[Postings, np.ndarray | None]], k1: float, b: float) -> None:
         self.k1, self.b = k1, b
+        self._parts = list(parts)
         self._n = sum(len(p.rids) if live is None else int(live.sum()) for p, live in parts)
         total = sum(int(p.lengths.sum() if live is None else p.lengths[live].sum()) for p, live in parts)
-        avg = total / self._n if self._n else 1.0
-        df: dict[str, int] = {}
-        for postings, live in parts:
-            for term, count in zip(_terms_by_id(postings), _live_df(postings, live).tolist(), strict=True):
-                df[term] = df.get(term, 0) + count
-        idf = {t: math.log(1 + (self._n - f + 0.5) / (f + 0.5)) for t, f in df.items() if f}
-        self._parts = [self._scored(postings, live, idf, avg) for postings, live in parts]
-
-    def _scored(self, postings: Postings, live: np.ndarray | None, idf: dict[str, float], avg: float) -> _ScoredPart:
-        term_idf = np.array([idf.get(t, 0.0) for t in _terms_by_id(postings)], dtype=np.float32)
-        term_of = np.repeat(np.arange(len(term_idf)), np.diff(postings.indptr))
-        tfs = postings.tfs
-        tfc = tfs / (self.k1 * ((1 - self.b) + self.b * postings.lengths[postings.positions] / avg) + tfs)
-        weights = (term_idf[term_of] * tfc).astype(np.float32)
-        return _ScoredPart(postings.vocab, postings.indptr, postings.positions, weights, postings.rids, live)
+        self._avg = total / self._n if self._n else 1.0
+        self._weights: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
 
     def count(self) -> int:
         """Live chunks."""
         return self._n
+
+    def _term(self, term: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Per part holding the term: (part, positions, final weights); computed once per version."""
+        found = self._weights.get(term)
+        if found is not None:
+            return found
+        cuts = []
+        df = 0
+        for i, (postings, live) in enumerate(self._parts):
+            term_id = postings.vocab.get(term)
+            if term_id is not None:
+                start, end = int(postings.indptr[term_id]), int(postings.indptr[term_id + 1])
+                cuts.append((i, start, end))
+                df += end - start if live is None else int(live[postings.positions[start:end]].sum())
+        found = []
+        if df:
+            idf = np.float32(math.log(1 + (self._n - df + 0.5) / (df + 0.5)))
+            for i, start, end in cuts:
+                postings = self._parts[i][0]
+                positions, tfs = postings.positions[start:end], postings.tfs[start:end]
+                tfc = tfs / (self.k1 * ((1 - self.b) + self.b * postings.lengths[positions] / self._avg) + tfs)
+                found.append((i, positions, (idf * tfc).astype(np.float32)))
+        self._weights[term] = found  # a race computes the same value twice: harmless
+        return found
 
     def search(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, row ids) for one tokenised query (a repeated token counts as often as it occurs)."""
@@ -387,58 +388,36 @@ class SegmentedBM25:
         self, term_weights: Mapping[str, float], k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, row ids) scoring ``sum(weight * BM25 term score)``; ties go to the lower row id."""
-        terms = [(t, w) for t, w in term_weights.items() if w]
         empty = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-        if not terms or not self._n or k <= 0:
+        if not self._n or k <= 0:
             return empty
-        found = [_part_top(part, terms, k, allowed) for part in self._parts]
+        scores: dict[int, np.ndarray] = {}
+        for term, weight in term_weights.items():
+            if not weight:
+                continue
+            for i, positions, weights in self._term(term):
+                if i not in scores:
+                    scores[i] = np.zeros(len(self._parts[i][0].rids), dtype=np.float32)
+                scores[i][positions] += weight * weights
+        found = [self._top(i, part_scores, k, allowed) for i, part_scores in scores.items()]
         found = [f for f in found if len(f[0])]
         if len(found) <= 1:
             return (found[0][0][:k], found[0][1][:k]) if found else empty
-        scores = np.concatenate([s for s, _ in found])
+        all_scores = np.concatenate([s for s, _ in found])
         rids = np.concatenate([r for _, r in found])
-        top = np.lexsort((rids, -scores))[:k]
-        return scores[top], rids[top]
+        top = np.lexsort((rids, -all_scores))[:k]
+        return all_scores[top], rids[top]
 
-
-def _terms_by_id(postings: Postings) -> list[str]:
-    terms = [""] * len(postings.vocab)
-    for term, term_id in postings.vocab.items():
-        terms[term_id] = term
-    return terms
-
-
-def _live_df(postings: Postings, live: np.ndarray | None) -> np.ndarray:
-    """Per term (by id), how many live chunks hold it."""
-    counts = np.diff(postings.indptr)
-    if live is None:
-        return counts
-    term_of = np.repeat(np.arange(len(counts)), counts)
-    return np.bincount(term_of[live[postings.positions]], minlength=len(counts))
-
-
-def _part_top(
-    part: _ScoredPart, terms: list[tuple[str, float]], k: int, allowed: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """A part's candidates: its top ``k`` and every chunk tied with the k-th, ties by row id."""
-    scores: np.ndarray | None = None
-    for term, weight in terms:
-        term_id = part.vocab.get(term)
-        if term_id is None:
-            continue
-        start, end = part.indptr[term_id], part.indptr[term_id + 1]
-        if scores is None:
-            scores = np.zeros(len(part.rids), dtype=np.float32)
-        scores[part.positions[start:end]] += weight * part.weights[start:end]
-    if scores is None:
-        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-    if part.live is not None:
-        scores *= part.live
-    if allowed is not None:
-        scores *= np.isin(part.rids, allowed)
-    scores, rids = _top_with_ties(scores, part.rids, k)
-    order = np.lexsort((rids, -scores))  # positions follow row ids within a segment, not in a united tail
-    return scores[order], rids[order]
+    def _top(self, part: int, scores: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """A part's candidates: its top ``k`` and every chunk tied with the k-th, ties by row id."""
+        postings, live = self._parts[part]
+        if live is not None:
+            scores *= live
+        if allowed is not None:
+            scores *= np.isin(postings.rids, allowed)
+        scores, rids = _top_with_ties(scores, postings.rids, k)
+        order = np.lexsort((rids, -scores))  # positions follow row ids within a segment, not in a united tail
+        return scores[order], rids[order]
 
 
 def _top_with_ties(scores: np.ndarray, rids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,10 +34,9 @@ from retrieval.segments import (
     Segment,
     SegmentBuilder,
     SegmentedDocs,
-    SegmentedVectors,
     SegmentEntry,
     SegmentSource,
-    segmented_bm25,
+    open_segments,
     with_deletions,
     write_segment,
 )
@@ -149,10 +148,10 @@ class Index(LiveDocs):
         super().__init__(root)
         self.bm25: LexicalIndex | None
         if self.segmented:
-            for segment in self.segments:
-                segment.load(self.dim, self.manifest["store"], connection)
-            self.store: Any = SegmentedVectors(self.segments, self.dim)
-            self.bm25 = segmented_bm25(self.segments, **self.manifest["bm25"])
+            self.store: Any
+            self.store, self.bm25 = open_segments(
+                self.segments, self.dim, self.manifest["store"], self.manifest["bm25"], connection
+            )
             return
         self.store = load_whole_store(self.version_dir, self.manifest, connection)
         bm25_dir = self.version_dir / BM25_DIR

@@ -14,7 +14,9 @@ from __future__ import annotations
 import heapq
 import json
 import shutil
+import threading
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,7 +28,7 @@ from retrieval.bm25 import POSTINGS_DIR, BM25Builder, ChunkTerms, Postings, Segm
 from retrieval.docstore import DOCSTORE_FILE, DocStore
 from retrieval.metadata_filter import MetadataFilter
 from retrieval.protocols import VectorStore
-from retrieval.stores import MISSING_ID, StoreError, create_store, load_store
+from retrieval.stores import MISSING_ID, StoreError, create_store, load_store, store_class
 from retrieval.types import Chunk
 from retrieval.versions import fsync_dir, fsync_file, fsync_tree
 
@@ -41,6 +43,7 @@ __all__ = [
     "SegmentedDocs",
     "SegmentedVectors",
     "segmented_bm25",
+    "open_segments",
     "write_segment",
     "new_segment_name",
 ]
@@ -114,6 +117,18 @@ def write_deletes(path: Path, rids: np.ndarray, docs: Iterable[str]) -> str:
     return name
 
 
+@dataclass(eq=False)
+class _Loaded:
+    """A segment's vectors and postings as read (shared by the open versions that list the segment)."""
+
+    store: VectorStore
+    postings: Postings
+
+
+_LOADED: weakref.WeakValueDictionary[str, _Loaded] = weakref.WeakValueDictionary()
+_LOADED_LOCK = threading.Lock()
+
+
 class Segment:
     """One segment as a version sees it: its rows, minus that version's deletions. Opening reads the rows'
     database only; :meth:`load` reads the vectors and postings (a reader loads them at once, so a segment
@@ -129,6 +144,7 @@ class Segment:
         self.rid_range = self.docs.rid_range()
         self.store: VectorStore | None = None
         self.postings: Postings | None = None
+        self._loaded: _Loaded | None = None
 
     @property
     def name(self) -> str:
@@ -136,12 +152,29 @@ class Segment:
         return self.entry.name
 
     def load(self, dim: int, store_conf: Mapping[str, Any], connection: Mapping[str, str] | None = None) -> Segment:
-        """Read the vectors (the version's store options with this segment's layout) and the postings."""
-        conf = {**store_conf, **self.info["store"], **(connection or {})}
+        """Read the vectors (the version's store options with this segment's layout) and the postings.
+
+        A segment never changes, so what another open version of this process loaded from it is shared
+        (a server swapping versions after a small write reads only the new segment) — except a store with
+        a connection of its own, which each version opens and closes itself."""
+        conf = {**store_conf, **self.info["store"]}
         backend = conf.pop("backend")
-        self.store = load_store(backend, self.path, dim, **conf)
-        self.postings = Postings.load(self.path / POSTINGS_DIR)
+        key = json.dumps([str(self.path.resolve()), conf], sort_keys=True, default=str)
+        with _LOADED_LOCK:
+            loaded = _LOADED.get(key)
+        if loaded is None or store_class(backend).external:
+            store = load_store(backend, self.path, dim, **conf, **(connection or {}))
+            loaded = _Loaded(store, Postings.load(self.path / POSTINGS_DIR))
+            if not store_class(backend).external:
+                with _LOADED_LOCK:
+                    _LOADED[key] = loaded
+        self._loaded = loaded
+        self.store, self.postings = loaded.store, loaded.postings
         return self
+
+    def release(self) -> None:
+        """Forget the loaded vectors and postings (copied elsewhere: the reader's view of small segments)."""
+        self._loaded, self.store, self.postings = None, None, None
 
     def is_live(self, rid: int) -> bool:
         """Whether row ``rid`` (of this segment) is not deleted."""
@@ -170,7 +203,7 @@ class Segment:
         """Release the rows' database (and the store's connection)."""
         self.docs.close()
         if self.store is not None:
-            self.store.close()
+            self.store.close()  # a no-op for the shared, connection-less stores
 
 
 class HashLookup(Mapping[str, str]):
@@ -327,7 +360,6 @@ class SegmentedVectors:
             for segment in tail:
                 for ids, vectors in segment.live_items():
                     combined.add(ids, vectors)
-                segment.store = None  # the combined copy replaces it
             self._parts.append((combined, None))
         self._count = sum(s.entry.live_chunks for s in large + tail)
 
@@ -386,10 +418,25 @@ def segmented_bm25(segments: Sequence[Segment], k1: float, b: float) -> Segmente
         parts.append((segment.postings, segment.live_mask()))
     if tail:
         parts.append((Postings.combine([(s.postings, s.live_mask()) for s in tail]), None))  # type: ignore[misc]
-    bm25 = SegmentedBM25(parts, k1, b)
+    return SegmentedBM25(parts, k1, b)
+
+
+def open_segments(
+    segments: Sequence[Segment],
+    dim: int,
+    store_conf: Mapping[str, Any],
+    bm25: Mapping[str, float],
+    connection: Mapping[str, str] | None = None,
+) -> tuple[SegmentedVectors, SegmentedBM25]:
+    """Load a version's segments and make its two legs; the small segments' own copies are then let go."""
     for segment in segments:
-        segment.postings = None  # the leg keeps what it needs: positions and final weights
-    return bm25
+        segment.load(dim, store_conf, connection)
+    vectors, lexical = SegmentedVectors(segments, dim), segmented_bm25(segments, **bm25)
+    for segment in _split_tail(segments)[1]:
+        if segment.store is not None and segment.store.external:
+            segment.store.close()
+        segment.release()
+    return vectors, lexical
 
 
 def segment_store_conf(store_conf: Mapping[str, Any], chunks: int) -> dict[str, Any]:

@@ -168,10 +168,12 @@ class FaissStore(StoreBase):
         as a segment passes its deletions on every query."""
         import faiss
 
-        if self._excluded is None or self._excluded[0] is not excluded:
+        cached = self._excluded  # one read: versions sharing this store search it from several threads
+        if cached is None or cached[0] is not excluded:
             batch = faiss.IDSelectorBatch(np.asarray(excluded, dtype=np.int64))
-            self._excluded = (excluded, batch, faiss.IDSelectorNot(batch))  # Not refers to batch: keep both
-        return self._excluded[2]
+            cached = (excluded, batch, faiss.IDSelectorNot(batch))  # Not refers to batch: keep both
+            self._excluded = cached
+        return cached[2]
 
     def _positions(self) -> np.ndarray:
         """Id at each position of the inner index."""
