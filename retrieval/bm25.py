@@ -114,17 +114,10 @@ class BM25Index:
                 scores += weight * nonoccurrence[token_id]
         if allowed is not None:
             scores *= np.isin(self.rids, allowed)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        kth = scores[top].min()
-        # Ties go to the lower row id, so every backend of this leg (Milvus too) returns the same list: all
-        # chunks tied with the k-th are candidates, not just those argpartition happened to pick.
-        if kth > 0:
-            top = np.concatenate([top[scores[top] > kth], np.flatnonzero(scores == kth)])
-        else:
-            top = top[scores[top] > 0]
-        top = top[np.lexsort((top, -scores[top]))][:k]
-        return scores[top], self.rids[top]
+        # Ties go to the lower row id (positions follow row ids here), so every version of this leg returns
+        # the same list: all chunks tied with the k-th are candidates, not just those argpartition picked.
+        scores, rids = _top_with_ties(scores, self.rids, k)
+        return scores[:k], rids[:k]
 
     def save(self, path: Path) -> None:
         """Write into directory ``path``."""

@@ -172,12 +172,8 @@ def fsync_tree(path: Path) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (a rename into it) to disk."""
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Flush a directory's entries (a rename into it) to disk (a directory opens read-only like a file)."""
+    fsync_file(path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
