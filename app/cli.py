@@ -6,16 +6,14 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app import __version__
 from app.settings import MAX_TOP_K, Settings
 from ingest.chunkers.base import CHUNKERS
+from ingest.lifecycle import StopSignals
 from retrieval.dialogue import DIALOGUE_MODES
 from retrieval.embedders import EMBEDDER_BACKENDS, EmbedderError
 from retrieval.index import ZhragIndexError
@@ -35,8 +33,8 @@ EXIT_SKIPPED = 3
 
 log = logging.getLogger("zhrag")
 INDEX_HELP = "Index directory (default: ZHRAG_INDEX, else ./zhrag_index)"
-STOP = threading.Event()
-"""Set when the process was asked to stop (SIGTERM)."""
+LIFECYCLE = StopSignals()
+"""How this process answers Ctrl-C and SIGTERM (``ingest.lifecycle``)."""
 
 
 class CliError(Exception):
@@ -380,7 +378,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     workers=settings.workers or default_workers(),
                     devices=settings.devices or None,
                     max_batch_tokens=settings.max_batch_tokens,
-                    cancel=STOP,
+                    cancel=LIFECYCLE.cancel,
                     limits=ingest_limits(settings),
                     connection=settings.store_connection,
                 ),
@@ -393,7 +391,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             # Stopped after the swap (while the writer tidied up): the new version is whole and live.
             print(f"zhrag: interrupted after version {after} was published; it is live and complete", file=sys.stderr)
             return EXIT_ERROR
-        _work_done(EXIT_SKIPPED if summary.skipped else EXIT_OK)
+        LIFECYCLE.work_done(EXIT_SKIPPED if summary.skipped else EXIT_OK)
         if args.json:
             print(json.dumps(summary.to_dict(), ensure_ascii=False))
         else:
@@ -983,58 +981,11 @@ COMMANDS = {
 }
 
 
-def _stop_on_signals() -> None:
-    """SIGTERM (``docker stop``, ``kill``) stops a command the way Ctrl-C (SIGINT) does: nothing half-written
-    stays.
-
-    The request is also recorded in ``STOP``, which ingest checks between files: an interrupt that lands
-    where Python swallows exceptions (e.g. inside fork handlers) still stops the run. A forked ingest worker
-    inherits this handler until its initializer replaces it; a signal in that window (Ctrl-C reaches the
-    whole process group) ends the worker quietly instead of raising a KeyboardInterrupt traceback there.
-    """
-    owner = os.getpid()
-
-    def interrupt(signum: int, _frame: object) -> None:
-        if os.getpid() != owner:
-            os._exit(128 + signum)
-        STOP.set()
-        raise KeyboardInterrupt
-
-    _on_stop_signals(interrupt)
-
-
-def _on_stop_signals(handler: Callable[[int, Any], None]) -> None:
-    """``handler`` for SIGTERM and SIGINT (handlers can only be set from the main thread)."""
-    import signal
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
-
-_COMMAND_PROCESS = threading.Event()
-"""Set while ``main`` runs as the process's own command (not called from Python with ``argv``)."""
-
-
-def _work_done(code: int) -> None:
-    """The command's work is done (an ingest has published): from now on a Ctrl-C or SIGTERM ends the process
-    at once with ``code``. Before, one that landed while the summary was printed or the interpreter tore down
-    (torch's and the threads' exit hooks take a moment) said "the index was not changed" after a publish, or
-    printed a KeyboardInterrupt traceback after a successful run. Only for the process's own command."""
-
-    def leave(_signum: int, _frame: object) -> None:
-        _leave_now(code)
-
-    if _COMMAND_PROCESS.is_set():
-        _on_stop_signals(leave)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``zhrag`` console script."""
     args = build_parser().parse_args(argv)
-    if argv is None:
-        _COMMAND_PROCESS.set()
-    _stop_on_signals()
+    LIFECYCLE.own_process = argv is None
+    LIFECYCLE.install()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if getattr(args, "top_k", None) is not None and not 1 <= args.top_k <= MAX_TOP_K:
         print(f"zhrag: error: --top-k must be in 1..{MAX_TOP_K}", file=sys.stderr)
@@ -1047,20 +998,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zhrag: interrupted; the index was not changed", file=sys.stderr)
         code = EXIT_ERROR
-        if _COMMAND_PROCESS.is_set():
-            _leave_now(code)
-    _work_done(code)
+        if LIFECYCLE.own_process:
+            LIFECYCLE.leave_now(code)
+    LIFECYCLE.work_done(code)
     return code
-
-
-def _leave_now(code: int) -> None:
-    """End the process with ``code`` without the interpreter's teardown. After an interrupt, a native thread
-    may still be inside the model (torch's); tearing down around it aborted with "terminate called without an
-    active exception" (exit 134) instead of the documented 1. Everything to keep was already cleaned up."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
 
 
 if __name__ == "__main__":

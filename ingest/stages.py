@@ -8,20 +8,16 @@ whatever the worker count.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
-import signal
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +26,7 @@ import numpy as np
 
 from ingest.chunkers import ChunkSettings, chunk_document
 from ingest.document import BadRecord, Document, LoadError, LoadWarning
+from ingest.lifecycle import init_worker_signals, stop_signals_held
 from ingest.limits import FileLimits, check_archive, check_document, check_file, time_limit
 from ingest.loaders import ZIP_SUFFIXES, FilePart, load_file
 from ingest.ocr import set_page_progress
@@ -207,42 +204,6 @@ def prepare(task: FileTask, context: StageContext) -> PreparedFile:
 
 
 _CONTEXT: StageContext | None = None
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while the pool forks workers and starts its manager thread; a held signal is
-    raised again on leaving, when the pool is whole.
-
-    An interrupt that landed between the two left a thread that ``shutdown`` cannot join ("cannot join thread
-    before it is started"), and that RuntimeError replaced the KeyboardInterrupt; one that landed between
-    two forks left workers no thread would ever stop, and the command hung on exit. The Python-level
-    handlers are swapped rather than the thread's signal mask: any other thread (torch's, a tokenizer's) may
-    take the signal, and Python then runs its handler in the main thread all the same.
-    """
-    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
-    if threading.current_thread() is not threading.main_thread() or None in previous.values():
-        yield  # handlers can only be swapped from the main thread, and one installed outside Python not at all
-        return
-    owner, held = os.getpid(), []
-
-    def hold(signum: int, _frame: object) -> None:
-        if os.getpid() != owner:  # a worker forked in this window does what _init_worker makes it do
-            if signum == signal.SIGTERM:
-                os._exit(128 + signum)
-            return
-        held.append(signum)
-
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, hold)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if held:
-            signal.raise_signal(held[0])
 
 
 class PageCounter:
@@ -266,47 +227,14 @@ class PageCounter:
             return self._done.value, self._total.value
 
 
-_PR_SET_PDEATHSIG = 1
 _CANCEL_POLL_S = 0.2
-_WATCHDOG_S = 1.0
-
-
-def _die_with(parent: int) -> None:
-    """End this worker when ``parent`` dies, however it dies (``kill -9``, the OOM killer): a worker blocked
-    on a pipe or a lock would otherwise live on forever, holding its memory.
-
-    Linux delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); everywhere a daemon thread also
-    watches for the worker being handed to another parent. A parent that died before this ran is caught by
-    the first check.
-    """
-    if sys.platform == "linux":
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):  # no prctl: the watchdog alone
-            pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_WATCHDOG_S)
-        os._exit(1)
-
-    if os.getppid() != parent:
-        os._exit(1)
-    threading.Thread(target=watch, name="zhrag-parent-watchdog", daemon=True).start()
 
 
 def _init_worker(context: StageContext, pages: PageCounter | None = None, parent: int | None = None) -> None:
     global _CONTEXT
     _CONTEXT = context
-    if parent is not None:
-        _die_with(parent)
+    init_worker_signals(parent)
     set_page_progress(pages.add if pages is not None else None)
-    # Stopping is the parent's job: Ctrl-C reaches the whole process group, so workers ignore SIGINT and
-    # are shut down by the parent; SIGTERM (``pkill``) ends a worker silently instead of through the
-    # parent's inherited handler, which printed a KeyboardInterrupt traceback from every worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _prepare_in_worker(task: FileTask) -> PreparedFile:
@@ -382,7 +310,7 @@ def _in_processes(
     todo = iter(tasks)
 
     def submit(task: FileTask) -> None:
-        with _stop_signals_held():  # a submit may fork workers and start the pool's thread
+        with stop_signals_held():  # a submit may fork workers and start the pool's thread
             pending.append(pool.submit(_prepare_in_worker, task))
 
     try:

@@ -89,4 +89,6 @@ def test_update_bench_times_one_document_writes_on_a_synthetic_index(tiny_embedd
         assert result[step]["seconds"] > 0 and result[step]["mb_written"] > 0  # each published a version
     assert result["search_after"]["bm25_p50_ms"] > 0 and result["search_one_segment"]["hybrid_p50_ms"] > 0
     small = result["small_writes"]
-    assert small["writes"] == 9 and small["merges"] >= 1 and small["segments_after"] < 9  # unmerged there would be 10 or more
+    assert (
+        small["writes"] == 9 and small["merges"] >= 1 and small["segments_after"] < 9
+    )  # unmerged there would be 10 or more
