@@ -27,7 +27,7 @@ from ingest.document import Document
 from ingest.embedding import EmbedStage
 from ingest.limits import FileLimits
 from ingest.loaders import SUPPORTED_SUFFIXES, discover, file_parts
-from ingest.stages import FileTask, PageCounter, PreparedDoc, StageContext, prepared_in_order
+from ingest.stages import FileTask, PageCounter, PreparedDoc, PreparedFile, StageContext, prepared_in_order
 from retrieval.index import IndexWriter, current_version, read_manifest
 from retrieval.protocols import Embedder
 from retrieval.text import Analyzer
@@ -42,6 +42,10 @@ __all__ = [
     "create_index",
     "remove_documents",
     "SHARD_CHUNKS",
+    "RunRecord",
+    "ShardWriter",
+    "prune_unseen",
+    "publish_or_keep",
 ]
 
 log = logging.getLogger(__name__)
@@ -297,78 +301,35 @@ def ingest(
     settings = settings or ChunkSettings()
     options = options or IngestOptions()
     summary = IngestSummary(index=str(index_dir), model=embedder.name, workers=max(1, options.workers))
+    record = RunRecord(summary, on_skip)
     files, skipped = discover(paths)
     summary.files = len(files)
     tasks = [FileTask(path, base, part) for path, base in files for part in file_parts(path)]
-
-    def skip(path: str, reason: str) -> None:
-        summary.skipped.append({"path": path, "reason": reason})
-        log.warning("skipped %s: %s", path, reason)
-        if on_skip:
-            on_skip(path, reason)
-
     for path, reason in skipped:
-        skip(path, reason)
+        record.skip(path, reason)
     names = [str(p) for p in paths]
     if not files:
         raise _nothing(names, summary.skipped)
     # Chunk sizes are measured in the model's tokens wherever a tokenizer exists (also behind an embedding
     # cache); whether the ids are fed to the model is the embedding stage's call.
-    spec = embedder.token_spec
     manifest_extra = _manifest_extra(settings, analyzer, embedder, domain)
     replicas = _replicas(embedder, options.devices)
     summary.devices = [r.device for r in replicas]
-    embedded_lock = threading.Lock()
-
-    def on_embedded(chunks: int) -> None:  # from the device threads
-        with embedded_lock:
-            embed_bar.update(chunks)
-
     with (
         IndexWriter(
             index_dir, embedder.describe(), store=store, settings=manifest_extra, connection=options.connection
         ) as writer,
         _progress(len(tasks), progress) as bar,
-        _embed_progress(progress) as embed_bar,
-        EmbedStage(embedder, replicas, options.max_batch_tokens, on_progress=on_embedded) as stage,
+        ShardWriter(writer, embedder, replicas, options, summary, progress) as shards,
     ):
         context = StageContext(
-            settings, analyzer, spec, writer.hash_lookup(), limits=options.limits, source_names=options.source_names
+            settings,
+            analyzer,
+            embedder.token_spec,
+            writer.hash_lookup(),
+            limits=options.limits,
+            source_names=options.source_names,
         )
-        chunkers: Counter[str] = Counter()
-        ocr = _OcrTally()
-        seen: set[str] = set()
-        indexed: set[str] = set()
-        failed: set[Path] = set()
-        shard = _Shard()
-        inflight: tuple[_Shard, Future[np.ndarray]] | None = None
-
-        def write(done: tuple[_Shard, Future[np.ndarray]] | None) -> None:
-            if done is None:
-                return
-            written, future = done
-            vectors = future.result()
-            offset = 0
-            for d in written.docs:
-                n = len(d.chunks)
-                writer.add_document(d.doc.id, d.doc.source, d.digest, d.chunks, vectors[offset : offset + n], d.terms)
-                indexed.add(d.doc.id)
-                offset += n
-            summary.chunks += written.chunks
-
-        def rotate(full: _Shard | None) -> None:
-            nonlocal inflight
-            if options.cancel is not None and options.cancel.is_set():  # between shards too, not only files
-                raise KeyboardInterrupt
-            submitted = None
-            if full and full.docs:
-                with embedded_lock:
-                    embed_bar.total += full.chunks
-                    embed_bar.refresh()
-                submitted = (full, stage.submit(full.input_ids(), full.texts()))
-            write(inflight)  # the device works on the new shard while the previous one is written
-            inflight = submitted
-
         pages = PageCounter()
         with (
             _ocr_progress(pages, progress),
@@ -379,65 +340,183 @@ def ingest(
             ) as results,
         ):
             for result in results:
-                if options.cancel is not None and options.cancel.is_set():
-                    raise KeyboardInterrupt
+                _check_cancel(options)
                 bar.update(1)
-                if result.error is not None:
-                    skip(str(result.task.path), result.error)
-                    failed.add(result.task.path)
-                    continue
-                for bad in result.bad_records:
-                    skip(bad.path, bad.reason)
-                for warning in result.warnings:
-                    summary.warnings.append({"path": warning.path, "reason": warning.reason})
-                    log.warning("%s", warning.reason)
-                for d in result.docs:
-                    ocr.add(d.doc)
-                    summary.documents += 1
-                    if d.doc.id in seen:
-                        skip(d.doc.source, f"duplicate document id {d.doc.id!r}; the later one replaces the earlier")
-                    seen.add(d.doc.id)
-                    if d.unchanged:
-                        summary.documents_unchanged += 1
-                    elif not d.chunks:
-                        skip(d.doc.source, "no text to index")
-                    else:
-                        chunkers[d.chunker] += 1
-                        shard.docs.append(d)
-                        shard.chunks += len(d.chunks)
-                        summary.tokens += _count_tokens(d, embedder)
-                if shard.chunks >= options.shard_chunks:
-                    rotate(shard)
-                    shard = _Shard()
-        rotate(shard)
-        rotate(None)
-        if options.cancel is not None and options.cancel.is_set():
-            raise KeyboardInterrupt
+                for doc in record.take(result, lambda d: _count_tokens(d, embedder)):
+                    shards.add(doc)
+        shards.finish()
+        _check_cancel(options)
         if options.all_or_nothing and summary.skipped:
             raise IngestRejected(summary.skipped)
-        if not seen:
+        if not record.seen:
             raise _nothing(names, summary.skipped)
-        summary.chunkers = dict(chunkers)
-        summary.ocr_pages, summary.ocr_confidence = ocr.pages, ocr.mean()
-        summary.documents_indexed = len(indexed)
+        record.close(indexed=shards.indexed)
         if prune:
-            kept_bases = {doc_base for path, doc_base in files if path in failed}
-            for doc_id in writer.document_ids():  # a workbook's sheets are <file>#<sheet>
-                if doc_id not in seen and doc_id not in kept_bases and doc_id.split("#", 1)[0] not in kept_bases:
-                    writer.delete_document(doc_id)
-                    summary.documents_removed += 1
-        if writer.changed or not writer.base_version:
-            summary.version = writer.commit()
-        else:  # nothing new: keep the live version rather than publishing an identical copy
-            summary.version = writer.base_version
-            writer.abort()
+            summary.documents_removed = prune_unseen(
+                writer, record.seen, {base for p, base in files if p in record.failed}
+            )
+        summary.version = publish_or_keep(writer)
         summary.total_chunks = writer.chunks_count()
         summary.total_documents = writer.documents_count()
-        _record_throughput(summary, stage)
+        _record_throughput(summary, shards.stage)
     summary.seconds = round(time.perf_counter() - start, 2)
     summary.chunks_per_second = round(summary.chunks / summary.seconds, 1) if summary.seconds else 0.0
     summary.tokens_per_second = round(summary.tokens / summary.seconds, 1) if summary.seconds else 0.0
     return summary
+
+
+def _check_cancel(options: IngestOptions) -> None:
+    if options.cancel is not None and options.cancel.is_set():
+        raise KeyboardInterrupt
+
+
+class RunRecord:
+    """What one ingest run saw, besides the documents it embeds: skipped files and records (also logged and
+    passed to ``on_skip``), warnings, duplicates, unchanged and empty documents, chunkers and OCR pages, all
+    counted into ``summary``."""
+
+    def __init__(self, summary: IngestSummary, on_skip: Callable[[str, str], None] | None = None) -> None:
+        self.summary, self.on_skip = summary, on_skip
+        self.seen: set[str] = set()
+        self.failed: set[Path] = set()
+        self._chunkers: Counter[str] = Counter()
+        self._ocr = _OcrTally()
+
+    def skip(self, path: str, reason: str) -> None:
+        """Record a skipped file or record."""
+        self.summary.skipped.append({"path": path, "reason": reason})
+        log.warning("skipped %s: %s", path, reason)
+        if self.on_skip:
+            self.on_skip(path, reason)
+
+    def take(self, result: PreparedFile, count_tokens: Callable[[PreparedDoc], int]) -> list[PreparedDoc]:
+        """Record one file's outcome; its documents to embed and write (new or changed, with text)."""
+        if result.error is not None:
+            self.skip(str(result.task.path), result.error)
+            self.failed.add(result.task.path)
+            return []
+        for bad in result.bad_records:
+            self.skip(bad.path, bad.reason)
+        for warning in result.warnings:
+            self.summary.warnings.append({"path": warning.path, "reason": warning.reason})
+            log.warning("%s", warning.reason)
+        wanted = []
+        for d in result.docs:
+            self._ocr.add(d.doc)
+            self.summary.documents += 1
+            if d.doc.id in self.seen:
+                self.skip(d.doc.source, f"duplicate document id {d.doc.id!r}; the later one replaces the earlier")
+            self.seen.add(d.doc.id)
+            if d.unchanged:
+                self.summary.documents_unchanged += 1
+            elif not d.chunks:
+                self.skip(d.doc.source, "no text to index")
+            else:
+                self._chunkers[d.chunker] += 1
+                self.summary.tokens += count_tokens(d)
+                wanted.append(d)
+        return wanted
+
+    def close(self, indexed: set[str]) -> None:
+        """Fill the summary's totals once every file was taken."""
+        self.summary.chunkers = dict(self._chunkers)
+        self.summary.ocr_pages, self.summary.ocr_confidence = self._ocr.pages, self._ocr.mean()
+        self.summary.documents_indexed = len(indexed)
+
+
+class ShardWriter:
+    """Documents gathered into shards of about ``options.shard_chunks`` chunks, each embedded on the devices
+    while the previous one is written into the index (so the model never waits for the writer)."""
+
+    def __init__(
+        self,
+        writer: IndexWriter,
+        embedder: Embedder,
+        replicas: list[Embedder],
+        options: IngestOptions,
+        summary: IngestSummary,
+        progress: bool,
+    ) -> None:
+        self.writer, self.options, self.summary = writer, options, summary
+        self.indexed: set[str] = set()
+        self._progress = progress
+        self._embedder, self._replicas = embedder, replicas
+        self._lock = threading.Lock()
+        self._shard = _Shard()
+        self._inflight: tuple[_Shard, Future[np.ndarray]] | None = None
+
+    def __enter__(self) -> ShardWriter:
+        self._stack = contextlib.ExitStack()
+        self._bar = self._stack.enter_context(_embed_progress(self._progress))
+        stage = EmbedStage(self._embedder, self._replicas, self.options.max_batch_tokens, on_progress=self._embedded)
+        self.stage = self._stack.enter_context(stage)
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._stack.__exit__(*exc)
+
+    def _embedded(self, chunks: int) -> None:  # from the device threads
+        with self._lock:
+            self._bar.update(chunks)
+
+    def add(self, doc: PreparedDoc) -> None:
+        """Queue a document; a full shard goes to the devices."""
+        self._shard.docs.append(doc)
+        self._shard.chunks += len(doc.chunks)
+        if self._shard.chunks >= self.options.shard_chunks:
+            self._rotate(self._shard)
+            self._shard = _Shard()
+
+    def finish(self) -> None:
+        """Embed and write what is left."""
+        self._rotate(self._shard)
+        self._shard = _Shard()
+        self._rotate(None)
+
+    def _rotate(self, full: _Shard | None) -> None:
+        _check_cancel(self.options)  # between shards too, not only files
+        submitted = None
+        if full and full.docs:
+            with self._lock:
+                self._bar.total += full.chunks
+                self._bar.refresh()
+            submitted = (full, self.stage.submit(full.input_ids(), full.texts()))
+        self._write(self._inflight)  # the device works on the new shard while the previous one is written
+        self._inflight = submitted
+
+    def _write(self, done: tuple[_Shard, Future[np.ndarray]] | None) -> None:
+        if done is None:
+            return
+        written, future = done
+        vectors = future.result()
+        offset = 0
+        for d in written.docs:
+            n = len(d.chunks)
+            self.writer.add_document(d.doc.id, d.doc.source, d.digest, d.chunks, vectors[offset : offset + n], d.terms)
+            self.indexed.add(d.doc.id)
+            offset += n
+        self.summary.chunks += written.chunks
+
+
+def prune_unseen(writer: IndexWriter, seen: set[str], kept_bases: set[str]) -> int:
+    """Delete the indexed documents a mirroring run did not see, except those of files that failed to load
+    (``kept_bases``: a broken file never erases its last good version; a workbook's sheets are
+    ``<file>#<sheet>``); how many were deleted."""
+    removed = 0
+    for doc_id in writer.document_ids():
+        if doc_id not in seen and doc_id not in kept_bases and doc_id.split("#", 1)[0] not in kept_bases:
+            writer.delete_document(doc_id)
+            removed += 1
+    return removed
+
+
+def publish_or_keep(writer: IndexWriter) -> str:
+    """Publish what the writer staged, or — nothing changed in an existing index — keep the live version
+    rather than publish an identical copy; the version that is live afterwards."""
+    if writer.changed or not writer.base_version:
+        return writer.commit()
+    writer.abort()
+    return writer.base_version
 
 
 @dataclass

@@ -144,3 +144,58 @@ def test_the_domain_is_recorded_and_kept_by_updates(tmp_path: Path, tiny_embedde
     assert read_manifest(index)["domain"] == "medical"
     ingest([second], index, tiny_embedder, analyzer, progress=False)  # e.g. POST /documents: no domain given
     assert read_manifest(index)["domain"] == "medical" and Index(index).docs.count() == 2
+
+
+def test_the_run_record_counts_each_outcome_of_real_files(tmp_path: Path, analyzer) -> None:
+    """The record alone, on files prepared by the real stages: a statute to embed, the same statute again
+    under its id (a duplicate), an unchanged one, an unreadable file and a JSONL file with a bad record."""
+    from ingest.chunkers import ChunkSettings
+    from ingest.pipeline import IngestSummary, RunRecord
+    from ingest.stages import FileTask, StageContext, prepare
+
+    statute = SAMPLE_STATUTES / "医师法.md"
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.7 not really")
+    records = tmp_path / "qa.jsonl"
+    records.write_text('{"id": "q1", "text": "传染病疫情应当及时报告。"}\n{"id": "q2"}\n', encoding="utf-8")
+    fresh = StageContext(ChunkSettings(), analyzer, None)
+    first = prepare(FileTask(statute, statute.name), fresh)
+    known = StageContext(ChunkSettings(), analyzer, None, known={statute.name: first.docs[0].digest})
+    summary, skipped = IngestSummary(index="i", model="m", workers=1), []
+    record = RunRecord(summary, on_skip=lambda path, reason: skipped.append(path))
+    taken = record.take(first, lambda d: 7)
+    assert [d.doc.id for d in taken] == [statute.name] and summary.tokens == 7
+    assert record.take(prepare(FileTask(statute, statute.name), known), lambda d: 7) == []  # unchanged
+    assert summary.documents_unchanged == 1 and "duplicate document id" in summary.skipped[0]["reason"]
+    assert record.take(prepare(FileTask(broken, broken.name), fresh), lambda d: 7) == []
+    assert broken in record.failed and skipped[-1] == str(broken)
+    assert [d.doc.id for d in record.take(prepare(FileTask(records, records.name), fresh), lambda d: 1)] == ["q1"]
+    assert len(summary.skipped) == 3 and summary.documents == 3  # the duplicate, the PDF, record q2
+    record.close(indexed={statute.name, "q1"})
+    assert summary.documents_indexed == 2 and sum(summary.chunkers.values()) == 2
+
+
+def test_prune_and_the_publish_decision_on_their_own(tmp_path: Path) -> None:
+    from ingest.pipeline import prune_unseen, publish_or_keep
+    from retrieval.index import IndexWriter, current_version
+    from tests.retrieval.test_index import EMBEDDER, _chunks, _vectors
+
+    def add(writer: IndexWriter, doc_id: str) -> None:
+        writer.add_document(doc_id, "src", f"h-{doc_id}", _chunks(doc_id, ["一 二"]), _vectors(1), [["一", "二"]])
+
+    index = tmp_path / "index"
+    with IndexWriter(index, EMBEDDER) as writer:
+        for doc_id in ("a.md", "b.md", "book.xlsx#Sheet1", "book.xlsx#Sheet2"):
+            add(writer, doc_id)
+        first = publish_or_keep(writer)
+    assert current_version(index) == first
+    with IndexWriter(index, EMBEDDER) as writer:
+        assert publish_or_keep(writer) == first  # nothing changed: no identical copy published
+    assert current_version(index) == first
+    with IndexWriter(index, EMBEDDER) as writer:  # the run saw a.md; book.xlsx failed to load this time
+        assert prune_unseen(writer, seen={"a.md"}, kept_bases={"book.xlsx"}) == 1
+        second = publish_or_keep(writer)
+    assert second != first and current_version(index) == second
+    from retrieval.index import LiveDocs
+
+    assert LiveDocs(index).docs.document_ids() == ["a.md", "book.xlsx#Sheet1", "book.xlsx#Sheet2"]
