@@ -12,6 +12,7 @@ from typing import Any
 
 from app import __version__
 from app.settings import MAX_TOP_K, Settings
+from app.usecases import UseCaseError
 from ingest.chunkers.base import CHUNKERS
 from ingest.lifecycle import StopSignals
 from retrieval.dialogue import DIALOGUE_MODES
@@ -326,11 +327,9 @@ def _filters(pairs: list[str]) -> dict[str, Any]:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """``zhrag ingest``."""
-    from app.services import build_analyzer, build_embedder, index_domain, ingest_limits
+    from app.usecases import IngestRequest, ingest_paths
     from ingest.chunkers import ChunkSettings
-    from ingest.pipeline import IngestOptions, ingest
-    from ingest.stages import default_workers
-    from retrieval.index import IndexNotFoundError, current_version, read_manifest, reserve_writer
+    from retrieval.index import current_version, reserve_writer
 
     settings = _settings(
         args,
@@ -340,50 +339,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         devices=args.devices,
         max_batch_tokens=args.max_batch_tokens,
     )
-    # The lock first: a second ingest into the same index is refused at once, not after the model loads.
-    with reserve_writer(settings.index):
-        try:
-            manifest = read_manifest(settings.index)
-        except IndexNotFoundError:  # a new index (a damaged one is an error, not a new one)
-            manifest = None
-        if manifest is not None and args.model is None:
-            from app.services import embedder_for_index
-
-            embedder = embedder_for_index(manifest, settings)  # keep adding with the index's own model
-        else:
-            embedder = build_embedder(settings)
-        chunk = ChunkSettings(
+    request = IngestRequest(
+        paths=args.paths,
+        model_given=args.model is not None,
+        domain=args.domain,
+        chunk=ChunkSettings(
             chunk_size=args.chunk_size or ChunkSettings.chunk_size,
             chunk_overlap=args.chunk_overlap if args.chunk_overlap is not None else ChunkSettings.chunk_overlap,
             chunker=args.chunker,
-        )
-        analyzer = build_analyzer(settings, manifest)
-        recorded = (manifest or {}).get("domain")
-        if recorded and args.domain and args.domain != recorded:
-            raise CliError(f"{settings.index} is a {recorded} index; --domain {args.domain} cannot change that")
-        # An index keeps its domain; one older than the record takes an explicit --domain, else its instruction's.
-        domain = recorded or index_domain(settings, None if args.domain else manifest)
+        ),
+        store=_store_options(args, settings),
+        prune=args.prune,
+        progress=not (args.quiet or args.json),
+    )
+    # The lock first: a second ingest into the same index is refused at once, not after the model loads.
+    with reserve_writer(settings.index):
         before = current_version(settings.index)
         try:
-            summary = ingest(
-                args.paths,
-                settings.index,
-                embedder,
-                analyzer,
-                chunk,
-                store=_store_options(args, settings),
-                progress=not (args.quiet or args.json),
-                prune=args.prune,
-                options=IngestOptions(
-                    workers=settings.workers or default_workers(),
-                    devices=settings.devices or None,
-                    max_batch_tokens=settings.max_batch_tokens,
-                    cancel=LIFECYCLE.cancel,
-                    limits=ingest_limits(settings),
-                    connection=settings.store_connection,
-                ),
-                domain=domain,
-            )
+            summary = ingest_paths(settings, request, cancel=LIFECYCLE.cancel)
         except KeyboardInterrupt:
             after = current_version(settings.index)
             if after == before:
@@ -391,30 +364,37 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             # Stopped after the swap (while the writer tidied up): the new version is whole and live.
             print(f"zhrag: interrupted after version {after} was published; it is live and complete", file=sys.stderr)
             return EXIT_ERROR
-        LIFECYCLE.work_done(EXIT_SKIPPED if summary.skipped else EXIT_OK)
-        if args.json:
-            print(json.dumps(summary.to_dict(), ensure_ascii=False))
-        else:
-            print(
-                f"indexed {_count(summary.documents_indexed, 'document')} ({summary.documents_unchanged} unchanged, "
-                f"{summary.documents_removed} removed) into "
-                f"{_count(summary.chunks, 'chunk')}, {_count(summary.tokens, 'token')}, in {summary.seconds}s "
-                f"({summary.chunks_per_second} chunks/s, {summary.tokens_per_second:.0f} tokens/s; embedding "
-                f"{summary.embed_tokens_per_second:.0f} tokens/s, {summary.padding_ratio:.1%} padding; "
-                f"{_count(summary.workers, 'worker')}); index {summary.index} now holds "
-                f"{_count(summary.total_chunks, 'chunk')} of {_count(summary.total_documents, 'document')} "
-                f"[{summary.version}]",
-                file=sys.stderr,
-            )
-            if summary.ocr_pages:
-                ocr = f"OCR: {_count(summary.ocr_pages, 'page')}, mean confidence {summary.ocr_confidence}"
-                print(ocr, file=sys.stderr)
-        for item in summary.skipped:
-            print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
-        for item in summary.warnings:
-            print(f"warning: {item['reason']}", file=sys.stderr)
+        code = EXIT_SKIPPED if summary.skipped else EXIT_OK
+        LIFECYCLE.work_done(code)
+        _report_ingest(summary, args.json)
         _merge_after_ingest(settings, quiet=args.json or args.quiet)
-        return EXIT_SKIPPED if summary.skipped else EXIT_OK
+        return code
+
+
+def _report_ingest(summary: Any, as_json: bool) -> None:
+    """The summary line (or the JSON body) on stdout/stderr, then every skipped file and warning."""
+    if as_json:
+        print(json.dumps(summary.to_dict(), ensure_ascii=False))
+    else:
+        print(
+            f"indexed {_count(summary.documents_indexed, 'document')} ({summary.documents_unchanged} unchanged, "
+            f"{summary.documents_removed} removed) into "
+            f"{_count(summary.chunks, 'chunk')}, {_count(summary.tokens, 'token')}, in {summary.seconds}s "
+            f"({summary.chunks_per_second} chunks/s, {summary.tokens_per_second:.0f} tokens/s; embedding "
+            f"{summary.embed_tokens_per_second:.0f} tokens/s, {summary.padding_ratio:.1%} padding; "
+            f"{_count(summary.workers, 'worker')}); index {summary.index} now holds "
+            f"{_count(summary.total_chunks, 'chunk')} of {_count(summary.total_documents, 'document')} "
+            f"[{summary.version}]",
+            file=sys.stderr,
+        )
+        if summary.ocr_pages:
+            print(
+                f"OCR: {_count(summary.ocr_pages, 'page')}, mean confidence {summary.ocr_confidence}", file=sys.stderr
+            )
+    for item in summary.skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    for item in summary.warnings:
+        print(f"warning: {item['reason']}", file=sys.stderr)
 
 
 def _merge_after_ingest(settings: Settings, quiet: bool) -> None:
@@ -992,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code = COMMANDS[args.command](args)
-    except (CliError, ZhragIndexError, EmbedderError, SearchError, ValueError, FileNotFoundError) as exc:
+    except (CliError, UseCaseError, ZhragIndexError, EmbedderError, SearchError, ValueError, FileNotFoundError) as exc:
         print(f"zhrag {args.command}: error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
     except KeyboardInterrupt:
