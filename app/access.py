@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from retrieval.errors import UserError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -122,7 +124,7 @@ class Grant:
         return [b for b in bases if self.role_on(b) is not None]
 
 
-class KeyFileError(ValueError):
+class KeyFileError(UserError, ValueError):
     """A key file that cannot be used (names the file and the line)."""
 
 

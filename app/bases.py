@@ -31,6 +31,7 @@ from app.services import (
 from app.settings import Settings
 from ingest.pipeline import create_index
 from retrieval.embedders.microbatch import MicroBatcher, SharedModel
+from retrieval.errors import InputError, UserError
 from retrieval.index import CURRENT_FILE, read_manifest, reserve_writer
 from retrieval.prompts import resolve_instruction
 from retrieval.protocols import Embedder
@@ -48,7 +49,7 @@ class BaseNotReady(RuntimeError):
     """The base exists but could not be loaded (the reason is the message)."""
 
 
-class BaseExists(ValueError):
+class BaseExists(UserError, ValueError):
     """A base of that name already exists."""
 
 
@@ -293,7 +294,7 @@ class KnowledgeBases:
         if self.root is None:
             raise BaseExists("this server serves one index (--index); start it with --root DIR to create bases")
         if not valid_base_name(name):
-            raise ValueError(f"{name!r} is not a knowledge base name (letters, digits, CJK, _ . -; no '/' or '..')")
+            raise InputError(f"{name!r} is not a knowledge base name (letters, digits, CJK, _ . -; no '/' or '..')")
         path = self.root / name
         if name in self.names() or path.exists():
             raise BaseExists(f"knowledge base {name!r} already exists")
@@ -304,7 +305,7 @@ class KnowledgeBases:
         try:
             embedder = self._new_embedder(settings)
         except Exception as exc:  # noqa: BLE001 - an unknown or unreachable model is the caller's input
-            raise ValueError(f"cannot load the model {settings.model!r}: {exc}") from exc
+            raise InputError(f"cannot load the model {settings.model!r}: {exc}") from exc
         create_index(
             path, embedder, build_analyzer(settings), domain=settings.domain, connection=settings.store_connection
         )

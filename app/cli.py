@@ -10,16 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from app import __version__
 from app.settings import MAX_TOP_K, Settings
-from app.usecases import UseCaseError
 from ingest.chunkers.base import CHUNKERS
 from ingest.lifecycle import StopSignals
 from retrieval.dialogue import DIALOGUE_MODES
-from retrieval.embedders import EMBEDDER_BACKENDS, EmbedderError
-from retrieval.index import ZhragIndexError
+from retrieval.embedders import EMBEDDER_BACKENDS
+from retrieval.errors import UserError
 from retrieval.prompts import DOMAINS
-from retrieval.searcher import BM25, DENSE, EXPAND_CHOICES, HYBRID, SEARCH_MODES, SearchError
+from retrieval.searcher import BM25, DENSE, EXPAND_CHOICES, HYBRID, SEARCH_MODES
 from retrieval.stores import MILVUS_INDEX_TYPES, STORE_BACKENDS
 from retrieval.stores.faiss import FAISS_INDEX_TYPES
 
@@ -38,7 +39,7 @@ LIFECYCLE = StopSignals()
 """How this process answers Ctrl-C and SIGTERM (``ingest.lifecycle``)."""
 
 
-class CliError(Exception):
+class CliError(UserError):
     """A user-facing error: printed without a traceback, exit code ``EXIT_USAGE``."""
 
 
@@ -972,7 +973,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code = COMMANDS[args.command](args)
-    except (CliError, UseCaseError, ZhragIndexError, EmbedderError, SearchError, ValueError, FileNotFoundError) as exc:
+    except (UserError, ValidationError, FileNotFoundError) as exc:  # what the user can fix; a fault keeps its traceback
         print(f"zhrag {args.command}: error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from app.services import Services
 from app.sessions import SessionStore
 from retrieval.dialogue import user_turns
+from retrieval.errors import UserError
 from retrieval.searcher import SearchOptions, SearchOutcome
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["run_search", "DialogueInputError", "UnknownConversation", "options_from", "bounded"]
 
 
-class DialogueInputError(ValueError):
+class DialogueInputError(UserError, ValueError):
     """The conversation cannot be searched (e.g. no user turn)."""
 
 

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from app.services import Services
 from retrieval.dialogue import DialogueMode, DialogueQueries
 from retrieval.embedders.cache import CachedEmbedder
+from retrieval.errors import InputError, UserError
 from retrieval.evaluation import (
     aggregate_hits,
     doc_key,
@@ -68,7 +69,7 @@ def load_dialogues(path: Path) -> dict[str, list[dict[str, str]]]:
             if line.strip():
                 record = json.loads(line)
                 if "id" not in record or not isinstance(record.get("messages"), list):
-                    raise ValueError(f'{path}:{lineno}: a dialogue needs "id" and a "messages" list')
+                    raise InputError(f'{path}:{lineno}: a dialogue needs "id" and a "messages" list')
                 dialogues[str(record["id"])] = record["messages"]
     return dialogues
 
@@ -90,7 +91,7 @@ def _eval_searcher(services: Services, texts: list[str]) -> Searcher:
     return searcher
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError, ValueError):
     """The queries, dialogues or qrels cannot score this index (e.g. no qrels id exists in it)."""
 
 
@@ -140,7 +141,7 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
             qid: DialogueQueries([text], [1.0]) for qid, text in load_queries(config.queries).items() if qid in qrels
         }
     else:
-        raise ValueError("give --queries or --dialogues")
+        raise InputError("give --queries or --dialogues")
     ids = sorted(work)[: config.limit] if config.limit else sorted(work)
     if not ids:
         raise EvalInputError(f"no query or dialogue id has judgements in {config.qrels}")

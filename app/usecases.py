@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrieval.errors import UserError
+
 if TYPE_CHECKING:  # the use cases load their machinery when called: a command's start-up stays fast
     from app.settings import Settings
     from ingest.chunkers import ChunkSettings
@@ -19,7 +21,7 @@ if TYPE_CHECKING:  # the use cases load their machinery when called: a command's
 __all__ = ["UseCaseError", "DomainChangeError", "IngestRequest", "ingest_paths"]
 
 
-class UseCaseError(Exception):
+class UseCaseError(UserError):
     """A request a use case refuses, said for the user (no traceback; CLI exit 2, HTTP 4xx)."""
 
 

@@ -28,6 +28,7 @@ from ingest.embedding import EmbedStage
 from ingest.limits import FileLimits
 from ingest.loaders import SUPPORTED_SUFFIXES, discover, file_parts
 from ingest.stages import FileTask, PageCounter, PreparedDoc, PreparedFile, StageContext, prepared_in_order
+from retrieval.errors import UserError
 from retrieval.index import IndexWriter, current_version, read_manifest
 from retrieval.protocols import Embedder
 from retrieval.text import Analyzer
@@ -54,11 +55,11 @@ SHARD_CHUNKS = 8192
 """Chunks embedded and written together: bounds memory, and is the window batches are length-sorted in."""
 
 
-class NothingToIngest(ValueError):
+class NothingToIngest(UserError, ValueError):
     """No file under the given paths could be read: nothing is written."""
 
 
-class IngestRejected(ValueError):
+class IngestRejected(UserError, ValueError):
     """An all-or-nothing ingest skipped something, so nothing was published.
 
     Attributes:

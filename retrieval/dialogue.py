@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
+from retrieval.errors import InputError
 from retrieval.protocols import Rewriter
 from retrieval.searcher import BM25, HYBRID, SearchMode, SearchOptions
 from retrieval.text.analyzer import Analyzer
@@ -281,7 +282,7 @@ class DialogueQueryBuilder:
         """
         turns = user_turns(messages)
         if not turns:
-            raise ValueError("the conversation has no user turn")
+            raise InputError("the conversation has no user turn")
         last = turns[-1]
         if mode == "last" or len(turns) == 1:
             return DialogueQueries([last], [1.0])

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import InputError
+
 __all__ = [
     "METRICS",
     "evaluate_run",
@@ -61,7 +63,7 @@ def load_qrels(path: Path | str) -> Qrels:
             if score is None:
                 if lineno == 1 and row:  # a header
                     continue
-                raise ValueError(
+                raise InputError(
                     f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score' (BEIR) or 'qid 0 docid score' (TREC)"
                 )
             if score > 0:
@@ -84,10 +86,10 @@ def load_queries(path: Path | str) -> dict[str, str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg}); expected {expected}") from exc
+                raise InputError(f"{path}:{lineno}: not JSON ({exc.msg}); expected {expected}") from exc
             qid = record.get("_id", record.get("id")) if isinstance(record, dict) else None
             if qid is None or not isinstance(record.get("text"), str):
-                raise ValueError(f'{path}:{lineno}: a query needs "_id" (or "id") and "text"; expected {expected}')
+                raise InputError(f'{path}:{lineno}: a query needs "_id" (or "id") and "text"; expected {expected}')
             queries[str(qid)] = record["text"]
     return queries
 

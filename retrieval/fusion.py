@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
+from retrieval.errors import InputError
+
 __all__ = ["RRF_K", "reciprocal_rank_fusion"]
 
 RRF_K = 60
@@ -29,7 +31,7 @@ def reciprocal_rank_fusion(
         (item, fused score) pairs, best first; ties keep first-seen order.
     """
     if k < 0:
-        raise ValueError("RRF k must be >= 0")
+        raise InputError("RRF k must be >= 0")
     fused: dict[K, float] = {}
     for leg, items in rankings.items():
         weight = 1.0 if weights is None else weights.get(leg, 1.0)

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from retrieval.errors import UserError
+
 __all__ = [
     "Condition",
     "Operator",
@@ -69,7 +71,7 @@ SQL_NUMBER = "zhrag_number"
 """Name under which :func:`sql_number` is registered on the SQLite connection."""
 
 
-class FilterError(ValueError):
+class FilterError(UserError, ValueError):
     """A metadata filter is malformed."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from retrieval.errors import InputError
+
 __all__ = ["Domain", "DOMAINS", "INSTRUCTIONS", "DEFAULT_DOMAIN", "resolve_instruction", "domain_of", "format_query"]
 
 Domain = Literal["legal", "medical", "general"]
@@ -29,7 +31,7 @@ def resolve_instruction(instruction: str | None = None, domain: str | None = Non
         return instruction
     domain = domain or DEFAULT_DOMAIN
     if domain not in INSTRUCTIONS:
-        raise ValueError(f"unknown domain {domain!r}; choose one of {sorted(INSTRUCTIONS)}")
+        raise InputError(f"unknown domain {domain!r}; choose one of {sorted(INSTRUCTIONS)}")
     return INSTRUCTIONS[domain]
 
 

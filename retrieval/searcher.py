@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from retrieval.citations import CitationIndex, Verdict
+from retrieval.errors import UserError
 from retrieval.fusion import RRF_K, reciprocal_rank_fusion
 from retrieval.index import Index
 from retrieval.metadata_filter import MetadataFilter, as_filter
@@ -82,7 +83,7 @@ def normalize_query(text: str) -> str:
     return to_simplified(normalize_text(text))
 
 
-class SearchError(ValueError):
+class SearchError(UserError, ValueError):
     """A search request cannot be served (e.g. dense mode without an embedder)."""
 
 

@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import UserError
+
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".writer.lock"
@@ -36,7 +38,7 @@ STAGING_PREFIX = ".staging-"
 VERSION_PREFIX = "v-"
 
 
-class ZhragIndexError(RuntimeError):
+class ZhragIndexError(UserError, RuntimeError):
     """Base class of index errors."""
 
 

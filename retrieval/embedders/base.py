@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from retrieval.errors import UserError
+
 if TYPE_CHECKING:
     from retrieval.embedders.tokens import TokenSpec
 
 __all__ = ["EmbedderBase", "Delegating", "EmbedderError", "normalize_rows", "truncate_dim"]
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(UserError, RuntimeError):
     """An embedder could not be loaded or did not answer as expected."""
 
 

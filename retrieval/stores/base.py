@@ -10,13 +10,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from retrieval.errors import UserError
+
 __all__ = ["StoreBase", "StoreError", "MISSING_ID", "check_vectors"]
 
 MISSING_ID = -1
 """Id reported for an empty result slot (fewer than ``k`` vectors matched)."""
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A vector store could not be created, loaded or queried."""
 
 

@@ -427,3 +427,23 @@ def test_optimize_merges_small_segments_and_then_has_nothing_to_do(tmp_path: Pat
     assert Index(index).docs.count() == chunks
     assert main(["optimize", "--index", str(index)]) == EXIT_OK
     assert f"nothing to merge; the index keeps its {after} segments" in capsys.readouterr().err
+
+
+def test_a_fault_keeps_its_traceback_and_exits_1_while_a_user_error_is_one_line(tmp_path: Path, capsys) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    assert main(["info", "--index", str(tmp_path / "nowhere")]) == 2  # the user can fix it: a message
+    err = capsys.readouterr().err
+    assert "no zhrag index at" in err and "Traceback" not in err
+    script = (
+        "import sys, app.cli as cli\n"
+        "def broken(args):\n"
+        "    raise ValueError('a bug, not bad input')\n"
+        "cli.COMMANDS['info'] = broken\n"
+        "sys.exit(cli.main(['info']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" in done.stderr and "a bug, not bad input" in done.stderr
