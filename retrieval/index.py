@@ -596,7 +596,7 @@ def merge_segments(
 ) -> list[str]:
     """Merge an index's segments as the tiered ``policy`` says (``zhrag optimize``, or a server between
     writes); each merge is published as a version. Returns the versions published (none: nothing to do,
-    or the index keeps whole versions).
+    or an index of the format before segments, which its next write upgrades).
 
     Raises:
         IndexLockedError: another writer holds the index.

@@ -31,7 +31,7 @@ MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".writer.lock"
 WHOLE_FORMAT = 1
-"""A version that holds all its data (the format of indexes in an external store, and of older indexes)."""
+"""A version that holds all its data (the format before segments: read, and upgraded on the first write)."""
 SEGMENTED_FORMAT = 2
 """A version that lists immutable segments and their deletions."""
 STAGING_PREFIX = ".staging-"
