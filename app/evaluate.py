@@ -123,6 +123,38 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
     """
     start = time.perf_counter()
     qrels = load_qrels(config.qrels)
+    work = _queries_to_run(services, config, qrels)
+    ids = sorted(work)[: config.limit] if config.limit else sorted(work)
+    if not ids:
+        raise EvalInputError(f"no query or dialogue id has judgements in {config.qrels}")
+    coverage = _checked_coverage(
+        services, config, {doc for qid in ids for doc, grade in qrels[qid].items() if grade > 0}
+    )
+    run = _run(services, config, {qid: work[qid] for qid in ids}, progress)
+    scored = {qid: qrels[qid] for qid in ids}
+    metrics = evaluate_run(scored, run)
+    per_query = per_query_metrics(scored, run)
+    return {
+        **metrics,
+        "queries": len(ids),
+        "qrels_coverage": round(coverage, 4),
+        "mode": config.mode,
+        "rerank": config.rerank,
+        "dialogue_mode": config.dialogue_mode if config.dialogues else None,
+        "rewrite": _rewrite_stats(services) if config.rewrite else None,
+        "model": services.index.manifest["embedder"]["model"],
+        "index": str(services.index.root),
+        "seconds": round(time.perf_counter() - start, 1),
+        "per_query": [
+            {"id": qid, **per_query[qid], "top10": list(run[qid])[:10], "relevant": sorted(qrels[qid])} for qid in ids
+        ],
+    }
+
+
+def _queries_to_run(
+    services: Services, config: EvalConfig, qrels: dict[str, dict[str, int]]
+) -> dict[str, DialogueQueries]:
+    """The queries of every judged question or dialogue (a dialogue's built as the served builder would)."""
     if config.dialogues:
         dialogues = load_dialogues(config.dialogues)
         builder, search_mode = services.dialogue, services.searcher.effective_mode(config.mode)
@@ -131,21 +163,20 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
         if not config.rewrite:
             builder = copy.copy(builder)  # the served builder keeps its rewriter
             builder.rewriter = None
-        work = {
+        return {
             qid: builder.build(msgs, config.dialogue_mode, search_mode)
             for qid, msgs in dialogues.items()
             if qid in qrels
         }
-    elif config.queries:
-        work = {
+    if config.queries:
+        return {
             qid: DialogueQueries([text], [1.0]) for qid, text in load_queries(config.queries).items() if qid in qrels
         }
-    else:
-        raise InputError("give --queries or --dialogues")
-    ids = sorted(work)[: config.limit] if config.limit else sorted(work)
-    if not ids:
-        raise EvalInputError(f"no query or dialogue id has judgements in {config.qrels}")
-    relevant = {doc for qid in ids for doc, grade in qrels[qid].items() if grade > 0}
+    raise InputError("give --queries or --dialogues")
+
+
+def _checked_coverage(services: Services, config: EvalConfig, relevant: set[str]) -> float:
+    """The share of relevant ids the index holds under ``--doc-id``: none is an error, few a warning."""
     coverage, example = qrels_coverage(services, config.doc_id, relevant)
     if coverage == 0:
         sample = next(iter(sorted(relevant)), "")
@@ -161,11 +192,16 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
             config.qrels,
             config.doc_id,
         )
+    return coverage
+
+
+def _run(
+    services: Services, config: EvalConfig, work: dict[str, DialogueQueries], progress: bool
+) -> dict[str, dict[str, float]]:
+    """Search every question; per question, its documents' scores (keyed by ``--doc-id``), best first."""
     searcher = services.searcher
     if config.mode != BM25:
-        searcher = _eval_searcher(services, [q for qid in ids for q in work[qid].queries])
-    run: dict[str, dict[str, float]] = {}
-    top: dict[str, list[str]] = {}
+        searcher = _eval_searcher(services, [q for queries in work.values() for q in queries.queries])
     base = SearchOptions(
         top_k=EVAL_DEPTH if config.rerank else EVAL_CANDIDATES,
         candidates=EVAL_CANDIDATES,
@@ -173,26 +209,11 @@ def run_eval(services: Services, config: EvalConfig, progress: bool = True) -> d
         rerank=config.rerank,  # type: ignore[arg-type]
         weights=config.weights or None,
     )
-    for qid in tqdm(ids, desc="eval", unit="q", disable=not progress):
+    run: dict[str, dict[str, float]] = {}
+    for qid in tqdm(list(work), desc="eval", unit="q", disable=not progress):
         outcome = searcher.search(work[qid].queries, work[qid].search_options(base, searcher.weights))
         keyed = (
             (doc_key(config.doc_id, h.chunk.doc_id, h.chunk.title, h.chunk.metadata), h.score) for h in outcome.hits
         )
         run[qid] = aggregate_hits(keyed, EVAL_DEPTH)
-        top[qid] = list(run[qid])[:10]
-    scored = {qid: qrels[qid] for qid in ids}
-    metrics = evaluate_run(scored, run)
-    per_query = per_query_metrics(scored, run)
-    return {
-        **metrics,
-        "queries": len(ids),
-        "qrels_coverage": round(coverage, 4),
-        "mode": config.mode,
-        "rerank": config.rerank,
-        "dialogue_mode": config.dialogue_mode if config.dialogues else None,
-        "rewrite": _rewrite_stats(services) if config.rewrite else None,
-        "model": services.index.manifest["embedder"]["model"],
-        "index": str(services.index.root),
-        "seconds": round(time.perf_counter() - start, 1),
-        "per_query": [{"id": qid, **per_query[qid], "top10": top[qid], "relevant": sorted(qrels[qid])} for qid in ids],
-    }
+    return run
