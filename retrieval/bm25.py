@@ -1,4 +1,6 @@
-"""The lexical leg: a bm25s index over analyzer tokens, keyed by docstore row ids."""
+"""The lexical leg over analyzer tokens, keyed by docstore row ids: segments' raw statistics scored with
+the version's global statistics (:class:`SegmentedBM25`), and the prebuilt bm25s index of a version
+written before segments (:class:`BM25Index`, read only)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,23 +70,6 @@ class BM25Index:
         """Number of indexed chunks."""
         return len(self.rids)
 
-    def vocabulary(self) -> list[str]:
-        """The indexed terms, position = term id."""
-        terms = [""] * len(self._vocab)
-        for term, term_id in self._vocab.items():
-            terms[term_id] = term
-        return terms
-
-    def postings_by_document(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positions, term ids, weights) of every stored score, grouped by document position ascending."""
-        if getattr(self._retriever, "nonoccurrence_array", None) is not None:
-            raise ValueError("only Lucene BM25 scores are plain postings (this index has a per-term floor)")
-        matrix = self._retriever.scores  # type: ignore[attr-defined]
-        indptr = np.asarray(matrix["indptr"])
-        terms = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
-        order = np.argsort(matrix["indices"], kind="stable")
-        return np.asarray(matrix["indices"])[order], terms[order], np.asarray(matrix["data"])[order]
-
     def search(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, row ids) for one tokenised query; only positive scores are returned.
 
@@ -118,13 +103,6 @@ class BM25Index:
         # the same list: all chunks tied with the k-th are candidates, not just those argpartition picked.
         scores, rids = _top_with_ties(scores, self.rids, k)
         return scores[:k], rids[:k]
-
-    def save(self, path: Path) -> None:
-        """Write into directory ``path``."""
-        path.mkdir(parents=True, exist_ok=True)
-        self._retriever.save(str(path), show_progress=False)  # type: ignore[attr-defined]
-        np.save(path / _RIDS_FILE, self.rids)
-        (path / _PARAMS_FILE).write_text(json.dumps({"k1": self.k1, "b": self.b}))
 
     @classmethod
     def load(cls, path: Path) -> BM25Index:
@@ -192,6 +170,12 @@ class BM25Builder:
         local = np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms.vocab), np.int32, len(terms.vocab))
         for rid, ids, tfs, length in zip(rids, terms.ids, terms.tfs, terms.lengths, strict=True):
             self._chunks[int(rid)] = (length, local[ids], tfs)
+
+    def add_stored(self, batches: Iterable[tuple[Sequence[int], Sequence[Sequence[str]]]]) -> BM25Builder:
+        """Add chunks from (row ids, terms) batches as a docstore keeps them (``DocStore.iter_tokens``)."""
+        for rids, tokens in batches:
+            self.add(rids, ChunkTerms.count(tokens))
+        return self
 
     def discard(self, rids: Sequence[int]) -> None:
         """Forget chunks (deleted from the index)."""

@@ -36,6 +36,7 @@ from retrieval.segments import (
     SegmentedDocs,
     SegmentEntry,
     SegmentSource,
+    live_hashes,
     open_segments,
     with_deletions,
     write_segment,
@@ -158,9 +159,7 @@ class Index(LiveDocs):
         if bm25_dir.is_dir():
             self.bm25 = BM25Index.load(bm25_dir)
         else:  # an older Milvus index kept it in Milvus: counted again from the stored terms until its first write
-            terms = BM25Builder(**self.manifest.get("bm25", {}))
-            for rids, tokens in self.docs.iter_tokens():
-                terms.add(rids, ChunkTerms.count(tokens))
+            terms = BM25Builder(**self.manifest.get("bm25", {})).add_stored(self.docs.iter_tokens())
             self.bm25 = terms.build() if len(terms) else None
 
     @property
@@ -224,8 +223,7 @@ class IndexWriter:
     Args:
         root: Index directory (created if missing).
         embedder: Manifest entry of the embedder (``describe()``); must match an existing index.
-        store: Vector store backend and options for a new index, e.g. ``{"backend": "faiss"}`` (and for the
-            one segment an older index's data becomes, when its own store is external).
+        store: Vector store backend and options for a new index, e.g. ``{"backend": "faiss"}``.
         settings: Extra manifest fields (chunker, analyzer, ...).
         bm25: BM25 parameters of a new index.
         connection: The store's connection secrets, never written to the index (e.g. a Milvus ``token``).
@@ -233,6 +231,36 @@ class IndexWriter:
 
     staging: Path
     manifest: dict[str, Any]
+
+    def __init__(
+        self,
+        root: Path | str,
+        embedder: dict[str, Any],
+        store: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+        bm25: dict[str, float] | None = None,
+        connection: Mapping[str, str] | None = None,
+    ) -> None:
+        previous = self._open(root, connection)
+        try:
+            if previous is None:
+                self.manifest = _new_manifest(embedder, store, bm25)
+            else:
+                self.manifest = json.loads((previous / MANIFEST_FILE).read_text(encoding="utf-8"))
+                check_embedder(self.manifest, embedder["model"], embedder["dim"])
+                if self.manifest.get("format") == WHOLE_FORMAT:
+                    self._upgrade(previous)
+            self._segments = [Segment(self.root, e) for e in _segment_entries(self.manifest)]
+            self._segments_store = dict(self.manifest["store"])  # what the listed segments were written with
+            self.manifest.update(settings or {})
+            self._builder = SegmentBuilder(self.staging, self.dim, self.manifest["bm25"])
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self._lock.release()
+            raise
+        self._next_rid = int(self.manifest["next_rid"])
+        self._deleted: dict[str, tuple[set[int], set[str]]] = {}
+        self._counts: tuple[int, int] | None = None
 
     def _open(self, root: Path | str, connection: Mapping[str, str] | None) -> Path | None:
         """Take the lock, clear what dead writers left and make the staging directory; the live version."""
@@ -333,36 +361,6 @@ class IndexWriter:
             log.warning("could not release the store of %s: %s", version.name, exc)
         shutil.rmtree(version, ignore_errors=True)
 
-    def __init__(
-        self,
-        root: Path | str,
-        embedder: dict[str, Any],
-        store: dict[str, Any] | None = None,
-        settings: dict[str, Any] | None = None,
-        bm25: dict[str, float] | None = None,
-        connection: Mapping[str, str] | None = None,
-    ) -> None:
-        previous = self._open(root, connection)
-        try:
-            if previous is None:
-                self.manifest = _new_manifest(embedder, store, bm25)
-            else:
-                self.manifest = json.loads((previous / MANIFEST_FILE).read_text(encoding="utf-8"))
-                check_embedder(self.manifest, embedder["model"], embedder["dim"])
-                if self.manifest.get("format") == WHOLE_FORMAT:
-                    self._upgrade(previous)
-            self._segments = [Segment(self.root, e) for e in _segment_entries(self.manifest)]
-            self._segments_store = dict(self.manifest["store"])  # what the listed segments were written with
-            self.manifest.update(settings or {})
-            self._builder = SegmentBuilder(self.staging, self.dim, self.manifest["bm25"])
-        except BaseException:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self._lock.release()
-            raise
-        self._next_rid = int(self.manifest["next_rid"])
-        self._deleted: dict[str, tuple[set[int], set[str]]] = {}
-        self._counts: tuple[int, int] | None = None
-
     @property
     def dim(self) -> int:
         """Vector dimension."""
@@ -381,8 +379,7 @@ class IndexWriter:
             entry = write_segment(self.root, self._new_staging(), [source], self.dim, conf, bm25, self.connection)
         finally:
             source_store.close()
-        for stale in ("counts",):
-            self.manifest.pop(stale, None)
+        self.manifest.pop("counts", None)
         self.manifest.update(
             format=SEGMENTED_FORMAT,
             store=conf,
@@ -393,9 +390,13 @@ class IndexWriter:
         log.info("upgrading %s to segments on this first write (a one-time copy)", self.root)
 
     # -- reading the staged index ------------------------------------------------------------------
+    def _pending(self, segment: Segment) -> tuple[set[int], set[str]]:
+        """The rows and documents this writer deleted from ``segment`` so far."""
+        return self._deleted.get(segment.name, (set(), set()))
+
     def _holder(self, doc_id: str) -> Segment | None:
         for segment in reversed(self._segments):
-            if doc_id not in self._deleted.get(segment.name, ((), ()))[1] and segment.has_document(doc_id):
+            if doc_id not in self._pending(segment)[1] and segment.has_document(doc_id):
                 return segment
         return None
 
@@ -409,10 +410,7 @@ class IndexWriter:
 
     def document_hashes(self) -> dict[str, str]:
         """Content hash of every document in the staged index, by id."""
-        out: dict[str, str] = {}
-        for segment in self._segments:
-            gone = segment.deleted_docs | self._deleted.get(segment.name, (set(), set()))[1]
-            out.update((d, h) for d, h in segment.docs.document_hashes().items() if d not in gone)
+        out = live_hashes((s.docs, s.deleted_docs | self._pending(s)[1]) for s in self._segments)
         out.update(self._builder.docs.document_hashes())
         return out
 
@@ -436,7 +434,7 @@ class IndexWriter:
     def _live_counts(self) -> tuple[int, int]:
         documents = chunks = 0
         for segment in self._segments:
-            rids, docs = self._deleted.get(segment.name, (set(), set()))
+            rids, docs = self._pending(segment)
             documents += segment.entry.live_documents - len(docs)
             chunks += segment.entry.live_chunks - len(rids)
         return documents + self._builder.docs.count_documents(), chunks + self._builder.count()
@@ -476,7 +474,6 @@ class IndexWriter:
 
     def commit(self, extra: dict[str, Any] | None = None) -> str:
         """Publish: the new segment, the deletions files, then the manifest listing them."""
-        self._counts = self._live_counts()
         entries = []
         for segment in self._segments:
             entry = segment.entry

@@ -18,6 +18,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,9 @@ __all__ = [
     "SegmentSource",
     "SegmentedDocs",
     "SegmentedVectors",
-    "segmented_bm25",
     "open_segments",
     "write_segment",
+    "live_hashes",
     "new_segment_name",
 ]
 
@@ -142,14 +143,22 @@ class Segment:
         self._deleted_set = frozenset(self.deleted.tolist())
         self.docs = DocStore(self.path / DOCSTORE_FILE, readonly=True)
         self.rid_range = self.docs.rid_range()
-        self.store: VectorStore | None = None
-        self.postings: Postings | None = None
         self._loaded: _Loaded | None = None
 
     @property
     def name(self) -> str:
         """The segment's name."""
         return self.entry.name
+
+    @property
+    def store(self) -> VectorStore | None:
+        """The vectors, once :meth:`load` read them."""
+        return self._loaded.store if self._loaded else None
+
+    @property
+    def postings(self) -> Postings | None:
+        """The BM25 statistics, once :meth:`load` read them."""
+        return self._loaded.postings if self._loaded else None
 
     def load(self, dim: int, store_conf: Mapping[str, Any], connection: Mapping[str, str] | None = None) -> Segment:
         """Read the vectors (the version's store options with this segment's layout) and the postings.
@@ -160,21 +169,21 @@ class Segment:
         conf = {**store_conf, **self.info["store"]}
         backend = conf.pop("backend")
         key = json.dumps([str(self.path.resolve()), conf], sort_keys=True, default=str)
+        shared = not store_class(backend).external
         with _LOADED_LOCK:
-            loaded = _LOADED.get(key)
-        if loaded is None or store_class(backend).external:
+            loaded = _LOADED.get(key) if shared else None
+        if loaded is None:
             store = load_store(backend, self.path, dim, **conf, **(connection or {}))
             loaded = _Loaded(store, Postings.load(self.path / POSTINGS_DIR))
-            if not store_class(backend).external:
+            if shared:
                 with _LOADED_LOCK:
                     _LOADED[key] = loaded
         self._loaded = loaded
-        self.store, self.postings = loaded.store, loaded.postings
         return self
 
     def release(self) -> None:
         """Forget the loaded vectors and postings (copied elsewhere: the reader's view of small segments)."""
-        self._loaded, self.store, self.postings = None, None, None
+        self._loaded = None
 
     def is_live(self, rid: int) -> bool:
         """Whether row ``rid`` (of this segment) is not deleted."""
@@ -192,18 +201,33 @@ class Segment:
     def live_items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The live (row ids, vectors), in batches."""
         assert self.store is not None, "load() first"
-        for ids, vectors in self.store.items(batch):
-            if len(self.deleted):
-                keep = ~np.isin(ids, self.deleted)
-                ids, vectors = ids[keep], vectors[keep]
-            if len(ids):
-                yield ids, vectors
+        return _without(self.store.items(batch), self.deleted)
 
     def close(self) -> None:
         """Release the rows' database (and the store's connection)."""
         self.docs.close()
         if self.store is not None:
             self.store.close()  # a no-op for the shared, connection-less stores
+
+
+def _without(
+    items: Iterable[tuple[np.ndarray, np.ndarray]], deleted: np.ndarray | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) batches without the ``deleted`` ids (and without the batches left empty)."""
+    for ids, vectors in items:
+        if deleted is not None and len(deleted):
+            keep = ~np.isin(ids, deleted)
+            ids, vectors = ids[keep], vectors[keep]
+        if len(ids):
+            yield ids, vectors
+
+
+def live_hashes(parts: Iterable[tuple[DocStore, AbstractSet[str]]]) -> dict[str, str]:
+    """Content hash per document over segments' rows, each without the documents deleted from it."""
+    out: dict[str, str] = {}
+    for docs, gone in parts:
+        out.update((d, h) for d, h in docs.document_hashes().items() if d not in gone)
+    return out
 
 
 class HashLookup(Mapping[str, str]):
@@ -233,9 +257,7 @@ class HashLookup(Mapping[str, str]):
 
     def _everything(self) -> dict[str, str]:
         if self._all is None:
-            self._all = {}
-            for store, (_, gone) in zip(self._stores(), self._segments, strict=True):
-                self._all.update((d, h) for d, h in store.document_hashes().items() if d not in gone)
+            self._all = live_hashes(zip(self._stores(), (gone for _, gone in self._segments), strict=True))
         return self._all
 
     def __getitem__(self, doc_id: str) -> str:
@@ -288,10 +310,7 @@ class SegmentedDocs:
 
     def document_hashes(self) -> dict[str, str]:
         """Content hash of every live document, by id."""
-        out: dict[str, str] = {}
-        for segment in self.segments:
-            out.update((d, h) for d, h in segment.docs.document_hashes().items() if d not in segment.deleted_docs)
-        return out
+        return live_hashes((s.docs, s.deleted_docs) for s in self.segments)
 
     def document_ids(self) -> list[str]:
         """Ids of all live documents, sorted."""
@@ -348,9 +367,8 @@ class SegmentedVectors:
     segments (all flat) are copied into one flat store when the version is opened: a search then costs
     about what it costs on one segment however many small writes made them."""
 
-    def __init__(self, segments: Sequence[Segment], dim: int) -> None:
+    def __init__(self, large: Sequence[Segment], tail: Sequence[Segment], dim: int) -> None:
         self.dim = dim
-        large, tail = _split_tail(segments)
         self._parts: list[tuple[VectorStore, np.ndarray | None]] = []
         for segment in large:
             assert segment.store is not None, "load() first"
@@ -361,7 +379,7 @@ class SegmentedVectors:
                 for ids, vectors in segment.live_items():
                     combined.add(ids, vectors)
             self._parts.append((combined, None))
-        self._count = sum(s.entry.live_chunks for s in large + tail)
+        self._count = sum(s.entry.live_chunks for s in [*large, *tail])
 
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, excluded: np.ndarray | None = None
@@ -388,12 +406,7 @@ class SegmentedVectors:
     def items(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every live (ids, vectors), in batches."""
         for store, deleted in self._parts:
-            for ids, vectors in store.items(batch):
-                if deleted is not None:
-                    keep = ~np.isin(ids, deleted)
-                    ids, vectors = ids[keep], vectors[keep]
-                if len(ids):
-                    yield ids, vectors
+            yield from _without(store.items(batch), deleted)
 
     def close(self) -> None:
         """Nothing beyond the segments (closed with the docs)."""
@@ -408,10 +421,9 @@ def _local_flat(dim: int) -> VectorStore:
         return create_store("numpy", dim)
 
 
-def segmented_bm25(segments: Sequence[Segment], k1: float, b: float) -> SegmentedBM25:
-    """The BM25 leg over loaded segments, with their deletions; the small segments united into one
-    postings (see :class:`SegmentedVectors`)."""
-    large, tail = _split_tail(segments)
+def _segmented_bm25(large: Sequence[Segment], tail: Sequence[Segment], k1: float, b: float) -> SegmentedBM25:
+    """The BM25 leg over loaded segments, with their deletions; the small segments (``tail``) united into
+    one postings (see :class:`SegmentedVectors`)."""
     parts: list[tuple[Postings, np.ndarray | None]] = []
     for segment in large:
         assert segment.postings is not None, "load() first"
@@ -431,8 +443,9 @@ def open_segments(
     """Load a version's segments and make its two legs; the small segments' own copies are then let go."""
     for segment in segments:
         segment.load(dim, store_conf, connection)
-    vectors, lexical = SegmentedVectors(segments, dim), segmented_bm25(segments, **bm25)
-    for segment in _split_tail(segments)[1]:
+    large, tail = _split_tail(segments)
+    vectors, lexical = SegmentedVectors(large, tail, dim), _segmented_bm25(large, tail, **bm25)
+    for segment in tail:
         if segment.store is not None and segment.store.external:
             segment.store.close()
         segment.release()
@@ -568,9 +581,7 @@ def write_segment(
     try:
         docs.copy_live([(s.docstore, s.deleted, sorted(s.deleted_docs)) for s in sources])
         counts = (docs.count_documents(), docs.count())
-        terms = BM25Builder(**bm25)
-        for rids, tokens in docs.iter_tokens():
-            terms.add(rids, ChunkTerms.count(tokens))
+        terms = BM25Builder(**bm25).add_stored(docs.iter_tokens())
     finally:
         docs.close()
     if not counts[0]:

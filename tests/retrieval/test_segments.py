@@ -24,11 +24,11 @@ FORMAT1 = Path(__file__).parent / "data" / "format1"
 EAGER = MergePolicy(floor=1, factor=2, per_tier=3)  # merges after a few writes, so histories exercise them
 
 
-def _document(rng: random.Random, doc_id: str, revision: int) -> dict:
+def _document(doc_id: str, revision: int) -> dict:
     """A document's chunks (texts and vectors), a pure function of (doc_id, revision)."""
     local = random.Random(f"{doc_id}/{revision}")
     texts = [" ".join(local.choice(WORDS) for _ in range(local.randint(3, 12))) for _ in range(local.randint(1, 4))]
-    vectors = np.random.default_rng(abs(hash((doc_id, revision))) % 2**32).normal(size=(len(texts), DIM))
+    vectors = np.random.default_rng(local.getrandbits(32)).normal(size=(len(texts), DIM))  # the same in every process
     return {"id": doc_id, "revision": revision, "texts": texts, "vectors": vectors.astype(np.float32)}
 
 
@@ -50,12 +50,12 @@ def _history(root: Path, seed: int, steps: int, merge: MergePolicy | None) -> di
         op = rng.random()
         with IndexWriter(root, EMBEDDER) as writer:
             if op < 0.5 or len(docs) < 2:
-                doc = _document(rng, f"d{step:03d}-{rng.randint(0, 9)}", 0)
+                doc = _document(f"d{step:03d}-{rng.randint(0, 9)}", 0)
                 _add(writer, doc)
                 docs[doc["id"]] = doc
             elif op < 0.8:
                 old = docs[rng.choice(sorted(docs))]
-                doc = _document(rng, old["id"], old["revision"] + 1)
+                doc = _document(old["id"], old["revision"] + 1)
                 _add(writer, doc)
                 docs[doc["id"]] = doc
             else:
@@ -129,16 +129,15 @@ def test_any_history_of_writes_and_merges_ranks_like_a_fresh_build(
 
 def test_a_write_shares_the_unchanged_segments_and_writes_only_its_own(tmp_path: Path) -> None:
     root = tmp_path / "index"
-    rng = random.Random(0)
     with IndexWriter(root, EMBEDDER) as writer:
         for i in range(1000):
-            _add(writer, _document(rng, f"big{i:04d}", 0))
+            _add(writer, _document(f"big{i:04d}", 0))
         first = writer.commit()
     (big,) = read_manifest(root)["segments"]
     big_dir = root / "segments" / big["name"]
     before = {p: p.stat().st_mtime_ns for p in big_dir.rglob("*")}
     with IndexWriter(root, EMBEDDER) as writer:
-        _add(writer, _document(rng, "big0007", 1))  # a replace: one new segment, one deletions file
+        _add(writer, _document("big0007", 1))  # a replace: one new segment, one deletions file
         second = writer.commit()
     manifest = read_manifest(root)
     assert [s["name"] for s in manifest["segments"]][0] == big["name"] and len(manifest["segments"]) == 2
@@ -193,8 +192,7 @@ def test_an_index_of_the_whole_version_format_is_read_then_upgraded_on_its_first
     assert old.manifest["format"] == 1 and not old.segments and old.docs.count_documents() == 3
     before = _bm25_groups(old, ["医师", "义务"])
     assert before[0] == (before[0][0], frozenset({"医师法-0"}))  # the chunk holding both terms
-    rng = random.Random(3)
-    extra = _document(rng, "新增文件", 0)
+    extra = _document("新增文件", 0)
     with IndexWriter(root, {"backend": "test", "model": "m", "dim": 8}) as writer:
         assert writer.document_ids() == ["传染病防治法", "医师法", "药品管理法"]
         extra["vectors"] = extra["vectors"][:, :8]
@@ -238,7 +236,7 @@ def test_counting_postings_equals_the_whole_index_bm25_to_the_bit(tmp_path: Path
     root = tmp_path / "copy"
     shutil.copytree(FORMAT1, root)
     with IndexWriter(root, {"backend": "test", "model": "m", "dim": 8}) as writer:
-        extra = _document(random.Random(0), "临时", 0)
+        extra = _document("临时", 0)
         extra["vectors"] = extra["vectors"][:, :8]
         _add(writer, extra)
         writer.delete_document("临时")  # a write that leaves the chunks as they were: the upgrade alone
