@@ -967,6 +967,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     LIFECYCLE.own_process = argv is None
     LIFECYCLE.install()
+    if LIFECYCLE.own_process:
+        LIFECYCLE.dump_stacks_on_sigusr1()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if getattr(args, "top_k", None) is not None and not 1 <= args.top_k <= MAX_TOP_K:
         print(f"zhrag: error: --top-k must be in 1..{MAX_TOP_K}", file=sys.stderr)

@@ -15,6 +15,7 @@ One place for every signal rule, because they depend on each other:
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
 import os
 import signal
@@ -67,6 +68,12 @@ class StopSignals:
             raise KeyboardInterrupt
 
         _on_stop_signals(interrupt)
+
+    @staticmethod
+    def dump_stacks_on_sigusr1() -> None:
+        """``kill -USR1 PID`` prints every thread's stack to stderr (a command that seems stuck says where)."""
+        if hasattr(signal, "SIGUSR1"):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def work_done(self, code: int) -> None:
         """The command's work is done (an ingest has published): from now on a signal ends the process at

@@ -31,6 +31,19 @@ def _corpus(folder: Path, copies: int) -> Path:
     return folder
 
 
+def _stderr_or_stacks(process: subprocess.Popen, timeout: float) -> str:
+    """The command's stderr once it ends; if it is still running after ``timeout``, fail with every
+    thread's stack (it dumps them on SIGUSR1) instead of a bare timeout."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        process.kill()
+        _, err = process.communicate(timeout=30)
+        raise AssertionError(f"still running {timeout} s after the signal; its threads:\n{err[-8000:]}") from None
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -98,7 +111,7 @@ def test_a_signal_during_embedding_exits_1_with_the_index_unchanged(tmp_path: Pa
     time.sleep(2.0)  # well into embedding
     assert writer.poll() is None, "the ingest finished before the signal"
     os.killpg(writer.pid, sig)
-    _, err = writer.communicate(timeout=60)
+    err = _stderr_or_stacks(writer, timeout=60)
     assert writer.returncode == 1, err[-2000:]
     assert "interrupted" in err and "terminate called" not in err and "Traceback" not in err
     assert current_version(index) == before and not list(index.glob(".staging-*"))
