@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from app import __version__
-from app.settings import MAX_TOP_K, Settings
+from app.settings import Settings
+from app.usecases.limits import MAX_TOP_K
 from ingest.chunkers.base import CHUNKERS
 from ingest.lifecycle import StopSignals
 from retrieval.dialogue import DIALOGUE_MODES
@@ -328,7 +329,7 @@ def _filters(pairs: list[str]) -> dict[str, Any]:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """``zhrag ingest``."""
-    from app.usecases import IngestRequest, ingest_paths
+    from app.usecases.ingest import IngestRequest, ingest_paths
     from ingest.chunkers import ChunkSettings
     from retrieval.index import current_version, reserve_writer
 
@@ -467,34 +468,30 @@ def _read_messages(path: Path) -> list[dict[str, str]]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """``zhrag search``."""
-    from pydantic import ValidationError
-
-    from app.api.schemas import SearchRequest, to_search_response
-    from app.dialogue_search import run_search
+    from app.api.schemas import to_search_response
     from app.services import build_services
+    from app.usecases.search import SearchQuery, search
     from retrieval.embedders.sentence_transformers import model_reference
+    from retrieval.searcher import SearchOptions
 
     settings = _settings(args, reranker=args.reranker, embed_base_url=args.embed_base_url, embed_cache=args.embed_cache)
-    try:
-        body = SearchRequest(
-            query=args.query,
-            messages=_read_messages(args.messages) if args.messages else None,
-            top_k=args.top_k,
-            mode=args.mode,
-            filters=_filters(args.filter) or None,
-            rerank=args.rerank,
-            score_threshold=args.score_threshold,
-            expand=args.expand,
-            group_by=args.group_by,
-            dialogue_mode=args.dialogue_mode,
-        )
-    except ValidationError as exc:
-        raise CliError("; ".join(e["msg"] for e in exc.errors())) from exc
+    options = SearchOptions(
+        top_k=args.top_k,
+        mode=args.mode,
+        filters=_filters(args.filter) or None,
+        rerank=args.rerank,
+        score_threshold=args.score_threshold,
+        expand=args.expand,
+        group_by=args.group_by,
+    )
+    messages = _read_messages(args.messages) if args.messages else []
+    request = SearchQuery(args.query, messages, options=options, dialogue_mode=args.dialogue_mode)
     services = build_services(
         settings, load_model=args.mode != BM25, model=model_reference(args.model) if args.model else None
     )
-    outcome, query, _ = run_search(services, body)
-    response = to_search_response(outcome, query)
+    answer = search(services, request)
+    query = answer.question
+    response = to_search_response(answer.outcome, query)
     if args.json:
         print(response.model_dump_json())
         return EXIT_OK
@@ -861,20 +858,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_citations(args: argparse.Namespace) -> int:
     """``zhrag citations``: exit 0 when every citation is found, 3 when one is not. Reads the index's chunks
     only (no model, vectors or BM25), so it answers in well under a second."""
-    from app.citations import check_citations
-    from retrieval.citations import CitationIndex
-    from retrieval.index import LiveDocs
+    from app.usecases.citations import verify_citations_in_index
 
-    settings = _settings(args)
-    if not settings.citations:
-        raise CliError("citation checking is off (ZHRAG_CITATIONS)")
     text = sys.stdin.read() if args.text == "-" else args.text
-    live = LiveDocs(settings.index)
-    try:
-        citations = CitationIndex.from_docstore(live.docs, settings.citation_aliases)
-        checked = check_citations(citations, live.docs, live.version, text)
-    finally:
-        live.close()
+    checked = verify_citations_in_index(_settings(args), text)
     if args.json:
         print(json.dumps({"citations": checked}, ensure_ascii=False))
     else:

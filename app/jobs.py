@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from retrieval.errors import UserError
+
 __all__ = ["Job", "JobQueue", "JobState", "JobCancelled"]
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,10 @@ KEEP_FINISHED = 1000
 
 class JobCancelled(Exception):
     """The job was cancelled before it published."""
+
+
+def _spent(_cancel: threading.Event) -> dict[str, Any]:
+    raise RuntimeError("this job has already run")
 
 
 @dataclass
@@ -51,7 +57,9 @@ class Job:
     finished: float | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
-    error_status: int | None = None
+    failure: type[Exception] | None = None
+    """The kind of error a failed job raised (a use case's refusal says what the client can fix); only the
+    kind is kept: an exception's traceback would keep the job's frames, and so a retired index, alive."""
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -161,8 +169,9 @@ class JobQueue:
             except (JobCancelled, KeyboardInterrupt):
                 self._finish(job, "cancelled", error="cancelled; nothing was published")
             except Exception as exc:  # noqa: BLE001 - reported through GET /jobs/{id}
-                status = getattr(exc, "status_code", None)
-                self._finish(job, "failed", error=str(getattr(exc, "detail", exc)), status=status)
+                if not isinstance(exc, UserError):
+                    log.exception("job %s failed", job.id)
+                self._finish(job, "failed", error=str(exc), failure=type(exc))
             else:
                 if self.on_published is not None:  # served before the job says so: a client reads its write
                     try:
@@ -189,9 +198,15 @@ class JobQueue:
                 self._untidy.discard(kb)
 
     def _finish(
-        self, job: Job, state: JobState, result: dict[str, Any] | None = None, error: str | None = None, status=None
+        self,
+        job: Job,
+        state: JobState,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        failure: type[Exception] | None = None,
     ) -> None:
-        job.state, job.result, job.error, job.error_status = state, result, error, status
+        job.state, job.result, job.error, job.failure = state, result, error, failure
+        job.run = _spent  # what the work held (a served version, its model) is not kept with the record
         job.finished = time.time()
         if job.folder is not None:
             shutil.rmtree(job.folder, ignore_errors=True)

@@ -26,12 +26,11 @@ from retrieval.rerankers import RerankerType
 from retrieval.searcher import DEFAULT_CANDIDATES
 from retrieval.stores import StoreBackend
 
-__all__ = ["Settings", "DEFAULT_INDEX_DIR", "MAX_TOP_K"]
+__all__ = ["Settings", "DEFAULT_INDEX_DIR"]
 
 DEFAULT_INDEX_DIR = Path("zhrag_index")
 ENV_FILE = os.environ.get("ZHRAG_ENV_FILE", ".env") or None
 """The dotenv file settings are read from (``ZHRAG_ENV_FILE``; empty: none, as the tests run)."""
-MAX_TOP_K = 100
 
 
 class Settings(BaseSettings):

@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from app.access import AccessDenied
+from app.usecases.documents import UnsupportedFile
+from app.usecases.errors import Conflict, InvalidRequest, NotFound, Unavailable, UseCaseError
 from retrieval.metadata_filter import FIELD_PATTERN
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "ERROR_RESPONSES",
     "error_response",
     "install_error_handlers",
+    "http_status",
     "JsonRoute",
     "readable",
     "BLANK",
@@ -124,8 +127,27 @@ def _allowed_methods(request: Request) -> str | None:
     return None
 
 
+_STATUS_OF_KIND: tuple[tuple[type[UseCaseError], int], ...] = (
+    (UnsupportedFile, 415),
+    (InvalidRequest, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unavailable, 503),
+    (UseCaseError, 400),
+)
+
+
+def http_status(refusal: type[UseCaseError]) -> int:
+    """The HTTP status of a kind of use-case refusal (the most specific kind first)."""
+    return next(status for kind, status in _STATUS_OF_KIND if issubclass(refusal, kind))
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map validation errors, HTTP errors and unexpected exceptions to the one error shape."""
+    """Map validation errors, use-case refusals, HTTP errors and unexpected exceptions to the one error shape."""
+
+    @app.exception_handler(UseCaseError)
+    async def _refused(_: Request, exc: UseCaseError) -> JSONResponse:
+        return error_response(http_status(type(exc)), str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

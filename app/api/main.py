@@ -244,7 +244,7 @@ def _readiness(bases: KnowledgeBases) -> JSONResponse:
             "reranker": services.reranker.name if services.reranker else None,
             "chunks": manifest.get("counts", {}).get("chunks", 0),
             "store": manifest["store"]["backend"],
-            "bm25": getattr(services.index.bm25, "location", None),
+            "bm25": services.index.bm25.location if services.index.bm25 is not None else None,
             "domain": index_domain(services.settings, manifest),
         }
     return JSONResponse(content=body)

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import Need
 from app.api.deps import ServicesDep
 from app.api.errors import ERROR_RESPONSES, JsonRoute
 from app.api.schemas import CitationOut
-from app.citations import check_citations
+from app.usecases.citations import verify_citations
+from app.usecases.limits import MAX_TEXT_CHARS
 
 __all__ = ["router", "VerifyRequest", "VerifiedCitation", "VerifyResponse"]
 
 router = APIRouter(
     tags=["citations"], responses=ERROR_RESPONSES, route_class=JsonRoute, dependencies=[Depends(Need("read"))]
 )
-MAX_TEXT_CHARS = 20_000
 
 
 class VerifyRequest(BaseModel):
@@ -45,8 +45,4 @@ class VerifyResponse(BaseModel):
 def verify(body: VerifyRequest, services: ServicesDep) -> VerifyResponse:
     """Every 《law》第N条 in ``text``: found or not (``unknown law``, ``law not in index``, ``no such article``
     …), with the article's text."""
-    if services.searcher.citations is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="citation checking is off (ZHRAG_CITATIONS)")
-    index = services.index
-    checked = check_citations(services.searcher.citations, index.docs, index.version, body.text)
-    return VerifyResponse(citations=[VerifiedCitation(**c) for c in checked])
+    return VerifyResponse(citations=[VerifiedCitation(**c) for c in verify_citations(services, body.text)])

@@ -18,9 +18,10 @@ from app.api.errors import BLANK, JsonRoute, readable
 from app.api.schemas import MetadataCondition, Whole
 from app.bases import KnowledgeBases
 from app.services import Services
-from app.settings import MAX_TOP_K, Settings
-from retrieval.metadata_filter import FilterError
-from retrieval.searcher import BM25, DENSE, HYBRID, LEG_KINDS, SearchError, SearchOptions, SearchOutcome
+from app.settings import Settings
+from app.usecases.errors import UseCaseError
+from app.usecases.limits import MAX_TOP_K
+from app.usecases.search import scored_search
 
 __all__ = [
     "router",
@@ -29,7 +30,6 @@ __all__ = [
     "DifyRetrievalRequest",
     "DifyRetrievalResponse",
     "DifyError",
-    "relevance_scores",
 ]
 
 # Dify's suggested error codes.
@@ -121,24 +121,13 @@ class DifyRoute(JsonRoute):
                 return _error(403, code, message)
             except HTTPException as exc:
                 return _error(exc.status_code, exc.status_code, str(exc.detail))
+            except UseCaseError as exc:  # Dify's own error shape; a request it cannot serve is its 400
+                return _error(400, 400, str(exc))
 
         return dify_errors
 
 
 router = APIRouter(tags=["dify"], route_class=DifyRoute, dependencies=[Depends(NeedOwnHeader("read"))])
-
-
-def relevance_scores(outcome: SearchOutcome, rrf_max: float) -> list[float]:
-    """Scores in [0, 1] as Dify expects: reranker probability, cosine, RRF / its maximum, or BM25 / top BM25."""
-    scores = [h.score for h in outcome.hits]
-    if outcome.reranked:
-        return [min(1.0, max(0.0, s)) for s in scores]
-    if outcome.mode == DENSE:
-        return [min(1.0, max(0.0, s)) for s in scores]
-    if outcome.mode == BM25:
-        top = max(scores, default=1.0) or 1.0
-        return [s / top for s in scores]
-    return [min(1.0, s / rrf_max) for s in scores]
 
 
 @router.post("/retrieval", response_model=None, responses=_DIFY_RESPONSES)
@@ -153,25 +142,13 @@ def retrieval(body: DifyRetrievalRequest, request: Request) -> JSONResponse:
 
 def _records(services: Services, body: DifyRetrievalRequest) -> JSONResponse:
     condition = body.metadata_condition
-    spec = condition.to_filter() if condition else None
-    top_k = body.retrieval_setting.top_k
-    options = SearchOptions(
-        top_k=top_k,
-        mode=HYBRID if services.embedder is not None else BM25,
-        filters=spec,
-        rerank=services.reranker is not None,
+    setting = body.retrieval_setting
+    scored = scored_search(
+        services, body.query, setting.top_k, condition.to_filter() if condition else None, setting.score_threshold
     )
-    try:
-        outcome = services.searcher.search(body.query, options)
-    except (SearchError, FilterError) as exc:
-        return _error(400, 400, str(exc))
-    weights = services.searcher.weights
-    rrf_max = sum(weights.get(leg, 1.0) for leg in LEG_KINDS) / (services.searcher.rrf_k_for(options) + 1)
     records: list[dict[str, Any]] = []
-    for hit, score in zip(outcome.hits, relevance_scores(outcome, rrf_max), strict=True):
+    for hit, score in scored:
         chunk = hit.chunk
         meta = {**chunk.metadata, "doc_id": chunk.doc_id, "chunk_id": chunk.id, "source": chunk.source}
-        if score < body.retrieval_setting.score_threshold:
-            continue
         records.append({"content": chunk.text, "score": round(score, 6), "title": chunk.title, "metadata": meta})
     return JSONResponse(content={"records": records})

@@ -1,17 +1,11 @@
-"""The document API: add, list and delete the served index's documents; every change publishes a new version.
-
-Uploads go through the same pipeline as ``zhrag ingest`` (limits, loaders, chunkers, the served model via
-its micro-batcher) into a new version that is swapped in before the answer; a request that cannot use
-every file or record publishes nothing. One writer at a time: a second one gets 409.
-"""
+"""The document API over :mod:`app.usecases.documents`: add, list and delete the served index's documents,
+the writes as jobs (followed at ``/jobs/{id}``, answered at once when they end within the wait)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import threading
-import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,27 +20,23 @@ from starlette.datastructures import UploadFile
 from app.access import AccessDenied
 from app.api.auth import Need
 from app.api.deps import ServicesDep, resolve_base
-from app.api.errors import BLANK, ERROR_RESPONSES, JsonRoute
+from app.api.errors import BLANK, ERROR_RESPONSES, JsonRoute, http_status
 from app.api.limits import UploadRoute
 from app.jobs import Job, JobQueue
-from app.services import Services, ingest_limits
-from ingest.chunkers import ChunkSettings
-from ingest.loaders import SUPPORTED_SUFFIXES
-from ingest.pipeline import IngestOptions, IngestRejected, NothingToIngest, ingest, remove_documents
-from retrieval.index import UPLOAD_PREFIX, IndexLockedError, LiveDocs
+from app.services import Services
+from app.usecases import documents as use
+from app.usecases.errors import UseCaseError
+from retrieval.errors import UserError
+from retrieval.index import UPLOAD_PREFIX
 
-__all__ = ["router", "DocumentIn", "DocumentsIn", "DocumentPage", "DocumentsChanged", "safe_file_name", "COMPONENTS"]
+__all__ = ["router", "DocumentIn", "DocumentsIn", "DocumentPage", "DocumentsChanged", "COMPONENTS"]
 
 router = APIRouter(tags=["documents"], responses=ERROR_RESPONSES, route_class=JsonRoute)
 READ, WRITE = [Depends(Need("read"))], [Depends(Need("write"))]
 
 MAX_FILES = 100
 MAX_DOCUMENTS = 1000
-MAX_NAME_BYTES = 200
 UPLOAD_CHUNK = 1 << 20
-MAX_OFFSET = 10**12
-JOB_SHARD_CHUNKS = 256
-"""Chunks embedded between two looks at a job's cancel."""
 
 
 class DocumentIn(BaseModel):
@@ -129,28 +119,6 @@ _UPLOAD_SCHEMA = {
 }
 
 
-def safe_file_name(name: str) -> str:
-    """An uploaded file's name as it may be stored: its last path component, NFC, printable, not hidden.
-
-    Raises:
-        ValueError: when nothing usable is left.
-    """
-    base = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(ch for ch in base if ch.isprintable() and ch not in '<>:"|?*').strip().lstrip(".")
-    while len(base.encode()) > MAX_NAME_BYTES:
-        stem, dot, suffix = base.rpartition(".")
-        base = f"{stem[:-1]}{dot}{suffix}" if dot and stem else base[:-1]
-    if not base or base in (".", ".."):
-        raise ValueError(f"unusable file name {name!r}")
-    return base
-
-
-def _services(services: Services) -> Services:
-    if services.embedder is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="adding documents needs the embedding model")
-    return services
-
-
 async def _save_uploads(request: Request, folder: Path) -> dict[str, str]:
     """Write the uploaded files under ``folder`` with sanitised names; returns {saved path: original name}."""
     form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
@@ -159,15 +127,7 @@ async def _save_uploads(request: Request, folder: Path) -> dict[str, str]:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="send the documents as 'files' form fields")
     names: dict[str, str] = {}
     for upload in uploads:
-        try:
-            name = safe_file_name(upload.filename or "")
-        except ValueError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
-        if Path(name).suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise HTTPException(
-                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                detail=f"{name}: unsupported file type; send {' '.join(SUPPORTED_SUFFIXES)}",
-            )
+        name = use.upload_name(upload.filename or "")
         target = folder / name
         if str(target) in names:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"{name} was sent twice")
@@ -184,18 +144,7 @@ async def _text_documents(request: Request, folder: Path) -> dict[str, str]:
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_input=False)) from exc
     documents = body.documents if isinstance(body, DocumentsIn) else [body]
-    target = folder / "documents.jsonl"
-    with open(target, "w", encoding="utf-8") as fh:
-        for doc in documents:
-            record = {**doc.metadata, "id": doc.id, "text": doc.text, "title": doc.title}
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return {str(target): "api"}
-
-
-def _shown(text: str, names: dict[str, str]) -> str:
-    for saved, name in names.items():
-        text = text.replace(saved, name)
-    return text
+    return use.write_text_documents(folder, [doc.model_dump() for doc in documents])
 
 
 class JobOut(BaseModel):
@@ -227,10 +176,18 @@ async def _answer(job: Job, wait_s: float) -> DocumentsChanged | JSONResponse:
     if job.state == "published" and job.result is not None:
         return DocumentsChanged(**job.result)
     if job.state in ("failed", "cancelled"):
-        code = job.error_status or (status.HTTP_409_CONFLICT if job.state == "cancelled" else 422)
+        code = status.HTTP_409_CONFLICT if job.state == "cancelled" else _failed_status(job.failure)
         raise HTTPException(code, detail=job.error or job.state)
     body = JobOut(**job.to_dict()).model_dump(mode="json")
     return JSONResponse(status_code=status.HTTP_202_ACCEPTED, content=body, headers={"Location": f"/jobs/{job.id}"})
+
+
+def _failed_status(failure: type[Exception] | None) -> int:
+    """A use case's refusal by its kind; another error the client can fix (a damaged index, ...) is 422, and a
+    fault it cannot fix is 500."""
+    if failure is not None and issubclass(failure, UseCaseError):
+        return http_status(failure)
+    return status.HTTP_422_UNPROCESSABLE_CONTENT if failure and issubclass(failure, UserError) else 500
 
 
 def _job_of(request: Request, job_id: str) -> Job:
@@ -246,40 +203,11 @@ def _job_of(request: Request, job_id: str) -> Job:
     return job
 
 
-def _ingest_job(request: Request, services: Services, folder: Path, names: dict[str, str]):
-    """The work of an add job: the pipeline over the saved files, in a fresh worker process (the per-file
-    time limit holds there), cancellable between files and shards, all or nothing."""
-    settings = services.settings  # the base's
-    embedder, analyzer, chunker = services.embedder, services.analyzer, services.index.manifest.get("chunker", {})
+def _ingest_job(services: Services, folder: Path, names: dict[str, str]):
+    """The work of an add job."""
 
     def run(cancel: threading.Event) -> dict[str, Any]:
-        options = IngestOptions(
-            workers=1,
-            isolated=True,
-            limits=ingest_limits(settings),
-            all_or_nothing=True,
-            source_names=names,
-            cancel=cancel,
-            shard_chunks=JOB_SHARD_CHUNKS,
-            connection=settings.store_connection,
-        )
-        try:
-            summary = ingest(
-                [folder], settings.index, embedder, analyzer, ChunkSettings(**chunker), progress=False, options=options
-            )
-        except IndexLockedError as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
-        except (IngestRejected, NothingToIngest) as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=_shown(str(exc), names)) from exc
-        return DocumentsChanged(
-            version=summary.version,
-            documents_indexed=summary.documents_indexed,
-            documents_unchanged=summary.documents_unchanged,
-            chunks=summary.chunks,
-            total_documents=summary.total_documents,
-            total_chunks=summary.total_chunks,
-            warnings=[_shown(w["reason"], names) for w in summary.warnings],
-        ).model_dump()
+        return use.add_documents(services, folder, names, cancel).to_dict()
 
     return run
 
@@ -297,7 +225,7 @@ async def add_documents(request: Request, services: ServicesDep, wait: WaitQuery
     to follow at ``GET /jobs/{id}``. 415 for an unsupported file type, 422 naming every file or record that
     cannot be used (then nothing is published), 409 while another writer holds the index.
     """
-    services = _services(services)
+    use.can_add(services)
     settings = services.settings  # the base's
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # inside the index: a server killed mid-upload leaves it where the next start-up removes it
@@ -311,7 +239,7 @@ async def add_documents(request: Request, services: ServicesDep, wait: WaitQuery
         shutil.rmtree(folder, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in folder.iterdir())
-    job = Job("add", size, _ingest_job(request, services, folder, names), folder, kb=request.state.kb)
+    job = Job("add", size, _ingest_job(services, folder, names), folder, kb=request.state.kb)
     job = _jobs(request).submit(job)
     return await _answer(job, settings.write_wait_s if wait is None else wait)
 
@@ -332,17 +260,16 @@ router.add_api_route(
 @router.get("/documents", dependencies=READ, response_model=DocumentPage, summary="List a knowledge base's documents")
 def list_documents(
     services: ServicesDep,
-    offset: int = Query(0, ge=0, le=MAX_OFFSET),
-    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=use.MAX_OFFSET),
+    limit: int = Query(100, ge=1, le=use.MAX_LIST),
 ) -> DocumentPage:
     """A page of documents with their chunk counts, ordered by id."""
-    docs = services.index.docs
-    rows = docs.list_documents(offset, limit)
+    page = use.list_documents(services, offset, limit)
     return DocumentPage(
-        total=docs.count_documents(),
-        offset=offset,
-        limit=limit,
-        documents=[DocumentInfo(doc_id=d, source=s, chunks=n) for d, s, n in rows],
+        total=page.total,
+        offset=page.offset,
+        limit=page.limit,
+        documents=[DocumentInfo(doc_id=d, source=s, chunks=n) for d, s, n in page.rows],
     )
 
 
@@ -360,23 +287,7 @@ async def delete_document(doc_id: str, request: Request, wait: WaitQuery = None)
     index_dir = request.app.state.bases.path(kb)
 
     def run(_cancel: threading.Event) -> dict[str, Any]:
-        try:
-            removal = remove_documents(index_dir, [doc_id], settings.store_connection)
-        except IndexLockedError as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
-        if not removal.removed:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no document {doc_id!r} in the index")
-        live = LiveDocs(index_dir)
-        try:
-            totals = live.docs.count_documents(), live.docs.count()
-        finally:
-            live.close()
-        return DocumentsChanged(
-            version=removal.version,
-            documents_removed=removal.removed,
-            total_documents=totals[0],
-            total_chunks=totals[1],
-        ).model_dump()
+        return use.delete_documents(index_dir, [doc_id], settings.store_connection).to_dict()
 
     job = _jobs(request).submit(Job("delete", 0, run, kb=kb))
     return await _answer(job, settings.write_wait_s if wait is None else wait)

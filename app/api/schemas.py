@@ -17,10 +17,18 @@ from pydantic import (
 
 from app.access import BASE_NAME_PATTERN
 from app.api.errors import BLANK
-from app.settings import MAX_TOP_K
+from app.usecases.limits import (
+    MAX_MESSAGE_CHARS,
+    MAX_MESSAGES,
+    MAX_NEIGHBORS,
+    MAX_QUERY_CHARS,
+    MAX_TOP_K,
+    MAX_TOTAL_CHARS,
+)
+from app.usecases.search import SearchQuery
 from retrieval.dialogue import DialogueMode
 from retrieval.metadata_filter import MAX_CONDITIONS, MAX_VALUES, Condition, FieldName, MetadataFilter
-from retrieval.searcher import HYBRID, Expand, SearchMode, SearchOutcome
+from retrieval.searcher import HYBRID, Expand, SearchMode, SearchOptions, SearchOutcome
 
 __all__ = [
     "SearchRequest",
@@ -44,10 +52,6 @@ __all__ = [
     "has_text",
 ]
 
-MAX_QUERY_CHARS = 2000
-MAX_MESSAGES = 20
-MAX_MESSAGE_CHARS = 4000
-MAX_TOTAL_CHARS = 16000
 MAX_EMBED_TEXTS = 2048
 FilterValue = (
     str | int | float | bool | Annotated[list[str | int | float | bool], Field(min_length=1, max_length=MAX_VALUES)]
@@ -176,9 +180,25 @@ class SearchRequest(BaseModel):
     rerank: bool = False
     score_threshold: float | None = Field(None, description="Drop results scoring below this (higher = better)")
     expand: Expand = "none"
-    neighbors: Whole = Field(1, ge=0, le=5)
+    neighbors: Whole = Field(1, ge=0, le=MAX_NEIGHBORS)
     group_by: Literal["doc_id"] | None = None
     dialogue_mode: DialogueMode = "auto"
+
+    def to_query(self) -> SearchQuery:
+        """The use case's request."""
+        filters = self.filters.to_filter() if isinstance(self.filters, MetadataCondition) else self.filters
+        options = SearchOptions(
+            top_k=self.top_k,
+            mode=self.mode,
+            filters=filters,
+            rerank=self.rerank,
+            score_threshold=self.score_threshold,
+            expand=self.expand,
+            neighbors=self.neighbors,
+            group_by=self.group_by,
+        )
+        messages = [m.model_dump() for m in self.messages or []]
+        return SearchQuery(self.query, messages, self.session_id, options, self.dialogue_mode)
 
     @model_validator(mode="after")
     def _needs_input(self) -> SearchRequest:

@@ -338,7 +338,7 @@ class SentenceTransformerEmbedder(EmbedderBase):
             assert prefix is not None
             lengths = [len(suffixes[i]) for i in short]  # type: ignore[arg-type]
             plan = plan_batches(
-                lengths, self.max_batch_tokens, None if self._pack_queries else self.batch_size, self._pack_queries
+                lengths, self.max_batch_tokens, None if self.packs_queries else self.batch_size, self.packs_queries
             )
             for batch in plan.batches:
                 rows = [short[j] for j in batch]
@@ -352,14 +352,21 @@ class SentenceTransformerEmbedder(EmbedderBase):
         return out
 
     @property
-    def _pack_queries(self) -> bool:
+    def reuses_query_prefix(self) -> bool:
+        """Whether an instruction's keys and values have been computed once and reused for queries (it is
+        off for a model or transformers version where reuse disagrees with the full forward pass)."""
+        return any(cache is not None for cache in (self._prefixes or {}).values())
+
+    @property
+    def packs_queries(self) -> bool:
+        """Whether a batch of queries runs as one unpadded sequence after the cached instruction."""
         # On a CPU every padded position costs compute: pack a batch's queries into one unpadded sequence.
         # A GPU pads almost for free at these sizes, and a packed mask's attention grows quadratically.
         return not self._device.startswith("cuda")
 
     def _after_prefix(self, prefix: PrefixCache, suffixes: Sequence[Sequence[int]]) -> Any:
         """Final hidden states of ``prefix + suffix`` for each suffix, packed or padded."""
-        if self._pack_queries:
+        if self.packs_queries:
             return prefix.last_hidden_packed(suffixes)
         return prefix.last_hidden(suffixes, self.token_spec.pad_id)
 

@@ -12,9 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api import create_app
-from app.api.routes_documents import safe_file_name
 from app.cli import main
 from app.settings import Settings
+from app.usecases.documents import UnsupportedFile, upload_name
+from app.usecases.errors import InvalidRequest
 from retrieval.index import IndexWriter, current_version, read_manifest
 from tests.conftest import SAMPLE_STATUTES
 
@@ -135,16 +136,17 @@ def test_a_second_writer_gets_409(client: TestClient, index_copy: Path) -> None:
     assert client.post("/documents", json={"id": "a", "text": "医师应当如实记录病历。"}).status_code == 200
 
 
-def test_safe_file_names() -> None:
-    assert safe_file_name("../../etc/passwd.md") == "passwd.md"
-    assert safe_file_name("C:\\Users\\张三\\病历.docx") == "病历.docx"
-    assert safe_file_name(".hidden.txt") == "hidden.txt"
-    assert safe_file_name("a\x00b\nc.md") == "abc.md"
-    assert len(safe_file_name("医" * 300 + ".md").encode()) <= 200 and safe_file_name("医" * 300 + ".md").endswith(
-        ".md"
-    )
-    with pytest.raises(ValueError):
-        safe_file_name("../..")
+def test_upload_names() -> None:
+    assert upload_name("../../etc/passwd.md") == "passwd.md"
+    assert upload_name("C:\\Users\\张三\\病历.docx") == "病历.docx"
+    assert upload_name(".hidden.txt") == "hidden.txt"
+    assert upload_name("a\x00b\nc.md") == "abc.md"
+    long = upload_name("医" * 300 + ".md")
+    assert len(long.encode()) <= 200 and long.endswith(".md")
+    with pytest.raises(InvalidRequest, match="unusable file name"):
+        upload_name("../..")
+    with pytest.raises(UnsupportedFile, match="病历.exe: unsupported file type"):
+        upload_name("病历.exe")
 
 
 def test_cli_list_and_delete(index_copy: Path, capsys) -> None:

@@ -30,7 +30,7 @@ def test_last_token_pooling_normalised(tiny_embedder: SentenceTransformerEmbedde
     vectors = tiny_embedder.embed_documents(TEXTS)
     assert vectors.shape == (3, tiny_embedder.dim)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    model = tiny_embedder._model[0].auto_model
+    model = tiny_embedder.model[0].auto_model
     tok = tiny_embedder.tokenizer
     with torch.no_grad():
         hidden = model(**tok(TEXTS[1], return_tensors="pt")).last_hidden_state[0, -1].numpy()
@@ -65,8 +65,7 @@ def test_queries_batched_after_the_cached_prefix_equal_each_query_alone(tiny_mod
         "传染病疫情报告的时限是多久",
     ]
     batched = embedder.embed_queries(questions)
-    prefix = embedder._prefixes[query_prompt(embedder.instruction)]
-    assert prefix is not None and embedder._pack_queries  # the packed path ran
+    assert embedder.reuses_query_prefix and embedder.packs_queries  # the packed path ran
     spec = embedder.token_spec
     for question, vector in zip(questions, batched, strict=True):
         ids = spec.model_input(spec.encode(query_prompt(embedder.instruction) + question))
@@ -91,7 +90,7 @@ def test_matryoshka_truncation(tiny_model_dir: Path, tiny_embedder: SentenceTran
 
 
 def test_max_seq_length_is_set(tiny_embedder: SentenceTransformerEmbedder) -> None:
-    assert tiny_embedder._model.max_seq_length == tiny_embedder.max_seq_length == 1024
+    assert tiny_embedder.model.max_seq_length == tiny_embedder.max_seq_length == 1024
 
 
 def test_unreachable_model_gives_actionable_error(tmp_path: Path) -> None:
@@ -323,13 +322,13 @@ def test_real_qwen3_tokenizer_queries_are_plain_text_with_endoftext(tmp_path: Pa
     ids = tok(query_prompt(embedder.instruction) + question)["input_ids"]
     assert ids[-1] == 151643 and tok.convert_ids_to_tokens(151645) not in tok.convert_ids_to_tokens(ids)
     with torch.no_grad():
-        hidden = embedder._model[0].auto_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].numpy()
+        hidden = embedder.model[0].auto_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].numpy()
     expected = hidden / np.linalg.norm(hidden)
     assert np.allclose(embedder.embed_queries([question])[0], expected, atol=1e-5)
-    assert embedder._prefixes  # the instruction's keys and values were reused
+    assert embedder.reuses_query_prefix  # the instruction's keys and values were reused
     doc = tok("第五十六条 个体工商户的债务，个人经营的，以个人财产承担。")["input_ids"]
     with torch.no_grad():
-        hidden = embedder._model[0].auto_model(input_ids=torch.tensor([doc])).last_hidden_state[0, -1].numpy()
+        hidden = embedder.model[0].auto_model(input_ids=torch.tensor([doc])).last_hidden_state[0, -1].numpy()
     got = embedder.embed_documents(["第五十六条 个体工商户的债务，个人经营的，以个人财产承担。"])[0]
     assert np.allclose(got, hidden / np.linalg.norm(hidden), atol=1e-5)
 

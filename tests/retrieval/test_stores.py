@@ -147,6 +147,19 @@ def test_faiss_auto_is_exact_below_the_threshold(tmp_path: Path, vectors: np.nda
     assert store.describe()["kind"] == "auto" and store.describe()["layout"] == "flat"
 
 
+def _record_milvus_searches(monkeypatch: pytest.MonkeyPatch, record) -> None:
+    """Call ``record`` with the keyword arguments of every search the Milvus client sends (its public API)."""
+    import pymilvus
+
+    search = pymilvus.MilvusClient.search
+
+    def recorded(self, *args, **kwargs):
+        record(kwargs)
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(pymilvus.MilvusClient, "search", recorded)
+
+
 @pytest.mark.skipif(not HAVE_MILVUS, reason='pip install -e ".[milvus]"')
 @pytest.mark.parametrize("deep_search", [True, False])
 def test_milvus_filters_longer_than_one_expression_are_searched_in_parts(
@@ -164,8 +177,7 @@ def test_milvus_filters_longer_than_one_expression_are_searched_in_parts(
     store.add(ids, vectors)
     reference.add(ids, vectors)
     calls: list[str] = []
-    search = store._search
-    monkeypatch.setattr(store, "_search", lambda k, expr, q: calls.append(expr) or search(k, expr, q))
+    _record_milvus_searches(monkeypatch, lambda kwargs: calls.append(kwargs["filter"]))
     allowed = ids[::2]  # 25 ids: four expressions
     for query in vectors[:5]:
         calls.clear()
@@ -211,8 +223,8 @@ def test_milvus_index_types_find_the_exact_neighbours(tmp_path: Path, kind: str)
     assert store.describe()["kind"] == kind
     # Deeper than a Milvus server allows (16,384; Milvus Lite does not check): asked within it, the rest empty.
     limits: list[int] = []
-    search = store._search
-    store._search = lambda k, expr, q: limits.append(k) or search(k, expr, q)
-    deep = store.search(rows[:1], 20000)[1]
+    with pytest.MonkeyPatch.context() as patch:
+        _record_milvus_searches(patch, lambda kwargs: limits.append(kwargs["limit"]))
+        deep = store.search(rows[:1], 20000)[1]
     assert limits == [16384] and deep.shape == (1, 20000)
     assert (deep[0, :500] >= 0).all() and (deep[0, 500:] == MISSING_ID).all()

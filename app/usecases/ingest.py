@@ -1,8 +1,4 @@
-"""Use cases as plain functions over plain requests: the policy the CLI and the HTTP service share.
-
-An adapter (``app.cli``, ``app.api``) builds the request, calls the use case and maps its
-:class:`UseCaseError` to an exit code or an HTTP status; the rules themselves live here.
-"""
+"""Ingesting paths into an index: the use case behind ``zhrag ingest``."""
 
 from __future__ import annotations
 
@@ -11,22 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrieval.errors import UserError
+from app.usecases.errors import DomainChangeError
 
 if TYPE_CHECKING:  # the use cases load their machinery when called: a command's start-up stays fast
     from app.settings import Settings
     from ingest.chunkers import ChunkSettings
     from ingest.pipeline import IngestSummary
 
-__all__ = ["UseCaseError", "DomainChangeError", "IngestRequest", "ingest_paths"]
-
-
-class UseCaseError(UserError):
-    """A request a use case refuses, said for the user (no traceback; CLI exit 2, HTTP 4xx)."""
-
-
-class DomainChangeError(UseCaseError):
-    """An index keeps the domain it was built for."""
+__all__ = ["IngestRequest", "ingest_paths"]
 
 
 @dataclass(frozen=True)
