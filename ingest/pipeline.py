@@ -269,10 +269,10 @@ def ingest(
 ) -> IngestSummary:
     """Ingest files/directories into the index at ``index_dir`` (created or updated).
 
-    Unchanged documents (same id and content) are skipped; changed ones replace their old chunks.
-    Unreadable files and bad JSONL records are reported in ``skipped`` and never abort the run. Nothing
-    is published unless the whole run succeeds: on any exception the previous index version keeps
-    serving. The index written does not depend on ``options`` (workers, devices, batch budget).
+    Unchanged documents (same id and content) are skipped; changed ones replace their old chunks. Unreadable
+    files and bad JSONL records are reported in ``skipped`` and never abort the run. Nothing is published
+    unless the whole run succeeds: on any exception the previous version keeps serving. The index written
+    does not depend on ``options`` (workers, devices, batch budget).
 
     Args:
         paths: Files or directories (recursive).
@@ -283,9 +283,8 @@ def ingest(
         store: Vector store backend for a new index, e.g. ``{"backend": "faiss", "kind": "flat"}``.
         progress: Show a progress bar on stderr.
         on_skip: Called with (path, reason) for each skipped file or record.
-        prune: Remove indexed documents that this run did not see (the index mirrors ``paths``).
-            Documents of files that failed to load are kept, so a broken file never erases its
-            last good version.
+        prune: Remove indexed documents that this run did not see (the index mirrors ``paths``); those of
+            files that failed to load are kept, so a broken file never erases its last good version.
         options: Workers, devices and batching.
         domain: What the documents are about (``legal``, ``medical``, ``general``), recorded in the manifest:
             query-time behaviour that depends on it (query synonyms, multi-turn turn weights) follows it.
@@ -294,8 +293,7 @@ def ingest(
         The run summary.
 
     Raises:
-        NothingToIngest: when no document could be read from ``paths`` (missing paths, unsupported or
-            unreadable files); the index is left as it was.
+        NothingToIngest: no document could be read from ``paths``; the index is left as it was.
     """
     start = time.perf_counter()
     paths = list(paths)
@@ -303,14 +301,8 @@ def ingest(
     options = options or IngestOptions()
     summary = IngestSummary(index=str(index_dir), model=embedder.name, workers=max(1, options.workers))
     record = RunRecord(summary, on_skip)
-    files, skipped = discover(paths)
-    summary.files = len(files)
-    tasks = [FileTask(path, base, part) for path, base in files for part in file_parts(path)]
-    for path, reason in skipped:
-        record.skip(path, reason)
     names = [str(p) for p in paths]
-    if not files:
-        raise _nothing(names, summary.skipped)
+    files, tasks = _discover_tasks(paths, record)
     # Chunk sizes are measured in the model's tokens wherever a tokenizer exists (also behind an embedding
     # cache); whether the ids are fed to the model is the embedding stage's call.
     manifest_extra = _manifest_extra(settings, analyzer, embedder, domain)
@@ -323,39 +315,17 @@ def ingest(
         _progress(len(tasks), progress) as bar,
         ShardWriter(writer, embedder, replicas, options, summary, progress) as shards,
     ):
-        context = StageContext(
-            settings,
-            analyzer,
-            embedder.token_spec,
-            writer.hash_lookup(),
-            limits=options.limits,
-            source_names=options.source_names,
-        )
-        pages = PageCounter()
-        with (
-            _ocr_progress(pages, progress),
-            contextlib.closing(
-                prepared_in_order(
-                    tasks, context, summary.workers, pages, isolated=options.isolated, cancel=options.cancel
-                )
-            ) as results,
-        ):
-            for result in results:
-                _check_cancel(options)
-                bar.update(1)
-                for doc in record.take(result, lambda d: _count_tokens(d, embedder)):
-                    shards.add(doc)
-        shards.finish()
-        _check_cancel(options)
+        known, limits, names_of = writer.hash_lookup(), options.limits, options.source_names
+        context = StageContext(settings, analyzer, embedder.token_spec, known, limits=limits, source_names=names_of)
+        _chunk_and_embed(tasks, context, options, record, shards, embedder, progress, bar)
         if options.all_or_nothing and summary.skipped:
             raise IngestRejected(summary.skipped)
         if not record.seen:
             raise _nothing(names, summary.skipped)
         record.close(indexed=shards.indexed)
         if prune:
-            summary.documents_removed = prune_unseen(
-                writer, record.seen, {base for p, base in files if p in record.failed}
-            )
+            failed = {base for p, base in files if p in record.failed}
+            summary.documents_removed = prune_unseen(writer, record.seen, failed)
         summary.version = publish_or_keep(writer)
         summary.total_chunks = writer.chunks_count()
         summary.total_documents = writer.documents_count()
@@ -364,6 +334,49 @@ def ingest(
     summary.chunks_per_second = round(summary.chunks / summary.seconds, 1) if summary.seconds else 0.0
     summary.tokens_per_second = round(summary.tokens / summary.seconds, 1) if summary.seconds else 0.0
     return summary
+
+
+def _discover_tasks(paths: list[Path | str], record: RunRecord) -> tuple[list[tuple[Path, str]], list[FileTask]]:
+    """The files under ``paths`` (what cannot be read is recorded as skipped) and their load tasks.
+
+    Raises:
+        NothingToIngest: no file to read.
+    """
+    files, skipped = discover(paths)
+    record.summary.files = len(files)
+    for path, reason in skipped:
+        record.skip(path, reason)
+    if not files:
+        raise _nothing([str(p) for p in paths], record.summary.skipped)
+    return files, [FileTask(path, base, part) for path, base in files for part in file_parts(path)]
+
+
+def _chunk_and_embed(
+    tasks: list[FileTask],
+    context: StageContext,
+    options: IngestOptions,
+    record: RunRecord,
+    shards: ShardWriter,
+    embedder: Embedder,
+    progress: bool,
+    bar: Any,
+) -> None:
+    """Load and chunk the files in worker processes, in order, and embed their new documents shard by shard."""
+    pages = PageCounter()
+    workers = record.summary.workers
+    with (
+        _ocr_progress(pages, progress),
+        contextlib.closing(
+            prepared_in_order(tasks, context, workers, pages, isolated=options.isolated, cancel=options.cancel)
+        ) as results,
+    ):
+        for result in results:
+            _check_cancel(options)
+            bar.update(1)
+            for doc in record.take(result, lambda d: _count_tokens(d, embedder)):
+                shards.add(doc)
+    shards.finish()
+    _check_cancel(options)
 
 
 def _check_cancel(options: IngestOptions) -> None:
