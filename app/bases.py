@@ -209,7 +209,7 @@ class KnowledgeBases:
         """Open ``name`` with the shared model of its manifest and warm it up."""
         settings = self.settings_for(name)
         manifest = read_manifest(settings.index)
-        embedder = self._embedder(manifest, settings) if settings.load_model else None
+        embedder = self._embedder(manifest, settings) if settings.serve.load_model else None
         services = build_services(settings, serving=True, embedder=embedder, load_model=embedder is not None)
         services.warm_up()
         with self._lock:
@@ -220,7 +220,7 @@ class KnowledgeBases:
         """This base's embedder: the model shared with every base built with it, its own instruction and
         query cache. The model is loaded on first use."""
         entry = manifest["embedder"]
-        shares_instructions = entry.get("backend") == "sentence-transformers" and settings.microbatch
+        shares_instructions = entry.get("backend") == "sentence-transformers" and settings.serve.microbatch
         key = json.dumps(
             {k: v for k, v in entry.items() if k != "instruction" or not shares_instructions}, sort_keys=True
         )
@@ -299,15 +299,21 @@ class KnowledgeBases:
         if name in self.names() or path.exists():
             raise BaseExists(f"knowledge base {name!r} already exists")
         served = self.any_services()
-        model = model or (served.index.manifest["embedder"]["model"] if served is not None else self.settings.model)
-        update = {"index": path, "root": None, "model": model, "domain": domain or self.settings.domain}
-        settings = self.settings.model_copy(update=update)
+        model = model or (
+            served.index.manifest["embedder"]["model"] if served is not None else self.settings.embedding.model
+        )
+        update = {"index": path, "root": None, "model": model, "domain": domain or self.settings.embedding.domain}
+        settings = self.settings.updated(**update)
         try:
             embedder = self._new_embedder(settings)
         except Exception as exc:  # noqa: BLE001 - an unknown or unreachable model is the caller's input
-            raise InputError(f"cannot load the model {settings.model!r}: {exc}") from exc
+            raise InputError(f"cannot load the model {settings.embedding.model!r}: {exc}") from exc
         create_index(
-            path, embedder, build_analyzer(settings), domain=settings.domain, connection=settings.store_connection
+            path,
+            embedder,
+            build_analyzer(settings),
+            domain=settings.embedding.domain,
+            connection=settings.milvus.connection,
         )
         return self.add(name, path)
 
@@ -315,8 +321,10 @@ class KnowledgeBases:
         """An embedder to create a base with: a loaded model when one matches (no second copy), else loaded."""
         with self._lock:
             for key, worker in self._models.items():
-                if json.loads(key).get("model") == settings.model and isinstance(worker, MicroBatcher):
-                    return SharedModel(worker, resolve_instruction(settings.instruction, settings.domain))
+                if json.loads(key).get("model") == settings.embedding.model and isinstance(worker, MicroBatcher):
+                    return SharedModel(
+                        worker, resolve_instruction(settings.embedding.instruction, settings.embedding.domain)
+                    )
         return build_embedder(settings)
 
     def add(self, name: str, path: Path) -> Services:

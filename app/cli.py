@@ -49,7 +49,7 @@ def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
     overrides = {k: v for k, v in fields.items() if v is not None}
     if getattr(args, "index", None):
         overrides["index"] = Path(args.index)
-    settings = Settings().model_copy(update=overrides)
+    settings = Settings().updated(**overrides)
     if getattr(args, "index", None) and "root" not in overrides:
         settings = settings.model_copy(update={"root": None})  # --index names the one base, whatever ZHRAG_ROOT says
     return settings
@@ -405,7 +405,7 @@ def _merge_after_ingest(settings: Settings, quiet: bool) -> None:
     from retrieval.index import IndexLockedError, merge_segments
 
     try:
-        merged = merge_segments(settings.index, connection=settings.store_connection)
+        merged = merge_segments(settings.index, connection=settings.milvus.connection)
     except (KeyboardInterrupt, IndexLockedError):
         print("zhrag: segments not merged; the index is as ingested", file=sys.stderr)
         return
@@ -419,7 +419,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     before = len(read_manifest(settings.index).get("segments", []))
-    merged = merge_segments(settings.index, connection=settings.store_connection)
+    merged = merge_segments(settings.index, connection=settings.milvus.connection)
     after = len(read_manifest(settings.index).get("segments", []))
     if merged:
         done = f"merged {before} segments into {after} ({_count(len(merged), 'merge')}); version {merged[-1]}"
@@ -438,7 +438,7 @@ def milvus_collection(index: Path) -> str:
 
 
 def _store_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    store = args.store or settings.store
+    store = args.store or settings.ingest.store
     if store == "faiss":
         return {"backend": "faiss", "kind": args.index_type or "auto"}
     if store != "milvus":
@@ -449,8 +449,8 @@ def _store_options(args: argparse.Namespace, settings: Settings) -> dict[str, An
         raise CliError(
             f"--index-type {args.index_type} is not offered for Milvus; choose one of {list(MILVUS_INDEX_TYPES)}"
         )
-    uri = args.milvus_uri or settings.milvus_uri or str((settings.index / "milvus.db").resolve())
-    collection = args.milvus_collection or settings.milvus_collection or milvus_collection(settings.index)
+    uri = args.milvus_uri or settings.milvus.uri or str((settings.index / "milvus.db").resolve())
+    collection = args.milvus_collection or settings.milvus.collection or milvus_collection(settings.index)
     kind = args.index_type or "auto"
     return {"backend": "milvus", "uri": uri, "collection": collection, "kind": kind}
 
@@ -539,11 +539,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_manifest(settings.index)  # fail fast with a clear message
     elif not settings.root.is_dir():
         raise CliError(f"{settings.root}: no such directory (--root holds one index per knowledge base)")
-    configure_logging(args.log_level, args.log_format or settings.log_format)
+    configure_logging(args.log_level, args.log_format or settings.serve.log_format)
     uvicorn.run(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
+        host=settings.serve.host,
+        port=settings.serve.port,
         log_level=args.log_level,
         log_config=None,  # keep ours: request ids on every line
         access_log=args.log_level in ("debug", "info"),
@@ -593,8 +593,13 @@ def _create_base(settings: Settings, name: str) -> int:
         raise CliError(f"{path} already exists")
     with reserve_writer(path):
         embedder, analyzer = build_embedder(settings), build_analyzer(settings)
-        version = create_index(path, embedder, analyzer, domain=settings.domain, connection=settings.store_connection)
-    print(f"created knowledge base {name} ({settings.model}, {settings.domain}) at {path} [{version}]", file=sys.stderr)
+        version = create_index(
+            path, embedder, analyzer, domain=settings.embedding.domain, connection=settings.milvus.connection
+        )
+    print(
+        f"created knowledge base {name} ({settings.embedding.model}, {settings.embedding.domain}) at {path} [{version}]",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -782,9 +787,9 @@ def _bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         args.ingest,
         build_embedder(settings),
         build_analyzer(settings),
-        workers=args.workers or settings.workers or default_workers(),
-        devices=settings.devices or None,
-        max_batch_tokens=settings.max_batch_tokens,
+        workers=args.workers or settings.ingest.workers or default_workers(),
+        devices=settings.ingest.devices or None,
+        max_batch_tokens=settings.ingest.max_batch_tokens,
         with_model=not args.floor_only,
         encode_batches=_ints(args.encode_baseline, "--encode-baseline") if args.encode_baseline else (),
         store={"backend": args.store},
@@ -800,7 +805,7 @@ def _bench_update(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args, model=args.model)
     if args.update < 1:
         raise CliError("--update needs a positive number of chunks")
-    workers = args.workers or settings.workers or default_workers()
+    workers = args.workers or settings.ingest.workers or default_workers()
     embedder, analyzer = build_embedder(settings), build_analyzer(settings)
     return run_update_bench(args.update, embedder, analyzer, workers=workers, writes=args.writes)
 
@@ -836,7 +841,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     before, total = manifest["store"], manifest.get("counts", {}).get("chunks")
     # disable=None: a bar on a terminal, nothing in logs and pipes
     with tqdm(total=total, desc="migrate", unit="vector", disable=None, dynamic_ncols=True) as bar:
-        version = migrate_store(settings.index, store, on_moved=bar.update, connection=settings.store_connection)
+        version = migrate_store(settings.index, store, on_moved=bar.update, connection=settings.milvus.connection)
     chunks = read_manifest(settings.index).get("counts", {}).get("chunks", 0)
     moved = _count(chunks, "vector")
     print(f"moved {moved} from {before['backend']} to {store['backend']}; version {version}", file=sys.stderr)
@@ -906,7 +911,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from ingest.pipeline import remove_documents
 
     settings = _settings(args)
-    removal = remove_documents(settings.index, args.doc_ids, settings.store_connection)
+    removal = remove_documents(settings.index, args.doc_ids, settings.milvus.connection)
     for doc_id in removal.missing:
         print(f"not in the index: {doc_id}", file=sys.stderr)
     if removal.removed:

@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ class EvalConfig:
     rerank: bool = False
     doc_id: str = "{doc_id}"
     limit: int | None = None
-    weights: dict[str, float] = field(default_factory=dict)
     rewrite: bool = False
     """Dialogues also go through the configured LLM rewriter (``ZHRAG_REWRITE_*``); off, the builder is LLM-free."""
 
@@ -207,7 +206,6 @@ def _run(
         candidates=EVAL_CANDIDATES,
         mode=config.mode,
         rerank=config.rerank,  # type: ignore[arg-type]
-        weights=config.weights or None,
     )
     run: dict[str, dict[str, float]] = {}
     for qid in tqdm(list(work), desc="eval", unit="q", disable=not progress):

@@ -107,7 +107,7 @@ class Services:
         """
         if current_version(self.settings.index) in (None, self.index.version):
             return None
-        index = Index(self.settings.index, self.settings.store_connection)
+        index = Index(self.settings.index, self.settings.milvus.connection)
         try:
             model = self.index.manifest["embedder"]["model"]
             check_embedder(index.manifest, model, self.embedder.dim if self.embedder is not None else None)
@@ -134,16 +134,16 @@ def ingest_limits(settings: Settings) -> FileLimits:
     """Per-file ingest limits from ``ZHRAG_INGEST_*`` (the time limit applies where a file runs in a main
     thread: the CLI's workers, not the API's upload thread)."""
     return FileLimits(
-        max_file_mb=settings.ingest_max_file_mb,
-        max_doc_chars=settings.ingest_max_doc_chars,
-        max_seconds=settings.ingest_file_timeout_s,
+        max_file_mb=settings.ingest.max_file_mb,
+        max_doc_chars=settings.ingest.max_doc_chars,
+        max_seconds=settings.ingest.file_timeout_s,
     )
 
 
 def build_analyzer(settings: Settings, manifest: dict[str, Any] | None = None) -> Analyzer:
     """The BM25 analyzer; an index's own user dictionaries and query synonyms come from its manifest."""
     dicts = [Path(p) for p in (manifest or {}).get("analyzer", {}).get("user_dicts", [])]
-    dicts += [p for p in settings.user_dicts if p not in dicts]
+    dicts += [p for p in settings.search.user_dicts if p not in dicts]
     return Analyzer(user_dicts=dicts, synonyms=query_synonyms(settings, manifest))
 
 
@@ -152,7 +152,11 @@ def index_domain(settings: Settings, manifest: dict[str, Any] | None = None) -> 
     (``None`` for a custom one; ``legal``, the old default, for none at all); for a new index (no manifest),
     the settings' (``--domain`` / ``ZHRAG_DOMAIN``, or the domain of ``--instruction``)."""
     if manifest is None:
-        return settings.domain if settings.instruction is None else domain_of(settings.instruction)
+        return (
+            settings.embedding.domain
+            if settings.embedding.instruction is None
+            else domain_of(settings.embedding.instruction)
+        )
     if manifest.get("domain"):
         return str(manifest["domain"])
     return domain_of(manifest.get("instruction")) if manifest.get("instruction") else "legal"
@@ -162,8 +166,8 @@ def query_synonyms(settings: Settings, manifest: dict[str, Any] | None = None) -
     """Which query synonyms an index uses: the setting when it names a set or file; else what the index
     recorded; else by domain — the legal list for legal indexes only (on the medical sets it cost 1–3%
     nDCG@10 in BM25 mode: toyhom 0.255 → 0.248, kuake 0.587 → 0.579)."""
-    if settings.query_synonyms != "auto":
-        return settings.query_synonyms
+    if settings.search.query_synonyms != "auto":
+        return settings.search.query_synonyms
     recorded = (manifest or {}).get("analyzer", {}).get("synonyms")
     if recorded and recorded != "custom":  # a set's name or the user's file
         return recorded
@@ -171,38 +175,38 @@ def query_synonyms(settings: Settings, manifest: dict[str, Any] | None = None) -
 
 
 def _wrap_cache(embedder: Embedder, settings: Settings) -> Embedder:
-    return CachedEmbedder(embedder, settings.embed_cache) if settings.embed_cache else embedder
+    return CachedEmbedder(embedder, settings.embedding.cache) if settings.embedding.cache else embedder
 
 
 def build_embedder(settings: Settings) -> Embedder:
     """A new embedder from settings (for ingest into a new index)."""
-    if settings.embedder == "openai":
+    if settings.embedding.backend == "openai":
         embedder = create_embedder(
             "openai",
-            base_url=settings.embed_base_url or "",
-            model=settings.embed_model or settings.model,
-            api_key=settings.embed_api_key,
-            query_model=settings.embed_query_model,
-            query_prefix=settings.embed_query_prefix,
-            document_prefix=settings.embed_document_prefix,
-            instruction=settings.instruction,
-            domain=settings.domain,
-            dim=settings.dim,
-            timeout_s=settings.embed_timeout,
-            retries=settings.embed_retries,
+            base_url=settings.embedding.base_url or "",
+            model=settings.embedding.remote_model or settings.embedding.model,
+            api_key=settings.embedding.api_key,
+            query_model=settings.embedding.remote_query_model,
+            query_prefix=settings.embedding.query_prefix,
+            document_prefix=settings.embedding.document_prefix,
+            instruction=settings.embedding.instruction,
+            domain=settings.embedding.domain,
+            dim=settings.embedding.dim,
+            timeout_s=settings.embedding.timeout,
+            retries=settings.embedding.retries,
         )
     else:
         embedder = create_embedder(
             "sentence-transformers",
-            model=settings.model,
-            instruction=settings.instruction,
-            domain=settings.domain,
-            dim=settings.dim,
-            max_seq_length=settings.max_seq_length,
-            device=settings.device,
-            precision=settings.precision,
-            batch_size=settings.batch_size,
-            source=settings.model_source,
+            model=settings.embedding.model,
+            instruction=settings.embedding.instruction,
+            domain=settings.embedding.domain,
+            dim=settings.embedding.dim,
+            max_seq_length=settings.embedding.max_seq_length,
+            device=settings.embedding.device,
+            precision=settings.embedding.precision,
+            batch_size=settings.embedding.batch_size,
+            source=settings.embedding.model_source,
         )
     return _wrap_cache(embedder, settings)
 
@@ -223,16 +227,16 @@ def embedder_for_index(manifest: dict[str, Any], settings: Settings, model: str 
     if built["backend"] == "openai":
         embedder = create_embedder(
             "openai",
-            base_url=settings.embed_base_url or built["base_url"],
+            base_url=settings.embedding.base_url or built["base_url"],
             model=built["model"],
-            api_key=settings.embed_api_key,
+            api_key=settings.embedding.api_key,
             query_model=built.get("query_model"),
             query_prefix=built.get("query_prefix"),
             document_prefix=built.get("document_prefix", ""),
             instruction=built.get("instruction"),
             dim=built["dim"],
-            timeout_s=settings.embed_timeout,
-            retries=settings.embed_retries,
+            timeout_s=settings.embedding.timeout,
+            retries=settings.embedding.retries,
         )
     else:
         embedder = create_embedder(
@@ -240,11 +244,11 @@ def embedder_for_index(manifest: dict[str, Any], settings: Settings, model: str 
             model=built["model"],
             instruction=built.get("instruction"),
             dim=built.get("truncate_dim"),
-            max_seq_length=built.get("max_seq_length", settings.max_seq_length),
-            device=settings.device,
-            precision=settings.precision,
-            batch_size=settings.batch_size,
-            source=settings.model_source,
+            max_seq_length=built.get("max_seq_length", settings.embedding.max_seq_length),
+            device=settings.embedding.device,
+            precision=settings.embedding.precision,
+            batch_size=settings.embedding.batch_size,
+            source=settings.embedding.model_source,
         )
     check_embedder(manifest, None, embedder.dim)
     return _wrap_cache(embedder, settings)
@@ -263,25 +267,29 @@ def model_worker(embedder: Embedder, settings: Settings, on_batch: Callable[[int
     micro-batcher's two workers (searches' questions, bulk slices) run at the same time, and neither should
     take every core from the other or from the searches' own work — tokenising, BM25, FAISS, HTTP.
     """
-    threads = settings.torch_threads
+    threads = settings.embedding.torch_threads
     if threads is None and isinstance(embedder, SentenceTransformerEmbedder) and embedder.device == "cpu":
         threads = max(1, (os.cpu_count() or 2) // 2)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    if not settings.microbatch:
+    if not settings.serve.microbatch:
         return embedder
     if isinstance(embedder, SentenceTransformerEmbedder):  # one forward pass per micro-batch
-        embedder.batch_size = max(embedder.batch_size, settings.microbatch_size)
+        embedder.batch_size = max(embedder.batch_size, settings.serve.microbatch_size)
     return MicroBatcher(
-        embedder, settings.microbatch_wait_ms, settings.microbatch_size, on_batch, bulk_slice=settings.bulk_slice
+        embedder,
+        settings.serve.microbatch_wait_ms,
+        settings.serve.microbatch_size,
+        on_batch,
+        bulk_slice=settings.serve.bulk_slice,
     )
 
 
 def query_cache(embedder: Embedder, settings: Settings) -> Embedder:
     """An LRU cache of query vectors in front of ``embedder`` (``ZHRAG_QUERY_CACHE_SIZE``; 0: none)."""
-    return QueryCache(embedder, settings.query_cache_size) if settings.query_cache_size > 0 else embedder
+    return QueryCache(embedder, settings.serve.query_cache_size) if settings.serve.query_cache_size > 0 else embedder
 
 
 def build_services(
@@ -304,19 +312,21 @@ def build_services(
             manifest instead of loading one.
     """
     manifest = read_manifest(settings.index)
-    index = Index(settings.index, settings.store_connection)
+    index = Index(settings.index, settings.milvus.connection)
     if manifest["store"].get("backend") == "faiss":
         from retrieval.stores.faiss import set_search_threads
 
-        set_search_threads(settings.faiss_threads)
-    load = settings.load_model if load_model is None else load_model
+        set_search_threads(settings.search.faiss_threads)
+    load = settings.serve.load_model if load_model is None else load_model
     if embedder is not None:
         check_embedder(manifest, model, embedder.dim)
     elif load:
         embedder = embedder_for_index(manifest, settings, model)
         if serving:
             embedder = serving_embedder(embedder, settings, on_embed_batch)
-    reranker = create_reranker(settings.reranker, settings.reranker_type) if settings.reranker else None
+    reranker = (
+        create_reranker(settings.search.reranker, settings.search.reranker_type) if settings.search.reranker else None
+    )
     analyzer = build_analyzer(settings, manifest)
     searcher = build_searcher(settings, index, embedder, analyzer, reranker)
     dialogue = build_dialogue(settings, analyzer, embedder, index_domain(settings, manifest))
@@ -327,16 +337,18 @@ def build_searcher(
     settings: Settings, index: Index, embedder: Embedder | None, analyzer: Analyzer, reranker: Reranker | None
 ) -> Searcher:
     """The searcher over ``index`` with the fusion settings."""
-    weights = {DENSE: settings.weight_dense, BM25: settings.weight_bm25}
+    weights = {DENSE: settings.search.weight_dense, BM25: settings.search.weight_bm25}
     return Searcher(
         index,
         embedder,
         analyzer,
         reranker=reranker,
         weights=weights,
-        rrf_k=settings.rrf_k,
-        candidates=settings.candidates,
-        citations=CitationIndex.from_docstore(index.docs, settings.citation_aliases) if settings.citations else None,
+        rrf_k=settings.search.rrf_k,
+        candidates=settings.search.candidates,
+        citations=CitationIndex.from_docstore(index.docs, settings.search.citation_aliases)
+        if settings.search.citations
+        else None,
     )
 
 
@@ -357,20 +369,23 @@ def build_dialogue(
     ``ZHRAG_REWRITE_*`` is configured and embedding-based topic splitting when ``ZHRAG_TOPIC_MIN_SIMILARITY``
     is set and a model is loaded."""
     rewriter = None
-    if settings.rewrite_base_url and settings.rewrite_model:
+    if settings.dialogue.rewrite_base_url and settings.dialogue.rewrite_model:
         rewriter = LLMQueryRewriter(
-            settings.rewrite_base_url, settings.rewrite_model, settings.rewrite_api_key, settings.rewrite_timeout
+            settings.dialogue.rewrite_base_url,
+            settings.dialogue.rewrite_model,
+            settings.dialogue.rewrite_api_key,
+            settings.dialogue.rewrite_timeout,
         )
-        if settings.rewrite_cache:
-            rewriter = CachedRewriter(rewriter, settings.rewrite_cache)
+        if settings.dialogue.rewrite_cache:
+            rewriter = CachedRewriter(rewriter, settings.dialogue.rewrite_cache)
     similarity = None
-    if settings.topic_min_similarity is not None and embedder is not None:
+    if settings.dialogue.topic_min_similarity is not None and embedder is not None:
         similarity = embedding_similarity(embedder)
     return DialogueQueryBuilder(
         analyzer,
         similarity=similarity,
-        min_similarity=settings.topic_min_similarity,
+        min_similarity=settings.dialogue.topic_min_similarity,
         rewriter=rewriter,
         weights=turn_weights(domain),
-        rewrite_weight=settings.rewrite_weight,
+        rewrite_weight=settings.dialogue.rewrite_weight,
     )

@@ -96,7 +96,7 @@ def _merge_step(app: FastAPI, kb: str) -> bool:
     """One merge of a base's segments, as its tiered policy says, served at once; whether one was made.
     Runs between write jobs, so searches never wait for it."""
     try:
-        merged = merge_segments(app.state.bases.path(kb), limit=1, connection=app.state.settings.store_connection)
+        merged = merge_segments(app.state.bases.path(kb), limit=1, connection=app.state.settings.milvus.connection)
     except IndexLockedError:  # a command-line writer holds it: it merges after itself
         return False
     if merged:
@@ -124,8 +124,8 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         watcher = None
         if load:
             _load(app, settings, metrics)
-            if settings.reload_interval > 0:
-                watcher = asyncio.create_task(_follow_index(app, settings.reload_interval))
+            if settings.serve.reload_interval > 0:
+                watcher = asyncio.create_task(_follow_index(app, settings.serve.reload_interval))
         yield
         await asyncio.to_thread(app.state.jobs.close)  # a running write sees its cancel; nothing half-published
         if watcher is not None:
@@ -155,12 +155,16 @@ def _set_state(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.sessions = SessionStore()
-    app.state.bulk_slots = BulkSlots(settings.max_bulk_per_key)
+    app.state.bulk_slots = BulkSlots(settings.serve.max_bulk_per_key)
     app.state.jobs = JobQueue(on_published=partial(_published, app), maintain=partial(_merge_step, app))
     app.state.access = Access.configure(
-        settings.keys, settings.admin_keys, settings.keys_file, settings.host, settings.anonymous_role
+        settings.auth.keys,
+        settings.auth.admin_keys,
+        settings.auth.keys_file,
+        settings.serve.host,
+        settings.auth.anonymous_role,
     )
-    app.state.rate_limiter = RateLimiter(settings.rate_limit)
+    app.state.rate_limiter = RateLimiter(settings.serve.rate_limit)
     app.state.bases = KnowledgeBases(settings, {})  # none until the lifespan loads them
 
 
@@ -168,14 +172,17 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     """Body limits (inside), deadlines, request ids and metrics, CORS (outermost: a preflight carries no key)."""
     uploads = upload_paths(routes_documents.router, BASE_PREFIXES)
     app.add_middleware(
-        BodyLimit, max_bytes=settings.max_body_bytes, uploads=settings.max_upload_bytes, upload_paths=uploads
+        BodyLimit,
+        max_bytes=settings.serve.max_body_bytes,
+        uploads=settings.serve.max_upload_bytes,
+        upload_paths=uploads,
     )
-    app.add_middleware(Deadline, timeout_s=settings.request_timeout_s)
+    app.add_middleware(Deadline, timeout_s=settings.serve.request_timeout_s)
     app.add_middleware(RequestContext, metrics=metrics)  # every answer gets an id and is counted
-    if settings.cors_origins:
+    if settings.serve.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
+            allow_origins=settings.serve.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
@@ -253,7 +260,7 @@ def _readiness(bases: KnowledgeBases) -> JSONResponse:
 def _describe_this_server(app: FastAPI, components: dict[str, Any]) -> None:
     """What this server's configuration decides, said in its schema: no reranker, the model's dimension. (Not
     the bases' names: the schema is public.)"""
-    if not app.state.settings.reranker:
+    if not app.state.settings.search.reranker:
         rerank = components["SearchRequest"]["properties"]["rerank"]
         rerank.update(const=False, description="Always false here: the server has no reranker (ZHRAG_RERANKER)")
     services = app.state.bases.any_services()

@@ -95,7 +95,9 @@ def knowledge_ids(settings: Settings, bases: KnowledgeBases) -> dict[str, str]:
     ``zhrag`` and any of ``ZHRAG_KNOWLEDGE_IDS`` for the default base."""
     ids = {name: name for name in bases.names()}
     if bases.default is not None:
-        ids.update({alias: bases.default for alias in ("zhrag", *(settings.knowledge_ids or [])) if alias not in ids})
+        ids.update(
+            {alias: bases.default for alias in ("zhrag", *(settings.serve.knowledge_ids or [])) if alias not in ids}
+        )
     return ids
 
 

@@ -241,7 +241,7 @@ async def add_documents(request: Request, services: ServicesDep, wait: WaitQuery
     size = sum(p.stat().st_size for p in folder.iterdir())
     job = Job("add", size, _ingest_job(services, folder, names), folder, kb=request.state.kb)
     job = _jobs(request).submit(job)
-    return await _answer(job, settings.write_wait_s if wait is None else wait)
+    return await _answer(job, settings.serve.write_wait_s if wait is None else wait)
 
 
 router.add_api_route(
@@ -287,10 +287,10 @@ async def delete_document(doc_id: str, request: Request, wait: WaitQuery = None)
     index_dir = request.app.state.bases.path(kb)
 
     def run(_cancel: threading.Event) -> dict[str, Any]:
-        return use.delete_documents(index_dir, [doc_id], settings.store_connection).to_dict()
+        return use.delete_documents(index_dir, [doc_id], settings.milvus.connection).to_dict()
 
     job = _jobs(request).submit(Job("delete", 0, run, kb=kb))
-    return await _answer(job, settings.write_wait_s if wait is None else wait)
+    return await _answer(job, settings.serve.write_wait_s if wait is None else wait)
 
 
 @router.get("/jobs/{job_id}", dependencies=WRITE, response_model=JobOut, summary="Follow a write job")

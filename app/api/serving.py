@@ -31,7 +31,7 @@ def announce(app: FastAPI, name: str, services: Services, verb: str) -> None:
         chunks,
         model,
         mode,
-        "on" if settings.microbatch else "off",
+        "on" if settings.serve.microbatch else "off",
         services.reranker.name if services.reranker else "none",
     )
     app.state.metrics.serving(name, services.index.version, model, chunks)

@@ -74,11 +74,11 @@ def verify_citations_in_index(settings: Settings, text: str) -> list[dict[str, A
     """
     from retrieval.index import LiveDocs
 
-    if not settings.citations:
+    if not settings.search.citations:
         raise CitationsOff()
     live = LiveDocs(settings.index)
     try:
-        citations = CitationIndex.from_docstore(live.docs, settings.citation_aliases)
+        citations = CitationIndex.from_docstore(live.docs, settings.search.citation_aliases)
         return check_citations(citations, live.docs, live.version, text)
     finally:
         live.close()

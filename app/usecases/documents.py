@@ -166,7 +166,7 @@ def add_documents(
         source_names=dict(names),
         cancel=cancel,
         shard_chunks=JOB_SHARD_CHUNKS,
-        connection=settings.store_connection,
+        connection=settings.milvus.connection,
     )
     chunker = ChunkSettings(**services.index.manifest.get("chunker", {}))
     try:

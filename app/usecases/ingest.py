@@ -65,12 +65,12 @@ def ingest_paths(settings: Settings, request: IngestRequest, cancel: threading.E
     own_model = manifest is not None and not request.model_given
     embedder = embedder_for_index(manifest, settings) if own_model else build_embedder(settings)
     options = IngestOptions(
-        workers=settings.workers or default_workers(),
-        devices=settings.devices or None,
-        max_batch_tokens=settings.max_batch_tokens,
+        workers=settings.ingest.workers or default_workers(),
+        devices=settings.ingest.devices or None,
+        max_batch_tokens=settings.ingest.max_batch_tokens,
         cancel=cancel,
         limits=ingest_limits(settings),
-        connection=settings.store_connection,
+        connection=settings.milvus.connection,
     )
     return ingest(
         request.paths,
