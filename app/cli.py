@@ -25,14 +25,18 @@ from retrieval.searcher import BM25, DENSE, EXPAND_CHOICES, HYBRID, SEARCH_MODES
 from retrieval.stores import MILVUS_INDEX_TYPES, STORE_BACKENDS
 from retrieval.stores.faiss import FAISS_INDEX_TYPES
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_SKIPPED"]
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PARTIAL"]
 
+METRIC_KEYS = ("nDCG@10", "MRR@10", "Recall@10", "Recall@100")
 EXIT_OK = 0
 EXIT_ERROR = 1
+"""A fault: the command printed its traceback."""
 EXIT_USAGE = 2
-METRIC_KEYS = ("nDCG@10", "MRR@10", "Recall@10", "Recall@100")
-EXIT_SKIPPED = 3
-"""Ingest finished and published an index, but some files were skipped (listed on stderr)."""
+"""What the user can fix (a bad flag, file or value; a refused request): one line on stderr."""
+EXIT_PARTIAL = 3
+"""The command did its work, but something it was given is not in the result, each named on stderr: ``ingest``
+skipped a file, ``citations`` found a citation that is not in the index, ``delete`` was given an id the index
+does not hold."""
 
 log = logging.getLogger("zhrag")
 INDEX_HELP = "Index directory (default: ZHRAG_INDEX, else ./zhrag_index)"
@@ -366,7 +370,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             # Stopped after the swap (while the writer tidied up): the new version is whole and live.
             print(f"zhrag: interrupted after version {after} was published; it is live and complete", file=sys.stderr)
             return EXIT_ERROR
-        code = EXIT_SKIPPED if summary.skipped else EXIT_OK
+        code = EXIT_PARTIAL if summary.skipped else EXIT_OK
         LIFECYCLE.work_done(code)
         _report_ingest(summary, args.json)
         _merge_after_ingest(settings, quiet=args.json or args.quiet)
@@ -622,7 +626,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``zhrag eval``."""
     from app.evaluate import EvalConfig, load_dialogues, run_eval
     from app.services import build_services
-    from retrieval.evaluation import load_qrels, load_queries
+    from retrieval.metrics import load_qrels, load_queries
 
     load_qrels(args.qrels)  # a bad file is named before the model spends seconds loading
     if args.queries:
@@ -672,7 +676,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _bench_queries(path: Path | None) -> list[str]:
-    from retrieval.evaluation import load_queries
+    from retrieval.metrics import load_queries
 
     if path is None:
         path = Path(__file__).resolve().parents[1] / "data" / "questions.txt"
@@ -876,7 +880,7 @@ def cmd_citations(args: argparse.Namespace) -> int:
             print(f"{text[c['span'][0] : c['span'][1]]}\t{law} {c['article']}\t{status}")
         if not checked:
             print("no citations", file=sys.stderr)
-    return EXIT_OK if all(c["found"] for c in checked) else EXIT_SKIPPED
+    return EXIT_OK if all(c["found"] for c in checked) else EXIT_PARTIAL
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -921,12 +925,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
         )
     else:
         print("deleted nothing; the index is unchanged", file=sys.stderr)
-    return EXIT_SKIPPED if removal.missing else EXIT_OK
+    return EXIT_PARTIAL if removal.missing else EXIT_OK
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """``zhrag tiny-model``."""
-    from retrieval.tiny_model import SHAPES, build_tiny_qwen3_embedding, build_tiny_qwen3_reranker
+    from app.tiny_model import SHAPES, build_tiny_qwen3_embedding, build_tiny_qwen3_reranker
 
     texts = [p.read_text(encoding="utf-8") for p in args.train_text]
     if args.reranker:

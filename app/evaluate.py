@@ -16,7 +16,7 @@ from app.services import Services
 from retrieval.dialogue import DialogueMode, DialogueQueries
 from retrieval.embedders.cache import CachedEmbedder
 from retrieval.errors import InputError, UserError
-from retrieval.evaluation import (
+from retrieval.metrics import (
     aggregate_hits,
     doc_key,
     evaluate_run,

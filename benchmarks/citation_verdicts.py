@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from ingest.chunkers.statute import law_version, parse_articles  # noqa: E402
 from ingest.loaders import load_file  # noqa: E402
 from retrieval.citations import CitationIndex  # noqa: E402
-from retrieval.evaluation import judge_verdicts, verdict_label  # noqa: E402
+from retrieval.metrics import judge_verdicts, verdict_label  # noqa: E402
 
 SETS = sorted((ROOT / "data" / "eval" / "citation_answers").glob("*.jsonl"))
 

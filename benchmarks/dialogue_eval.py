@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.evaluate import EvalConfig, run_eval  # noqa: E402
 from app.services import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from retrieval.evaluation import load_queries  # noqa: E402
+from retrieval.metrics import load_queries  # noqa: E402
 from retrieval.searcher import BM25, SEARCH_MODES  # noqa: E402
 
 MODES = ("last", "concat", "concat-user", "auto")

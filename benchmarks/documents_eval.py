@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         _install_font()
     books = _find_books(args.shared / "corpora" / "lawref", args.books, args.sample, args.seed)
     work = args.work or Path(tempfile.mkdtemp(prefix="zhrag-docs-"))
+    from app.tiny_model import build_tiny_qwen3_embedding
     from retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder
-    from retrieval.tiny_model import build_tiny_qwen3_embedding
 
     model = args.model or str(
         build_tiny_qwen3_embedding(work / "tiny-model", [b.read_text(encoding="utf-8") for b in books])

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dialogue_eval import score_modes  # noqa: E402 - beside this script
 
-from retrieval.evaluation import load_qrels, load_queries  # noqa: E402
+from retrieval.metrics import load_qrels, load_queries  # noqa: E402
 from retrieval.searcher import BM25, SEARCH_MODES  # noqa: E402
 
 MARKERS = ("另外，", "换个问题，", "对了，", "还有个问题，")

@@ -60,10 +60,9 @@ KEYWORD_DECAY = 0.5
 MAX_CONTEXT_TURNS = 4
 # Fusion weights: the contextual query, the most recent turn + last turn (recency), the last turn alone
 # when self-contained, the LLM rewrite. The recent-turn and last-turn-alone queries run only with a dense
-# leg: in pure BM25 mode a second BM25 list next to the recency-weighted turns query (which already holds
-# the last turn at full weight) hurt (recent turn: on the public and 32 held-out dialogues; last turn
-# alone: on the tuning part of multiturn_legal_more). The recent-turn weight was 0.5 until a grid on the
-# two tuning sets (multiturn_medical_tune, the second half of multiturn_legal_more) preferred 0.25.
+# leg: in pure BM25 mode a second BM25 list beside the recency-weighted turns query (which already holds
+# the last turn at full weight) hurt. Every weight here was chosen on the tuning sets only; the protocol
+# and the measurements are in docs/evaluation.md ("The multi-turn builder's weights").
 CONTEXT_WEIGHT = 1.0
 RECENT_WEIGHT = 0.25
 SELF_CONTAINED_LAST_WEIGHT = 1.0
@@ -75,10 +74,8 @@ REWRITE_WEIGHT = 1.0
 # ASSISTANT_WEIGHT times the user turn they answer (they name the topic in the assistant's words).
 LEXICAL_DECAY = 0.8
 ASSISTANT_WEIGHT = 0.5
-# In hybrid mode a conversation's BM25 legs are fused at this fraction of their usual weight: the dense
-# leg's contextual query was the one being outvoted (round 13, chosen on the legal and medical tuning sets:
-# 0.247 → 0.252 and 0.322 → 0.323; report sets 0.226 → 0.226, 0.169 → 0.176, 0.317 → 0.328, 0.192 → 0.194,
-# 0.285 → 0.289; 1.5 and 2 lowered both tuning sets).
+# In hybrid mode a conversation's BM25 legs are fused at this fraction of their usual weight: with several
+# BM25 lists, the dense leg's contextual query was the one being outvoted.
 LEXICAL_LEG_WEIGHT = 0.75
 
 
@@ -97,11 +94,9 @@ class TurnWeights:
 
 
 # Per index domain (others get the defaults). Medical consultations state the condition first, and the
-# recent turn alone (a symptom, a drug) points at generic answers: its extra query hurt there. Chosen on
-# the pooled medical tuning sets by a rule fixed beforehand (hybrid 0.305 → 0.320), then checked once on
-# multiturn_medical (0.184 → 0.191). The follow-up 这个病有哪些表现？ is about the condition named
-# earlier: two subject keywords at 0.5 (round 10, same rule: BM25 0.231 → 0.239, hybrid 0.320 → 0.322;
-# multiturn_medical 0.161 → 0.163, 0.191 → 0.192); see the README.
+# recent turn alone (a symptom, a drug) points at generic answers: its extra query hurts there. A
+# follow-up such as 这个病有哪些表现？ is about the condition named earlier, so two subject keywords of the
+# earlier turns join its BM25 query. Measured in docs/evaluation.md.
 DOMAIN_TURN_WEIGHTS: dict[str, TurnWeights] = {"medical": TurnWeights(recent=0.0, subject_terms=2)}
 
 

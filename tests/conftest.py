@@ -69,7 +69,7 @@ def sample_texts() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen3-Embedding-shaped sentence-transformers model (built once)."""
-    from retrieval.tiny_model import build_tiny_qwen3_embedding
+    from app.tiny_model import build_tiny_qwen3_embedding
 
     return build_tiny_qwen3_embedding(tmp_path_factory.mktemp("models") / "tiny-qwen3-embedding", sample_texts())
 
@@ -114,7 +114,7 @@ def five_docs_jsonl(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen3-Reranker-shaped causal LM."""
-    from retrieval.tiny_model import build_tiny_qwen3_reranker
+    from app.tiny_model import build_tiny_qwen3_reranker
 
     return build_tiny_qwen3_reranker(tmp_path_factory.mktemp("models") / "tiny-qwen3-reranker", sample_texts()[:2])
 
@@ -122,6 +122,6 @@ def tiny_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random sequence-classification model for sentence-transformers' CrossEncoder."""
-    from retrieval.tiny_model import build_tiny_cross_encoder
+    from app.tiny_model import build_tiny_cross_encoder
 
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-cross-encoder", sample_texts()[:2])

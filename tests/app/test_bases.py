@@ -39,7 +39,7 @@ def _keys_file(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny model (other weights): a base built with it needs a model of its own."""
-    from retrieval.tiny_model import build_tiny_qwen3_embedding
+    from app.tiny_model import build_tiny_qwen3_embedding
 
     return build_tiny_qwen3_embedding(tmp_path_factory.mktemp("models") / "other", sample_texts(), seed=7)
 

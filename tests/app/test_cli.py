@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, main
+from app.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
 from tests.conftest import SAMPLE_STATUTES
 
 
@@ -45,7 +45,7 @@ def test_ingest_reports_bad_file_and_exits_nonzero(tmp_path: Path, tiny_model_di
     (src / "scan.pdf").write_bytes(b"%PDF-1.4 not a pdf")
     code = main(["ingest", str(src), "--index", str(tmp_path / "i"), "--model", str(tiny_model_dir), "--quiet"])
     err = capsys.readouterr().err
-    assert code == EXIT_SKIPPED and "scan.pdf" in err and "indexed 1 document (" in err
+    assert code == EXIT_PARTIAL and "scan.pdf" in err and "indexed 1 document (" in err
 
 
 def test_search_text_and_json(cli_index: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -140,7 +140,7 @@ def test_a_user_alias_file_adds_short_names(tmp_path: Path, sample_index: Path) 
 
 
 def _labels(index: CitationIndex, text: str) -> list[tuple[str, str, str]]:
-    from retrieval.evaluation import verdict_label
+    from retrieval.metrics import verdict_label
 
     return [(v.citation.law_text, v.citation.article, verdict_label(v.found, v.reason)) for v in index.check(text)]
 
@@ -200,7 +200,7 @@ def test_the_answer_sets_are_judged_right_and_nothing_is_certified_falsely(sampl
     """180 LLM-style answer texts (data/eval/citation_answers) over the sample statutes."""
     import json
 
-    from retrieval.evaluation import judge_verdicts, verdict_label
+    from retrieval.metrics import judge_verdicts, verdict_label
 
     folder = SAMPLE_STATUTES.parent / "eval" / "citation_answers"
     cases = [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.open(encoding="utf-8")]

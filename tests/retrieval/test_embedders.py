@@ -249,7 +249,7 @@ def test_modelscope_missing_gives_install_hint(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_tokenizer_without_endoftext_is_refused(tmp_path: Path) -> None:
-    from retrieval.tiny_model import build_tiny_qwen3_embedding
+    from app.tiny_model import build_tiny_qwen3_embedding
     from tests.conftest import sample_texts
 
     broken = build_tiny_qwen3_embedding(tmp_path / "broken", sample_texts()[:1], append_eos=False)
@@ -310,8 +310,8 @@ def test_real_qwen3_tokenizer_queries_are_plain_text_with_endoftext(tmp_path: Pa
     """With Qwen3's real tokenizer (which carries a chat template) queries are embedded as
     ``Instruct: …\\nQuery:{q}<|endoftext|>``: the last hidden state of exactly those ids, normalised
     (the reused instruction prefix changes nothing)."""
+    from app.tiny_model import build_tiny_qwen3_embedding
     from retrieval.prompts import query_prompt
-    from retrieval.tiny_model import build_tiny_qwen3_embedding
     from tests.conftest import SHARED
 
     path = build_tiny_qwen3_embedding(tmp_path / "m", tokenizer=SHARED / "qwen3-tokenizer")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.evaluation import aggregate_hits, doc_key, evaluate_run, load_qrels, truncate_run
+from retrieval.metrics import aggregate_hits, doc_key, evaluate_run, load_qrels, truncate_run
 
 
 def test_metrics_match_hand_computed_values() -> None:
@@ -47,7 +47,7 @@ def test_load_qrels(tmp_path: Path) -> None:
 
 
 def test_beir_and_trec_inputs_load_with_or_without_a_header(tmp_path) -> None:
-    from retrieval.evaluation import load_qrels, load_queries
+    from retrieval.metrics import load_qrels, load_queries
 
     queries = tmp_path / "queries.jsonl"
     queries.write_text('{"_id": "q1", "text": "医师的义务"}\n{"id": "q2", "text": "假药"}\n', encoding="utf-8")
@@ -66,7 +66,7 @@ def test_beir_and_trec_inputs_load_with_or_without_a_header(tmp_path) -> None:
 def test_a_questions_file_given_as_queries_is_named_with_the_format(tmp_path) -> None:
     import pytest
 
-    from retrieval.evaluation import load_qrels, load_queries
+    from retrieval.metrics import load_qrels, load_queries
 
     questions = tmp_path / "questions.txt"
     questions.write_text("医生在执业活动中应当履行哪些义务？\n", encoding="utf-8")

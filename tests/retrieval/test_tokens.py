@@ -25,7 +25,7 @@ def test_spec_ids_are_what_the_tokenizer_gives(tiny_embedder: SentenceTransforme
 
 @needs_shared
 def test_spec_of_the_real_qwen3_tokenizer_appends_endoftext(tmp_path) -> None:
-    from retrieval.tiny_model import load_tokenizer_with_eos
+    from app.tiny_model import load_tokenizer_with_eos
 
     tokenizer = load_tokenizer_with_eos(SHARED / "qwen3-tokenizer", tmp_path / "tok")
     spec = TokenSpec.from_hf(tokenizer, 1024)
