@@ -117,6 +117,11 @@ class JobQueue:
         with self._changed:
             return self._jobs.get(job_id)
 
+    def unfinished(self) -> list[Job]:
+        """Jobs queued or running, oldest first."""
+        with self._changed:
+            return sorted((j for j in self._jobs.values() if not j.done.is_set()), key=lambda j: j.created)
+
     def forget(self, job_id: str) -> None:
         """Drop a finished job from the registry (``GET /jobs/{id}`` then answers 404)."""
         with self._changed:

@@ -43,6 +43,14 @@ CREATE TABLE IF NOT EXISTS documents (
 _COLUMNS = "rid, id, doc_id, seq, text, embed_text, title, source, metadata"
 
 
+def _name_filter(contains: str) -> tuple[str, tuple[str, ...]]:
+    """A ``WHERE`` clause matching documents whose id or source holds ``contains`` (taken literally)."""
+    if not contains:
+        return "", ()
+    pattern = "%" + contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return "WHERE (doc_id LIKE ? ESCAPE '\\' OR source LIKE ? ESCAPE '\\')", (pattern, pattern)
+
+
 def _row_to_chunk(row: Sequence[Any]) -> Chunk:
     rid, cid, doc_id, seq, text, embed_text, title, source, metadata = row
     return Chunk(
@@ -134,12 +142,33 @@ class DocStore:
         """Content hash of every ingested document, by id."""
         return dict(self._query("SELECT doc_id, content_hash FROM documents"))
 
-    def list_documents(self, offset: int = 0, limit: int = 100) -> list[tuple[str, str, int]]:
-        """(doc_id, source, chunks) of a page of documents, ordered by id."""
+    def list_documents(self, offset: int = 0, limit: int = 100, contains: str = "") -> list[tuple[str, str, int]]:
+        """(doc_id, source, chunks) of a page of documents, ordered by id; with ``contains``, only those whose
+        id or source holds that text."""
+        where, params = _name_filter(contains)
         rows = self._query(
-            "SELECT doc_id, source, chunks FROM documents ORDER BY doc_id LIMIT ? OFFSET ?", (limit, offset)
+            f"SELECT doc_id, source, chunks FROM documents {where} ORDER BY doc_id LIMIT ? OFFSET ?",
+            (*params, limit, offset),
         )
         return [(d, s, int(n)) for d, s, n in rows]
+
+    def count_matching(self, contains: str, among: Sequence[str] | None = None) -> int:
+        """Documents whose id or source holds ``contains`` (of ``among`` ids, when given)."""
+        where, params = _name_filter(contains)
+        if among is None:
+            return int(self._query(f"SELECT COUNT(*) FROM documents {where}", params)[0][0])
+        total = 0
+        for i in range(0, len(among), _SQL_BATCH):
+            part = list(among[i : i + _SQL_BATCH])
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT COUNT(*) FROM documents {where or 'WHERE 1'} AND doc_id IN ({marks})"
+            total += int(self._query(sql, (*params, *part))[0][0])
+        return total
+
+    def document_pages(self, doc_id: str) -> int | None:
+        """The last page any chunk of a paged source (PDF, scan) comes from; ``None`` for other sources."""
+        rows = self._query("SELECT MAX(json_extract(metadata, '$.pages[1]')) FROM chunks WHERE doc_id=?", (doc_id,))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def document_ids(self) -> list[str]:
         """Ids of all ingested documents."""
@@ -191,9 +220,9 @@ class DocStore:
         """Number of chunks."""
         return int(self._query("SELECT COUNT(*) FROM chunks")[0][0])
 
-    def count_documents(self) -> int:
-        """Number of documents."""
-        return int(self._query("SELECT COUNT(*) FROM documents")[0][0])
+    def count_documents(self, contains: str = "") -> int:
+        """Number of documents (whose id or source holds ``contains``, when given)."""
+        return self.count_matching(contains)
 
     def get(self, rids: Iterable[int]) -> dict[int, Chunk]:
         """Chunks by row id."""

@@ -296,9 +296,19 @@ class SegmentedDocs:
         """Live chunks."""
         return sum(s.entry.live_chunks for s in self.segments)
 
-    def count_documents(self) -> int:
-        """Live documents."""
-        return sum(s.entry.live_documents for s in self.segments)
+    def count_documents(self, contains: str = "") -> int:
+        """Live documents (whose id or source holds ``contains``, when given)."""
+        if not contains:
+            return sum(s.entry.live_documents for s in self.segments)
+        return sum(
+            s.docs.count_matching(contains) - s.docs.count_matching(contains, sorted(s.deleted_docs))
+            for s in self.segments
+        )
+
+    def document_pages(self, doc_id: str) -> int | None:
+        """The last page a live document's chunks come from (``None``: not a paged source, or no such document)."""
+        holder = self._holder(doc_id)
+        return holder.docs.document_pages(doc_id) if holder else None
 
     def _holder(self, doc_id: str) -> Segment | None:
         return next((s for s in reversed(self.segments) if s.has_document(doc_id)), None)
@@ -316,11 +326,12 @@ class SegmentedDocs:
         """Ids of all live documents, sorted."""
         return sorted(self.document_hashes())
 
-    def list_documents(self, offset: int = 0, limit: int = 100) -> list[tuple[str, str, int]]:
-        """(doc_id, source, chunks) of a page of live documents, ordered by id."""
+    def list_documents(self, offset: int = 0, limit: int = 100, contains: str = "") -> list[tuple[str, str, int]]:
+        """(doc_id, source, chunks) of a page of live documents, ordered by id; with ``contains``, only those
+        whose id or source holds that text."""
         pages = []
         for segment in self.segments:  # enough of each segment's first rows to fill the page after deletions
-            rows = segment.docs.list_documents(0, offset + limit + len(segment.deleted_docs))
+            rows = segment.docs.list_documents(0, offset + limit + len(segment.deleted_docs), contains)
             pages.append([r for r in rows if r[0] not in segment.deleted_docs])
         merged = heapq.merge(*pages)
         return [row for _, row in zip(range(offset + limit), merged, strict=False)][offset:]

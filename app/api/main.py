@@ -18,7 +18,16 @@ from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.access import Access, RateLimiter
-from app.api import routes_citations, routes_dify, routes_documents, routes_embed, routes_kbs, routes_search
+from app.api import (
+    routes_citations,
+    routes_console,
+    routes_dify,
+    routes_documents,
+    routes_embed,
+    routes_kbs,
+    routes_search,
+    routes_status,
+)
 from app.api.auth import Need
 from app.api.deps import base_in_path
 from app.api.errors import ERROR_RESPONSES, install_error_handlers
@@ -232,6 +241,8 @@ def _add_routes(app: FastAPI) -> None:
         app.include_router(router, prefix=BASE_PREFIXES[1], dependencies=[Depends(base_in_path)])
     app.include_router(routes_embed.router)
     app.include_router(routes_dify.router)
+    app.include_router(routes_status.router)
+    app.include_router(routes_console.router)
 
 
 def _readiness(bases: KnowledgeBases) -> JSONResponse:

@@ -10,9 +10,12 @@ import contextlib
 import contextvars
 import json
 import logging
+import math
 import re
 import time
 import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -29,6 +32,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "metrics_endpoint",
     "configure_logging",
+    "histogram_quantile",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -89,6 +93,39 @@ class Metrics:
             self.version.remove(kb, *self._served.pop(kb))
         with contextlib.suppress(KeyError):
             self.chunks.remove(kb)
+
+    def latency_summary(self, shown: Callable[[str, str], bool]) -> list[dict[str, Any]]:
+        """Per route: requests and the 50th, 95th and 99th latency percentiles in ms (from the histogram's
+        buckets, as Prometheus's ``histogram_quantile``), over the (route, kb) series ``shown`` admits."""
+        buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+        for family in self.latency.collect():
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name.endswith("_bucket") and shown(labels["route"], labels["kb"]):
+                    buckets[labels["route"]][float(labels["le"])] += sample.value
+        summary = []
+        for route, counts in sorted(buckets.items()):
+            cumulative = sorted(counts.items())
+            percentiles = {f"p{q}_ms": histogram_quantile(q / 100, cumulative) for q in (50, 95, 99)}
+            summary.append(
+                {
+                    "route": route,
+                    "requests": int(cumulative[-1][1]),
+                    **{k: None if v is None else round(v * 1000, 1) for k, v in percentiles.items()},
+                }
+            )
+        return summary
+
+    def batch_summary(self) -> dict[str, float]:
+        """Embedding forward passes so far and their mean number of texts."""
+        passes = total = 0.0
+        for family in self.batch_size.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_count"):
+                    passes = sample.value
+                elif sample.name.endswith("_sum"):
+                    total = sample.value
+        return {"passes": int(passes), "mean_texts": round(total / passes, 2) if passes else 0.0}
 
     def response(self) -> Response:
         """The ``/metrics`` body."""
@@ -152,6 +189,24 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """The ``q`` quantile of cumulative ``(upper bound, count)`` buckets ending with ``+Inf``, interpolated
+    linearly within its bucket as Prometheus does (a quantile in the ``+Inf`` bucket is the highest finite
+    bound); ``None`` with no observations."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank and count > below:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
 
 
 def metrics_endpoint(request: Request) -> Response:

@@ -64,12 +64,13 @@ class DocumentInfo(BaseModel):
     doc_id: str
     source: str
     chunks: int
+    pages: int | None = Field(None, description="The last page its chunks come from (PDFs and scans)")
 
 
 class DocumentPage(BaseModel):
     """A page of the index's documents, ordered by id."""
 
-    total: int
+    total: int = Field(description="Documents in all (that match the name search)")
     offset: int
     limit: int
     documents: list[DocumentInfo]
@@ -262,14 +263,15 @@ def list_documents(
     services: ServicesDep,
     offset: int = Query(0, ge=0, le=use.MAX_OFFSET),
     limit: int = Query(100, ge=1, le=use.MAX_LIST),
+    q: str = Query("", max_length=use.MAX_NAME_BYTES, description="Only documents whose id or source holds this"),
 ) -> DocumentPage:
-    """A page of documents with their chunk counts, ordered by id."""
-    page = use.list_documents(services, offset, limit)
+    """A page of documents with their chunk and page counts, ordered by id (``q``: a name search)."""
+    page = use.list_documents(services, offset, limit, q)
     return DocumentPage(
         total=page.total,
         offset=page.offset,
         limit=page.limit,
-        documents=[DocumentInfo(doc_id=d, source=s, chunks=n) for d, s, n in page.rows],
+        documents=[DocumentInfo(doc_id=r.doc_id, source=r.source, chunks=r.chunks, pages=r.pages) for r in page.rows],
     )
 
 

@@ -276,9 +276,14 @@ class SearchResponse(BaseModel):
     citations: list[CitationOut] = Field(
         default_factory=list, description="Statute citations in the query; a found one's article is ranked first"
     )
+    terms: list[str] = Field(
+        default_factory=list, description="The question's terms as BM25 reads them, longest first (to highlight)"
+    )
 
 
-def to_search_response(outcome: SearchOutcome, query: str, session_id: str | None = None) -> SearchResponse:
+def to_search_response(
+    outcome: SearchOutcome, query: str, session_id: str | None = None, terms: list[str] | None = None
+) -> SearchResponse:
     """Convert a searcher outcome to the API body."""
     results = [
         SearchResult(
@@ -307,6 +312,7 @@ def to_search_response(outcome: SearchOutcome, query: str, session_id: str | Non
         took_ms=outcome.took_ms,
         citations=[CitationOut(**c) for c in outcome.citations],
         session_id=session_id,
+        terms=terms or [],
     )
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DocumentsChange",
     "DocumentPage",
+    "DocumentRow",
     "add_documents",
     "can_add",
     "delete_documents",
@@ -81,13 +82,23 @@ class DocumentsChange:
 
 
 @dataclass(frozen=True)
+class DocumentRow:
+    """One listed document: its chunks, and its last page when the source is paged (PDF, scan)."""
+
+    doc_id: str
+    source: str
+    chunks: int
+    pages: int | None = None
+
+
+@dataclass(frozen=True)
 class DocumentPage:
-    """A page of an index's documents ordered by id: ``(doc_id, source, chunks)`` rows and the total."""
+    """A page of an index's documents ordered by id, and how many match in all."""
 
     total: int
     offset: int
     limit: int
-    rows: list[tuple[str, str, int]]
+    rows: list[DocumentRow]
 
 
 def upload_name(name: str) -> str:
@@ -215,13 +226,18 @@ def delete_documents(index_dir: Path, doc_ids: Sequence[str], connection: Mappin
     )
 
 
-def list_documents(services: Services, offset: int = 0, limit: int = 100) -> DocumentPage:
-    """A page of the served index's documents with their chunk counts, ordered by id.
+def list_documents(services: Services, offset: int = 0, limit: int = 100, contains: str = "") -> DocumentPage:
+    """A page of the served index's documents with their chunk and page counts, ordered by id; with
+    ``contains``, only those whose id or source holds that text.
 
     Raises:
-        InvalidRequest: ``offset`` below 0 or over :data:`MAX_OFFSET`, ``limit`` outside 1..:data:`MAX_LIST`.
+        InvalidRequest: ``offset`` below 0 or over :data:`MAX_OFFSET`, ``limit`` outside 1..:data:`MAX_LIST`,
+            ``contains`` longer than :data:`MAX_NAME_BYTES` bytes.
     """
     if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_LIST:
         raise InvalidRequest(f"offset must be 0..{MAX_OFFSET} and limit 1..{MAX_LIST}")
+    if len(contains.encode()) > MAX_NAME_BYTES:
+        raise InvalidRequest(f"a name search is at most {MAX_NAME_BYTES} bytes")
     docs = services.index.docs
-    return DocumentPage(docs.count_documents(), offset, limit, docs.list_documents(offset, limit))
+    rows = [DocumentRow(d, s, n, docs.document_pages(d)) for d, s, n in docs.list_documents(offset, limit, contains)]
+    return DocumentPage(docs.count_documents(contains), offset, limit, rows)

@@ -73,11 +73,19 @@ class SearchQuery:
 
 @dataclass(frozen=True)
 class SearchAnswer:
-    """The searcher's outcome, the question it answered (the last user turn) and the session continued."""
+    """The searcher's outcome, the question it answered (the last user turn), the session continued, and the
+    question's terms as the BM25 leg reads them (longest first: what a reader may highlight in a passage)."""
 
     outcome: SearchOutcome
     question: str
     session_id: str | None = None
+    terms: list[str] = field(default_factory=list)
+
+
+def question_terms(services: Services, question: str) -> list[str]:
+    """The question's BM25 terms of two characters or more, longest first, each once."""
+    terms = {t for t in services.analyzer.query_tokens(question) if len(t) >= 2}
+    return sorted(terms, key=lambda t: (-len(t), t))
 
 
 def bounded(messages: list[dict[str, str]], max_chars: int) -> list[dict[str, str]]:
@@ -151,7 +159,7 @@ def search(services: Services, request: SearchQuery, sessions: SessionStore | No
             outcome = services.searcher.search(
                 built.queries, built.search_options(request.options, services.searcher.weights)
             )
-    return SearchAnswer(outcome, users[-1], request.session_id)
+    return SearchAnswer(outcome, users[-1], request.session_id, question_terms(services, users[-1]))
 
 
 @contextmanager

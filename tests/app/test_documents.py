@@ -264,6 +264,9 @@ def test_an_uploaded_pdf_is_cited_by_page_in_search_and_dify(client: TestClient,
     (hit,) = [h for h in _bm25(client, "手术知情同意书归档") if h["doc_id"] == "病历书写规定.pdf"][:1]
     assert hit["metadata"]["article"] == "第十一条" and hit["metadata"]["page"] == pages
     assert hit["metadata"]["pages"] == [pages, pages] and "— " not in hit["text"]
+    listed = client.get("/documents", params={"q": "病历书写"}).json()  # found by name, with its pages
+    assert listed["total"] == 1 and listed["documents"][0]["pages"] == pages
+    assert all(d["pages"] is None for d in client.get("/documents").json()["documents"] if d["doc_id"].endswith(".md"))
     body = {"knowledge_id": "zhrag", "query": "手术知情同意书归档", "retrieval_setting": {"top_k": 20}}
     dify = client.post("/retrieval", json=body, headers={"Authorization": f"Bearer {USER}"})
     assert dify.status_code == 200, dify.text

@@ -182,7 +182,7 @@ def test_schemathesis_every_check_passes_on_a_live_server(sample_index: Path, tm
             timeout=400,
         )
         assert run.returncode == 0, run.stdout[-6000:]
-        assert "Tested: 24" in run.stdout  # the top-level routes, their /kbs/{kb} twins, /kbs
+        assert "Tested: 25" in run.stdout  # the top-level routes, their /kbs/{kb} twins, /kbs, /status
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)

@@ -15,6 +15,7 @@ from app.settings import Settings
 from app.usecases import DomainChangeError, InvalidRequest
 from app.usecases.citations import verify_citations
 from app.usecases.documents import (
+    DocumentRow,
     DocumentsRejected,
     NoSuchDocument,
     WriterBusy,
@@ -118,11 +119,10 @@ def test_documents_are_added_listed_and_deleted(sample_index: Path, tmp_path: Pa
     assert change.total_documents == services.index.docs.count_documents() + 1
     served = build_services(Settings(index=index))  # the published version
     page = list_documents(served, 0, 1000)
-    assert (
-        "罕见病用药通知.md",
-        "罕见病用药通知.md",
-        change.chunks,
-    ) in page.rows and page.total == change.total_documents
+    assert DocumentRow("罕见病用药通知.md", "罕见病用药通知.md", change.chunks) in page.rows
+    assert page.total == change.total_documents
+    found = list_documents(served, 0, 10, contains="罕见病")  # a name search, counted alone
+    assert [r.doc_id for r in found.rows] == ["罕见病用药通知.md"] and found.total == 1
     removed = delete_documents(index, ["罕见病用药通知.md"], {})
     assert removed.documents_removed == ["罕见病用药通知.md"] and removed.total_documents == page.total - 1
     with pytest.raises(NoSuchDocument, match="罕见病用药通知.md"):

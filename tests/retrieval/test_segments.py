@@ -246,3 +246,15 @@ def test_counting_postings_equals_the_whole_index_bm25_to_the_bit(tmp_path: Path
         a, b = old.bm25.search(query, 20), new.bm25.search(query, 20)
         assert a[1].tolist() == b[1].tolist() and a[0].tobytes() == b[0].tobytes()
     assert Counter(new.docs.document_ids()) == Counter(old.docs.document_ids())
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_a_name_search_lists_and_counts_only_live_documents(tmp_path: Path, seed: int) -> None:
+    """Listing by a part of the name over segments with replaced and deleted documents equals listing the
+    documents the history leaves, page by page, with the same total."""
+    docs = _history(tmp_path / "idx", seed, 40, EAGER)
+    index = Index(tmp_path / "idx")
+    for part in ("-3", "d0", "-", "no-such-name", "%", "_"):
+        want = sorted(d for d in docs if part in d)
+        got = [row[0] for offset in range(0, 60, 7) for row in index.docs.list_documents(offset, 7, part)]
+        assert got == want and index.docs.count_documents(part) == len(want), part
