@@ -172,6 +172,15 @@ def test_the_console_asks_for_a_key_then_searches(page, tmp_path: Path) -> None:
     _shot(page, "health", PHONE, tmp_path)
 
 
+def test_a_cited_article_comes_first_with_its_verdict(page) -> None:
+    _login(page, READER)
+    labels = _search(page, "《中华人民共和国医师法》第二十三条规定了什么？")
+    assert labels[0] == "中华人民共和国医师法 第二十三条"
+    assert page.locator("#results .card").first.locator(".badge").inner_text() == "引用命中"
+    verdict = page.locator("#search-meta .verdicts li")
+    assert verdict.count() == 1 and verdict.inner_text().startswith("✓ 已找到：中华人民共和国医师法 第二十三条")
+
+
 def test_a_conversation_and_an_article_expanded(page) -> None:
     _login(page, READER)
     page.get_by_role("tab", name="检索试用").click()

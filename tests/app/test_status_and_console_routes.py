@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
 from app.api import create_app
 from app.api.observability import histogram_quantile
+from app.jobs import Job
+from app.usecases.errors import Conflict
 from app.services import Services
 from app.settings import Settings
 from tests.app.conftest import serve
@@ -58,3 +63,24 @@ def test_status_needs_a_key_and_reports_what_is_served(keyed: TestClient, servic
     (search,) = [r for r in body["latency"] if r["route"] == "/search"]
     assert search["requests"] == 3 and 0 < search["p50_ms"] <= search["p95_ms"] <= search["p99_ms"]
     assert body["microbatch"]["enabled"] and body["microbatch"]["max_texts"] == 64 and body["jobs"] == []
+
+
+def test_status_shows_a_write_in_progress(keyed: TestClient, services: Services) -> None:
+    release = threading.Event()
+    kb = services.index.root.name
+
+    def write(_cancel: threading.Event) -> dict:
+        release.wait(30)
+        raise Conflict("stands for a write; publishes nothing (the module's index is shared)")
+
+    job = keyed.app.state.jobs.submit(Job("add", 10, write, kb=kb))
+    try:
+        deadline = time.monotonic() + 10
+        while job.state != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        jobs = keyed.get("/status", headers={"Authorization": "Bearer reader"}).json()["jobs"]
+        assert [(j["id"], j["kind"], j["kb"], j["state"]) for j in jobs] == [(job.id, "add", kb, "running")]
+    finally:
+        release.set()
+        job.done.wait(10)
+    assert keyed.get("/status", headers={"Authorization": "Bearer reader"}).json()["jobs"] == []
