@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from app.api import create_app
 from app.api.observability import histogram_quantile
 from app.jobs import Job
-from app.usecases.errors import Conflict
 from app.services import Services
 from app.settings import Settings
+from app.usecases.errors import Conflict
 from tests.app.conftest import serve
 
 
