@@ -16,7 +16,7 @@ from app import __version__
 from app.settings import Settings
 from app.usecases.limits import MAX_TOP_K
 from ingest.chunkers.base import CHUNKERS
-from ingest.lifecycle import StopSignals
+from ingest.lifecycle import COMMAND
 from retrieval.dialogue import DIALOGUE_MODES
 from retrieval.embedders import EMBEDDER_BACKENDS
 from retrieval.errors import UserError
@@ -40,8 +40,6 @@ does not hold."""
 
 log = logging.getLogger("zhrag")
 INDEX_HELP = "Index directory (default: ZHRAG_INDEX, else ./zhrag_index)"
-LIFECYCLE = StopSignals()
-"""How this process answers Ctrl-C and SIGTERM (``ingest.lifecycle``)."""
 
 
 class CliError(UserError):
@@ -362,7 +360,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with reserve_writer(settings.index):
         before = current_version(settings.index)
         try:
-            summary = ingest_paths(settings, request, cancel=LIFECYCLE.cancel)
+            summary = ingest_paths(settings, request, cancel=COMMAND.cancel)
         except KeyboardInterrupt:
             after = current_version(settings.index)
             if after == before:
@@ -371,7 +369,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"zhrag: interrupted after version {after} was published; it is live and complete", file=sys.stderr)
             return EXIT_ERROR
         code = EXIT_PARTIAL if summary.skipped else EXIT_OK
-        LIFECYCLE.work_done(code)
+        COMMAND.work_done(code)
         _report_ingest(summary, args.json)
         _merge_after_ingest(settings, quiet=args.json or args.quiet)
         return code
@@ -961,10 +959,10 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``zhrag`` console script."""
     args = build_parser().parse_args(argv)
-    LIFECYCLE.own_process = argv is None
-    LIFECYCLE.install()
-    if LIFECYCLE.own_process:
-        LIFECYCLE.dump_stacks_on_sigusr1()
+    COMMAND.own_process = argv is None
+    COMMAND.install()
+    if COMMAND.own_process:
+        COMMAND.dump_stacks_on_sigusr1()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if getattr(args, "top_k", None) is not None and not 1 <= args.top_k <= MAX_TOP_K:
         print(f"zhrag: error: --top-k must be in 1..{MAX_TOP_K}", file=sys.stderr)
@@ -977,9 +975,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zhrag: interrupted; the index was not changed", file=sys.stderr)
         code = EXIT_ERROR
-        if LIFECYCLE.own_process:
-            LIFECYCLE.leave_now(code)
-    LIFECYCLE.work_done(code)
+        if COMMAND.own_process:
+            COMMAND.leave_now(code)
+    COMMAND.work_done(code)
     return code
 
 

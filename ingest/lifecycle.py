@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["StopSignals", "stop_signals_held", "init_worker_signals", "STOP_SIGNALS"]
+__all__ = ["StopSignals", "COMMAND", "stop_signals_held", "init_worker_signals", "STOP_SIGNALS"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1
@@ -168,3 +168,7 @@ def _die_with(parent: int) -> None:
     if os.getppid() != parent:
         os._exit(1)
     threading.Thread(target=watch, name="zhrag-parent-watchdog", daemon=True).start()
+
+
+COMMAND = StopSignals()
+"""How this process answers Ctrl-C and SIGTERM when it runs a ``zhrag`` command (``app.cli`` installs it)."""

@@ -5,20 +5,17 @@ The optional ``[ocr]`` extra. One engine per process, loaded on first use (a wor
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ingest.document import LoadError
 from ingest.layout import Span
+from retrieval.process import OCR_PAGES, SINGLETONS
 
 __all__ = ["OcrResult", "OcrUnavailable", "ocr_available", "ocr_image", "OCR_HINT", "set_page_progress"]
 
 OCR_HINT = 'pip install -e ".[ocr]"  (or: pip install rapidocr-onnxruntime)'
-_ENGINE: Any = None
-_LOCK = threading.Lock()
-_PAGE_PROGRESS: Callable[[int, int], None] | None = None
 
 
 class OcrUnavailable(LoadError):
@@ -42,28 +39,26 @@ def ocr_available() -> bool:
     return True
 
 
+def _new_engine() -> Any:
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError as exc:
+        raise OcrUnavailable(f"needs OCR, which is not installed: {OCR_HINT}") from exc
+    return RapidOCR()
+
+
 def _engine() -> Any:
-    global _ENGINE
-    with _LOCK:
-        if _ENGINE is None:
-            try:
-                from rapidocr_onnxruntime import RapidOCR
-            except ImportError as exc:
-                raise OcrUnavailable(f"needs OCR, which is not installed: {OCR_HINT}") from exc
-            _ENGINE = RapidOCR()
-        return _ENGINE
+    return SINGLETONS.get("rapidocr", _new_engine)
 
 
 def set_page_progress(callback: Callable[[int, int], None] | None) -> None:
     """Report OCR pages to ``callback(done, total)`` deltas (the ingest progress bar); ``None`` stops."""
-    global _PAGE_PROGRESS
-    _PAGE_PROGRESS = callback
+    OCR_PAGES.callback = callback
 
 
 def page_progress(done: int = 0, total: int = 0) -> None:
     """Tell the progress callback, if any, that ``total`` pages were queued and ``done`` finished."""
-    if _PAGE_PROGRESS is not None:
-        _PAGE_PROGRESS(done, total)
+    OCR_PAGES(done, total)
 
 
 def _em(text: str, width: float, height: float) -> float:

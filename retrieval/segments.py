@@ -14,9 +14,7 @@ from __future__ import annotations
 import heapq
 import json
 import shutil
-import threading
 import uuid
-import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +26,7 @@ import numpy as np
 from retrieval.bm25 import POSTINGS_DIR, BM25Builder, ChunkTerms, Postings, SegmentedBM25
 from retrieval.docstore import DOCSTORE_FILE, DocStore
 from retrieval.metadata_filter import MetadataFilter
+from retrieval.process import LOADED_SEGMENTS
 from retrieval.protocols import VectorStore
 from retrieval.stores import MISSING_ID, StoreError, create_store, load_store, store_class
 from retrieval.types import Chunk
@@ -126,10 +125,6 @@ class _Loaded:
     postings: Postings
 
 
-_LOADED: weakref.WeakValueDictionary[str, _Loaded] = weakref.WeakValueDictionary()
-_LOADED_LOCK = threading.Lock()
-
-
 class Segment:
     """One segment as a version sees it: its rows, minus that version's deletions. Opening reads the rows'
     database only; :meth:`load` reads the vectors and postings (a reader loads them at once, so a segment
@@ -170,14 +165,12 @@ class Segment:
         backend = conf.pop("backend")
         key = json.dumps([str(self.path.resolve()), conf], sort_keys=True, default=str)
         shared = not store_class(backend).external
-        with _LOADED_LOCK:
-            loaded = _LOADED.get(key) if shared else None
+        loaded = LOADED_SEGMENTS.get(key) if shared else None
         if loaded is None:
             store = load_store(backend, self.path, dim, **conf, **(connection or {}))
             loaded = _Loaded(store, Postings.load(self.path / POSTINGS_DIR))
             if shared:
-                with _LOADED_LOCK:
-                    _LOADED[key] = loaded
+                loaded = LOADED_SEGMENTS.put(key, loaded)
         self._loaded = loaded
         return self
 

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import UserError
+from retrieval.process import WRITERS
 
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
@@ -59,27 +59,23 @@ class WriterLock:
 
     POSIX record locks belong to the process (not to forked children) and vanish when it dies, so a
     crashed or killed writer never leaves the index locked. Within one process they do not exclude each
-    other, hence the registry of roots this process is writing.
+    other, hence the registry of roots this process is writing (:data:`retrieval.process.WRITERS`).
     """
-
-    _held: set[str] = set()
-    _reserved: dict[str, WriterLock] = {}
-    _guard = threading.Lock()
 
     @classmethod
     def take(cls, root: Path) -> WriterLock:
         """The lock this process reserved for ``root`` (:func:`reserve_writer`), else a new one."""
-        with cls._guard:
-            reserved = cls._reserved.pop(str(root.resolve()), None)
+        with WRITERS.guard:
+            reserved = WRITERS.reserved.pop(str(root.resolve()), None)
         return reserved if reserved is not None and reserved._fd is not None else cls(root)
 
     def __init__(self, root: Path) -> None:
         self.path = root / LOCK_FILE
         self._key = str(root.resolve())
-        with self._guard:
-            if self._key in self._held:
+        with WRITERS.guard:
+            if self._key in WRITERS.held:
                 raise IndexLockedError(f"this process is already writing to {root}; one writer at a time")
-            self._held.add(self._key)
+            WRITERS.held.add(self._key)
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if sys.platform == "win32":  # no POSIX locks there
             return
@@ -101,8 +97,8 @@ class WriterLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            with self._guard:
-                self._held.discard(self._key)
+            with WRITERS.guard:
+                WRITERS.held.discard(self._key)
 
 
 @contextlib.contextmanager
@@ -118,13 +114,13 @@ def reserve_writer(root: Path | str) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
     lock = WriterLock(root)
     key = str(root.resolve())
-    with WriterLock._guard:
-        WriterLock._reserved[key] = lock
+    with WRITERS.guard:
+        WRITERS.reserved[key] = lock
     try:
         yield
     finally:
-        with WriterLock._guard:
-            unused = WriterLock._reserved.pop(key, None)
+        with WRITERS.guard:
+            unused = WRITERS.reserved.pop(key, None)
         if unused is not None:
             unused.release()
         if created and [p.name for p in root.iterdir()] == [LOCK_FILE]:  # nothing was written: no trace left

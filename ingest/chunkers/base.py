@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable
@@ -34,8 +35,7 @@ DEFAULT_CHUNK_OVERLAP = 64
 CHUNK_ID_LENGTH = 20
 # Paragraphs, lines, then Chinese sentence ends, then clause marks, then characters.
 CHINESE_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "…", "!", "?", ";", "，", ",", "、", " ", ""]
-_SINGLE_SEPARATORS = sorted({ch for sep in CHINESE_SEPARATORS for ch in sep})
-_LONG_RUN: dict[int, re.Pattern[str]] = {}
+_SINGLE_SEPARATORS = tuple(sorted({ch for sep in CHINESE_SEPARATORS for ch in sep}))
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,12 @@ def make_chunk(
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _long_run(size: int) -> re.Pattern[str]:
+    """A run of more than ``size`` characters without a separator."""
+    return re.compile(rf"[^{re.escape(''.join(_SINGLE_SEPARATORS))}]{{{size + 1},}}")
+
+
 def break_long_runs(text: str, size: int) -> str:
     """Put a line break every ``size`` characters into any run that has no separator at all.
 
@@ -91,10 +97,7 @@ def break_long_runs(text: str, size: int) -> str:
     as long. A token covers at least one character, so a ``size``-character piece is rarely over
     ``size`` tokens; when it is, only that piece is split character by character.
     """
-    run = _LONG_RUN.get(size)
-    if run is None:
-        run = _LONG_RUN[size] = re.compile(rf"[^{re.escape(''.join(_SINGLE_SEPARATORS))}]{{{size + 1},}}")
-    return run.sub(lambda m: "\n".join(m[0][i : i + size] for i in range(0, len(m[0]), size)), text)
+    return _long_run(size).sub(lambda m: "\n".join(m[0][i : i + size] for i in range(0, len(m[0]), size)), text)
 
 
 class _Splitter:

@@ -16,9 +16,7 @@ import json
 import logging
 import os
 import shutil
-import threading
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 from pymilvus import MilvusClient
 
+from retrieval.process import MILVUS_LITE_USERS
 from retrieval.stores import MILVUS_INDEX_TYPES
 from retrieval.stores.base import StoreBase, StoreError, check_vectors
 from retrieval.stores.milvus_search import ID_FIELD as _ID
@@ -56,10 +55,6 @@ _COPY_BATCH = 1000
 _MILVUS_INDEX = {"auto": "AUTOINDEX", "flat": "FLAT", "hnsw": "HNSW"}
 _BUILD: dict[str, dict[str, int]] = {"auto": {}, "flat": {}, "hnsw": {"M": 32, "efConstruction": 200}}
 _HNSW_MIN_EF = 128
-
-
-_LITE_LOCK = threading.Lock()
-_LITE_USERS: Counter[str] = Counter()
 
 
 def _is_lite(uri: str) -> bool:
@@ -99,8 +94,7 @@ def _connect(uri: str, token: str | None) -> MilvusClient:
         raise StoreError(f"cannot reach Milvus at {uri}: {exc}") from exc
     if _is_lite(uri):
         _quiet_lite_noise()
-        with _LITE_LOCK:
-            _LITE_USERS[os.path.abspath(uri)] += 1
+        MILVUS_LITE_USERS.join(os.path.abspath(uri))
     return client
 
 
@@ -110,10 +104,7 @@ def _release(client: MilvusClient, uri: str) -> None:
     client.close()
     if _is_lite(uri):
         path = os.path.abspath(uri)
-        with _LITE_LOCK:
-            _LITE_USERS[path] -= 1
-            last = _LITE_USERS[path] <= 0
-        if last:
+        if MILVUS_LITE_USERS.leave(path):
             from milvus_lite.server_manager import server_manager_instance
 
             server_manager_instance.release_server(path)

@@ -11,7 +11,7 @@ __all__ = ["normalize_text", "to_simplified", "replace_surrogates", "LONE_SURROG
 # Full-width ASCII letters/digits/symbols map to half-width by a fixed offset. CJK punctuation that
 # carries sentence structure (，。？！：；（）) is deliberately kept full-width.
 _FULLWIDTH_OFFSET = 0xFEE0
-_KEEP_FULLWIDTH = set("，。？！：；（）、")
+_KEEP_FULLWIDTH = frozenset("，。？！：；（）、")
 FULLWIDTH_TABLE = {cp: cp - _FULLWIDTH_OFFSET for cp in range(0xFF01, 0xFF5F) if chr(cp) not in _KEEP_FULLWIDTH}
 FULLWIDTH_TABLE[0x3000] = ord(" ")  # ideographic space
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)

@@ -288,8 +288,8 @@ def test_a_forked_child_that_inherits_the_stop_handler_exits_quietly(sig: str) -
 
     script = f"""
 import os, signal, sys, time
-from app.cli import LIFECYCLE
-LIFECYCLE.install()
+from ingest.lifecycle import COMMAND
+COMMAND.install()
 pid = os.fork()
 if pid == 0:
     time.sleep(30)
@@ -302,7 +302,7 @@ try:
     os.kill(os.getpid(), signal.{sig})
     time.sleep(5)
 except KeyboardInterrupt:
-    print("parent interrupted", LIFECYCLE.cancel.is_set())
+    print("parent interrupted", COMMAND.cancel.is_set())
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     code = 128 + getattr(signal, sig)
