@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -46,6 +47,8 @@ __all__ = [
     "default_workers",
     "content_hash",
 ]
+
+log = logging.getLogger(__name__)
 
 LOOKAHEAD_PER_WORKER = 8
 """Files (or JSONL parts) each worker may run ahead of the consumer: bounds memory, keeps workers busy."""
@@ -228,6 +231,8 @@ class PageCounter:
 
 
 _CANCEL_POLL_S = 0.2
+_ABANDON_WAIT_S = 10.0
+"""How long an abandoned pool's thread may take to reap its killed workers."""
 
 
 def _init_worker(context: StageContext, pages: PageCounter | None = None, parent: int | None = None) -> None:
@@ -285,16 +290,32 @@ def prepared_in_order(
 def _result_unless_cancelled(
     pool: ProcessPoolExecutor, future: Future[PreparedFile], cancel: threading.Event | None
 ) -> PreparedFile:
-    """The file's result; on ``cancel``, the pool's workers are killed (they write nothing) and the wait ends."""
+    """The file's result; on ``cancel``, the wait ends (the caller abandons the pool)."""
     if cancel is None:
         return future.result()
     while not future.done():
         if cancel.is_set():
-            for process in list(pool._processes.values()):  # CPython's pool keeps its workers there
-                process.kill()
             raise KeyboardInterrupt
         wait([future], timeout=_CANCEL_POLL_S)
     return future.result()
+
+
+def _abandon(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers (they write nothing), then give its manager thread a bounded time to see them
+    gone and reap them.
+
+    A worker killed while it sends a result (SIGTERM reaches the whole process group) can leave a partial
+    message in the result pipe, and the manager thread then waits forever to read the rest: waiting for it
+    without a bound hung an interrupted ingest (seen once in about twenty runs). After the bound the command
+    leaves with ``os._exit``, so nothing joins that thread afterwards."""
+    manager = pool._executor_manager_thread  # CPython's pool keeps its thread and workers there
+    for process in list((pool._processes or {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None and manager.is_alive():
+        manager.join(_ABANDON_WAIT_S)
+        if manager.is_alive():
+            log.warning("a killed ingest worker left its result half-written; not waiting for the pool's thread")
 
 
 def _in_processes(
@@ -324,5 +345,7 @@ def _in_processes(
             if task is not None:
                 submit(task)
             yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # an interrupt, a cancel, the consumer's error or its early close
+        _abandon(pool)
+        raise
+    pool.shutdown(wait=True)
