@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.usecases.errors import InvalidRequest, NotFound, Unavailable, UseCaseError
 from app.usecases.limits import (
@@ -22,7 +22,7 @@ from app.usecases.limits import (
 )
 from retrieval.dialogue import DialogueMode, user_turns
 from retrieval.embedders import EmbedderError
-from retrieval.metadata_filter import FilterError
+from retrieval.metadata_filter import FilterError, MetadataFilter
 from retrieval.searcher import BM25, DENSE, HYBRID, LEG_KINDS, SearchError, SearchOptions, SearchOutcome
 
 if TYPE_CHECKING:
@@ -187,7 +187,11 @@ def relevance_scores(outcome: SearchOutcome, rrf_max: float) -> list[float]:
 
 
 def scored_search(
-    services: Services, query: str, top_k: int, filters=None, min_score: float = 0.0
+    services: Services,
+    query: str,
+    top_k: int,
+    filters: MetadataFilter | Mapping[str, Any] | None = None,
+    min_score: float = 0.0,
 ) -> list[tuple[Hit, float]]:
     """The best hits for a one-shot knowledge query, each with a relevance in [0, 1], those under ``min_score``
     left out: hybrid when the model is loaded (else BM25), reranked when a reranker is. What Dify's external
