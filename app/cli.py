@@ -493,7 +493,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     answer = search(services, request)
     query = answer.question
-    response = to_search_response(answer.outcome, query, terms=answer.terms)
+    response = to_search_response(answer)
     if args.json:
         print(response.model_dump_json())
         return EXIT_OK

@@ -90,6 +90,21 @@ class Services:
         except Exception as exc:  # noqa: BLE001 - releasing an old version must not break serving
             log.warning("could not release index version %s: %s", self.index.version, exc)
 
+    def describe(self) -> dict[str, Any]:
+        """What is served: the version, model (and whether it is loaded), reranker, chunks, vector store, where
+        BM25 runs and the domain (``/ready`` and ``/status``)."""
+        manifest = self.index.manifest
+        return {
+            "version": self.index.version,
+            "model": manifest["embedder"]["model"],
+            "model_loaded": self.embedder is not None,
+            "reranker": self.reranker.name if self.reranker else None,
+            "chunks": manifest.get("counts", {}).get("chunks", 0),
+            "store": manifest["store"]["backend"],
+            "bm25": self.index.bm25.location if self.index.bm25 is not None else None,
+            "domain": index_domain(self.settings, manifest),
+        }
+
     def warm_up(self) -> None:
         """Run one query through each leg so the first request does not pay for lazy initialisation."""
         self.searcher.search("预热", SearchOptions(top_k=1, mode=BM25))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_origin
 
@@ -72,7 +73,7 @@ class Section(BaseModel):
         """A list variable is JSON or comma-separated; an empty optional path or name means none (docker
         compose passes an unset variable as ``VAR=``, which must not become the directory ``.``)."""
         field = cls.model_fields[info.field_name]
-        if get_origin(field.annotation) is list or field.annotation in (list[str], list[Path]):
+        if get_origin(field.annotation) is list:
             return _split_list(value)
         if isinstance(value, str) and not value.strip() and field.default is None:
             return None
@@ -269,6 +270,16 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
 """Flat name (the variable without ``ZHRAG_``, lower case) -> (section, field)."""
 
 
+def _by_section(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The values of flat names grouped by section, ``{section: {field: value}}`` (other keys left out)."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        if key in FLAT_NAMES:
+            section, name = FLAT_NAMES[key]
+            grouped.setdefault(section, {})[name] = value
+    return grouped
+
+
 class _FlatEnvironment(PydanticBaseSettingsSource):
     """``ZHRAG_<FLAT NAME>`` variables from the environment, then the dotenv file, as flat names."""
 
@@ -329,18 +340,11 @@ class Settings(BaseSettings):
         """Flat names (keywords, variables) into their sections; a section given whole is taken as it is."""
         if not isinstance(data, dict):
             return data
-        tree: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in FLAT_NAMES:
-                section, name = FLAT_NAMES[key]
-                given = tree.setdefault(section, {})
-                if isinstance(given, dict):
-                    given.setdefault(name, value)
-            elif key in SECTIONS and isinstance(value, dict | Section):
-                fields = value.model_dump() if isinstance(value, Section) else value
-                tree[key] = {**tree[key], **fields} if isinstance(tree.get(key), dict) else fields
-            else:
-                tree[key] = value
+        tree = {key: value for key, value in data.items() if key not in FLAT_NAMES}
+        for section, values in _by_section(data).items():
+            given = tree.get(section, {})
+            given = given.model_dump() if isinstance(given, Section) else given
+            tree[section] = {**values, **given} if isinstance(given, dict) else given
         return tree
 
     @field_validator("root", "default_kb", mode="before")
@@ -351,15 +355,10 @@ class Settings(BaseSettings):
 
     def updated(self, **flat: Any) -> Settings:
         """A copy with fields replaced by their flat names (``updated(reranker=…, index=…)``)."""
-        top = {k: v for k, v in flat.items() if k in TOP_LEVEL}
-        unknown = set(flat) - set(top) - set(FLAT_NAMES)
+        unknown = set(flat) - set(TOP_LEVEL) - set(FLAT_NAMES)
         if unknown:
             raise TypeError(f"no setting {', '.join(sorted(unknown))}")
-        sections: dict[str, dict[str, Any]] = {}
-        for key, value in flat.items():
-            if key in FLAT_NAMES:
-                section, name = FLAT_NAMES[key]
-                sections.setdefault(section, {})[name] = value
-        for section, values in sections.items():
-            top[section] = getattr(self, section).model_copy(update=values)
-        return self.model_copy(update=top)
+        update = {key: value for key, value in flat.items() if key in TOP_LEVEL}
+        for section, values in _by_section(flat).items():
+            update[section] = getattr(self, section).model_copy(update=values)
+        return self.model_copy(update=update)

@@ -287,9 +287,7 @@ def prepared_in_order(
     yield from _in_processes(tasks, context, workers, pages, multiprocessing.get_context(_start_method()))
 
 
-def _result_unless_cancelled(
-    pool: ProcessPoolExecutor, future: Future[PreparedFile], cancel: threading.Event | None
-) -> PreparedFile:
+def _result_unless_cancelled(future: Future[PreparedFile], cancel: threading.Event | None) -> PreparedFile:
     """The file's result; on ``cancel``, the wait ends (the caller abandons the pool)."""
     if cancel is None:
         return future.result()
@@ -340,7 +338,7 @@ def _in_processes(
             if len(pending) >= workers * LOOKAHEAD_PER_WORKER:
                 break
         while pending:
-            result = _result_unless_cancelled(pool, pending.popleft(), cancel)
+            result = _result_unless_cancelled(pending.popleft(), cancel)
             task = next(todo, None)
             if task is not None:
                 submit(task)

@@ -23,6 +23,7 @@ from starlette.routing import compile_path
 from app.access import AccessDenied
 from app.usecases.documents import UnsupportedFile
 from app.usecases.errors import Conflict, InvalidRequest, NotFound, Unavailable, UseCaseError
+from retrieval.errors import UserError
 from retrieval.metadata_filter import FIELD_PATTERN
 
 __all__ = [
@@ -137,9 +138,13 @@ _STATUS_OF_KIND: tuple[tuple[type[UseCaseError], int], ...] = (
 )
 
 
-def http_status(refusal: type[UseCaseError]) -> int:
-    """The HTTP status of a kind of use-case refusal (the most specific kind first)."""
-    return next(status for kind, status in _STATUS_OF_KIND if issubclass(refusal, kind))
+def http_status(error: type[BaseException]) -> int:
+    """The HTTP status of a kind of error: a use case's refusal by its kind (the most specific first), another
+    error the client can fix (a damaged index, …) 422, a fault 500."""
+    for kind, status in _STATUS_OF_KIND:
+        if issubclass(error, kind):
+            return status
+    return 422 if issubclass(error, UserError) else 500
 
 
 def install_error_handlers(app: FastAPI) -> None:

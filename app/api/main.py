@@ -36,7 +36,6 @@ from app.api.observability import Metrics, RequestContext, metrics_endpoint
 from app.api.serving import announce, freeze_loaded, serve_latest, swap_to_latest
 from app.bases import KnowledgeBases
 from app.jobs import Job, JobQueue
-from app.services import index_domain
 from app.sessions import SessionStore
 from app.settings import Settings
 from retrieval.index import IndexLockedError, current_version, merge_segments, remove_dead_staging
@@ -253,18 +252,7 @@ def _readiness(bases: KnowledgeBases) -> JSONResponse:
     body: dict[str, Any] = {"status": "ready", "kbs": len(bases.loaded())}
     services = bases.any_services()
     if services is not None:
-        manifest = services.index.manifest
-        body |= {
-            "index": services.index.root.name,
-            "version": services.index.version,
-            "model": manifest["embedder"]["model"],
-            "model_loaded": services.embedder is not None,
-            "reranker": services.reranker.name if services.reranker else None,
-            "chunks": manifest.get("counts", {}).get("chunks", 0),
-            "store": manifest["store"]["backend"],
-            "bm25": services.index.bm25.location if services.index.bm25 is not None else None,
-            "domain": index_domain(services.settings, manifest),
-        }
+        body |= {"index": services.index.root.name, **services.describe()}
     return JSONResponse(content=body)
 
 

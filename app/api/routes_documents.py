@@ -25,8 +25,6 @@ from app.api.limits import UploadRoute
 from app.jobs import Job, JobQueue
 from app.services import Services
 from app.usecases import documents as use
-from app.usecases.errors import UseCaseError
-from retrieval.errors import UserError
 from retrieval.index import UPLOAD_PREFIX
 
 __all__ = ["router", "DocumentIn", "DocumentsIn", "DocumentPage", "DocumentsChanged", "COMPONENTS"]
@@ -177,18 +175,11 @@ async def _answer(job: Job, wait_s: float) -> DocumentsChanged | JSONResponse:
     if job.state == "published" and job.result is not None:
         return DocumentsChanged(**job.result)
     if job.state in ("failed", "cancelled"):
-        code = status.HTTP_409_CONFLICT if job.state == "cancelled" else _failed_status(job.failure)
+        failed = http_status(job.failure) if job.failure is not None else status.HTTP_500_INTERNAL_SERVER_ERROR
+        code = status.HTTP_409_CONFLICT if job.state == "cancelled" else failed
         raise HTTPException(code, detail=job.error or job.state)
     body = JobOut(**job.to_dict()).model_dump(mode="json")
     return JSONResponse(status_code=status.HTTP_202_ACCEPTED, content=body, headers={"Location": f"/jobs/{job.id}"})
-
-
-def _failed_status(failure: type[Exception] | None) -> int:
-    """A use case's refusal by its kind; another error the client can fix (a damaged index, ...) is 422, and a
-    fault it cannot fix is 500."""
-    if failure is not None and issubclass(failure, UseCaseError):
-        return http_status(failure)
-    return status.HTTP_422_UNPROCESSABLE_CONTENT if failure and issubclass(failure, UserError) else 500
 
 
 def _job_of(request: Request, job_id: str) -> Job:

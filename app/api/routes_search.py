@@ -23,4 +23,4 @@ def search(body: SearchRequest, request: Request, sessions: SessionsDep) -> Sear
     path (``/kbs/{kb}/search``), of ``kb``, or the default one."""
     with leased(request, body.kb) as services:
         answer = search_case(services, body.to_query(), sessions)
-    return to_search_response(answer.outcome, answer.question, answer.session_id, answer.terms)
+    return to_search_response(answer)

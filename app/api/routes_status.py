@@ -28,6 +28,7 @@ class BaseStatus(BaseModel):
     model: str
     model_loaded: bool
     reranker: str | None = None
+    domain: str | None = Field(None, description="What its documents are about (legal, medical, general)")
 
 
 class Microbatch(BaseModel):
@@ -72,19 +73,7 @@ class StatusOut(BaseModel):
 
 def _base_status(bases: KnowledgeBases, name: str) -> BaseStatus | None:
     services = bases.loaded().get(name)
-    if services is None:
-        return None
-    manifest = services.index.manifest
-    return BaseStatus(
-        name=name,
-        version=services.index.version,
-        store=manifest["store"]["backend"],
-        bm25=services.index.bm25.location if services.index.bm25 is not None else None,
-        chunks=manifest.get("counts", {}).get("chunks", 0),
-        model=manifest["embedder"]["model"],
-        model_loaded=services.embedder is not None,
-        reranker=services.reranker.name if services.reranker else None,
-    )
+    return None if services is None else BaseStatus(name=name, **services.describe())
 
 
 @router.get("/status", dependencies=[Depends(Need(None))], response_model=StatusOut, summary="The server at a glance")

@@ -25,10 +25,10 @@ from app.usecases.limits import (
     MAX_TOP_K,
     MAX_TOTAL_CHARS,
 )
-from app.usecases.search import SearchQuery
+from app.usecases.search import SearchAnswer, SearchQuery
 from retrieval.dialogue import DialogueMode
 from retrieval.metadata_filter import MAX_CONDITIONS, MAX_VALUES, Condition, FieldName, MetadataFilter
-from retrieval.searcher import HYBRID, Expand, SearchMode, SearchOptions, SearchOutcome
+from retrieval.searcher import HYBRID, Expand, SearchMode, SearchOptions
 
 __all__ = [
     "SearchRequest",
@@ -281,10 +281,9 @@ class SearchResponse(BaseModel):
     )
 
 
-def to_search_response(
-    outcome: SearchOutcome, query: str, session_id: str | None = None, terms: list[str] | None = None
-) -> SearchResponse:
-    """Convert a searcher outcome to the API body."""
+def to_search_response(answer: SearchAnswer) -> SearchResponse:
+    """The API body of a search's answer."""
+    outcome = answer.outcome
     results = [
         SearchResult(
             id=h.chunk.id,
@@ -302,7 +301,7 @@ def to_search_response(
     ]
     return SearchResponse(
         results=results,
-        query=query,
+        query=answer.question,
         queries=outcome.queries,
         bm25_query=None
         if outcome.lexical is None
@@ -311,8 +310,8 @@ def to_search_response(
         reranked=outcome.reranked,
         took_ms=outcome.took_ms,
         citations=[CitationOut(**c) for c in outcome.citations],
-        session_id=session_id,
-        terms=terms or [],
+        session_id=answer.session_id,
+        terms=answer.terms,
     )
 
 
